@@ -1,0 +1,153 @@
+"""Real Flickr8k: fetch the release's two zips (URL, ``file://`` URL or local path), verify, extract safely.
+
+Also takes a local folder in the Kaggle layout (``Images/`` + ``captions.txt``) and rewrites it
+into the release layout, so every later stage runs the same code for every source.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from captioner.stage import SPLITS, Layout, StageError, sha256_of
+
+IMAGES_FOLDER_IN_ZIP = "Flicker8k_Dataset"  # the release's own spelling
+TEXT_FILES = ("Flickr8k.token.txt", *(Layout.split_list(split).name for split in SPLITS))
+
+
+def _local_path(url: str) -> Path | None:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if len(parsed.scheme) <= 1:  # a plain path, or one with a Windows drive letter
+        return Path(url)
+    return None
+
+
+def _download(url: str, target: Path) -> None:
+    """HTTP(S) download to ``target``, resuming a ``.part`` file left by an interrupted run."""
+    from tqdm import tqdm
+
+    partial = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except OSError as err:
+        raise StageError(f"cannot download {url}: {err}") from err
+    with response:
+        if done and response.status != 206:  # the server ignored the range: start over
+            done = 0
+        total = response.length + done if response.length is not None else None
+        with open(partial, "ab" if done else "wb") as out, tqdm(
+            total=total, initial=done, unit="B", unit_scale=True, desc=f"download: {target.name}"
+        ) as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+    partial.replace(target)
+
+
+def fetch(url: str, sha256: str | None, downloads: Path) -> Path:
+    """A verified local copy of ``url``: the file itself for a path, else a (resumed) download."""
+    local = _local_path(url)
+    if local is not None:
+        if not local.is_file():
+            raise StageError(f"{local} does not exist (from {url!r})")
+        path = local
+    else:
+        path = downloads / PurePosixPath(urllib.parse.urlparse(url).path).name
+        if not path.exists():
+            _download(url, path)
+    actual = sha256_of(path)
+    if sha256 is None:
+        print(f"download: warning: no sha256 given for {path.name}; it is {actual} — pin it in params.yaml")
+    elif actual != sha256.lower():
+        if local is None:
+            path.unlink()  # a bad download must not be reused next time
+        raise StageError(f"{path}: sha256 {actual} does not match the expected {sha256}")
+    return path
+
+
+def _safe_members(archive: zipfile.ZipFile, path: Path) -> list[zipfile.ZipInfo]:
+    members = []
+    for info in archive.infolist():
+        name = PurePosixPath(info.filename.replace("\\", "/"))
+        if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
+            raise StageError(f"{path}: member {info.filename!r} would escape the target folder; refusing to extract")
+        if name.parts and name.parts[0] != "__MACOSX" and not info.is_dir():
+            members.append(info)
+    return members
+
+
+def _extract(zip_path: Path, target: Path, keep) -> int:
+    """Extract the members for which ``keep(name)`` gives a relative output path; returns how many."""
+    from tqdm import tqdm
+
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = [(info, keep(PurePosixPath(info.filename))) for info in _safe_members(archive, zip_path)]
+            members = [(info, out) for info, out in members if out is not None]
+            for info, out in tqdm(members, desc=f"download: extracting {zip_path.name}", unit="file", mininterval=1.0):
+                destination = target / out
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as source, open(destination, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as err:
+        raise StageError(f"{zip_path} is not a readable zip (truncated or corrupt?): {err}") from err
+    return len(members)
+
+
+def install_release(images_zip: Path, text_zip: Path, target: Path) -> None:
+    """Extract the image folder and the caption and split files of the release into ``target``."""
+    image_folder = Layout.images.relative_to(Layout.raw)
+
+    def image(name: PurePosixPath):
+        return image_folder / name.name if name.parent.name == IMAGES_FOLDER_IN_ZIP and name.suffix.lower() == ".jpg" else None
+
+    def text_file(name: PurePosixPath):
+        return name.name if name.name in TEXT_FILES else None
+
+    if _extract(images_zip, target, image) == 0:
+        raise StageError(f"{images_zip} holds no {IMAGES_FOLDER_IN_ZIP}/*.jpg images")
+    _extract(text_zip, target, text_file)
+    missing = [name for name in TEXT_FILES if not (target / name).exists()]
+    if missing:
+        raise StageError(f"{text_zip} lacks {', '.join(missing)}")
+
+
+def kaggle_split(image: str) -> str:
+    """A stable split for the Kaggle copy, which has no split lists: 1/8 dev, 1/8 test, by name hash."""
+    bucket = hashlib.md5(image.encode()).digest()[0] % 8
+    return "dev" if bucket == 0 else "test" if bucket == 1 else "train"
+
+
+def install_kaggle(folder: Path, target: Path) -> None:
+    """Rewrite a Kaggle-layout folder (``Images/``, ``captions.txt`` with ``image,caption``) as the release layout."""
+    images, captions = folder / "Images", folder / "captions.txt"
+    for needed in (images, captions):
+        if not needed.exists():
+            raise StageError(f"{folder} is not in the Kaggle layout: {needed.name} is missing")
+    image_dir = target / Layout.images.relative_to(Layout.raw)
+    shutil.copytree(images, image_dir)
+    numbers: dict[str, int] = {}
+    lines, splits = [], {split: [] for split in SPLITS}
+    with open(captions, newline="", encoding="utf-8") as stream:
+        for row in csv.DictReader(stream):
+            image, caption = row.get("image"), row.get("caption")
+            if not image or caption is None:
+                continue  # clean_captions counts what is left as malformed; a row without fields has nothing to keep
+            number = numbers.setdefault(image, 0)
+            numbers[image] += 1
+            lines.append(f"{image}#{number}\t{caption}\n")
+            if number == 0:
+                splits[kaggle_split(image)].append(image)
+    (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines))
+    for split in SPLITS:
+        (target / Layout.split_list(split).relative_to(Layout.raw)).write_text("".join(f"{i}\n" for i in sorted(splits[split])))

@@ -1,0 +1,114 @@
+"""Image features: run a frozen encoder once over every image into one HDF5 file per encoder.
+
+File layout: ``features`` (float16, one chunk per image; N×C pooled or N×H×W×C grid),
+``image_ids`` (UTF-8 names), and attributes naming the encoder, its weights, input size,
+pooling and preprocessing, so a reader can refuse a file made for other params.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from captioner.encoders import Encoder
+from captioner.stage import StageError, atomic_path
+
+POOLINGS = ("avg", "grid")
+
+
+def _image_dataset(encoder: Encoder, paths: list[Path], batch_size: int):
+    """Batches of (names, preprocessed images); decode and resize run in parallel with the forward pass.
+
+    An image that does not decode is dropped here (``ignore_errors``); the caller finds it by name
+    from what did come through.
+    """
+    import tensorflow as tf
+
+    size = encoder.input_size
+
+    def load(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
+        return tf.strings.split(path, "/")[-1], encoder.preprocess(image)
+
+    names = tf.data.Dataset.from_tensor_slices([str(path) for path in paths])
+    return (
+        names.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .ignore_errors()
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def extract(encoder: Encoder, paths: list[Path], target: Path, pooling: str, batch_size: int) -> list[str]:
+    """Write the features of ``paths`` to ``target``; returns the names of images that did not decode."""
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    backbone = encoder.build()
+    outputs = keras.layers.GlobalAveragePooling2D()(backbone.output) if pooling == "avg" else backbone.output
+    model = keras.Model(backbone.input, outputs)
+    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    shape = tuple(int(d) for d in model.output.shape[1:])
+    written: list[str] = []
+    with atomic_path(target) as temporary, h5py.File(temporary, "w") as store:
+        features = store.create_dataset(
+            "features", shape=(0, *shape), maxshape=(None, *shape), dtype="float16", chunks=(1, *shape)
+        )
+        store.attrs.update(
+            encoder=encoder.name,
+            weights=encoder.weights_identity(),
+            input_size=encoder.input_size,
+            pooling=pooling,
+            preprocessing=encoder.preprocessing,
+        )
+        with tqdm(total=len(paths), desc=f"extract_features: {encoder.name}", unit="image") as bar:
+            for names, images in _image_dataset(encoder, paths, batch_size):
+                batch = forward(images).numpy().astype(np.float16)
+                features.resize(len(written) + len(batch), axis=0)
+                features[len(written) :] = batch
+                written += [name.decode() for name in names.numpy()]
+                bar.update(len(batch))
+        store.create_dataset("image_ids", data=np.array(written, dtype=object), dtype=h5py.string_dtype())
+    decoded = set(written)
+    return [path.name for path in paths if path.name not in decoded]
+
+
+def load_pooled(path: Path, encoder: str, images: list[str]) -> np.ndarray:
+    """Pooled features (float32, one row per name in ``images``), averaging a cached grid if need be."""
+    if not Path(path).exists():
+        raise StageError(f"features file {path} is missing; run the extract_features stage")
+    with h5py.File(path, "r") as store:
+        if store.attrs["encoder"] != encoder:
+            raise StageError(f"{path} holds {store.attrs['encoder']} features, but params say encoder {encoder}")
+        row_of = {name: row for row, name in enumerate(store["image_ids"].asstr()[:])}
+        missing = [name for name in images if name not in row_of]
+        if missing:
+            raise StageError(f"{path} has no features for {len(missing)} images, e.g. {missing[0]}")
+        rows = np.array([row_of[name] for name in images])
+        order = np.argsort(rows)
+        pooled = np.empty((len(images), store["features"].shape[-1]), dtype=np.float32)
+        for start in range(0, len(rows), 256):  # h5py wants increasing indices; read in slabs to bound memory
+            chunk = order[start : start + 256]
+            values = store["features"][rows[chunk]].astype(np.float32)
+            pooled[chunk] = values.reshape(len(chunk), -1, values.shape[-1]).mean(axis=1)
+    return pooled
+
+
+def feature_ids(path: Path) -> set[str]:
+    with h5py.File(path, "r") as store:
+        return set(store["image_ids"].asstr()[:])
+
+
+def pooled_for_captions(path: Path, encoder: str, captions: list[tuple[str, list[str]]]) -> tuple[np.ndarray, dict[str, int]]:
+    """Pooled features of every captioned image the file holds, and each image's row in them.
+
+    Images the encoder could not read are not in the file; their captions find no row and drop out.
+    """
+    if not Path(path).exists():
+        raise StageError(f"features file {path} is missing; run the extract_features stage")
+    images = sorted({image for image, _ in captions} & feature_ids(path))
+    return load_pooled(path, encoder, images), {image: row for row, image in enumerate(images)}

@@ -1,0 +1,82 @@
+"""Caption text: the special tokens, the cleaning rules, and the vocabulary."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD must stay 0 (the mask value)
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def clean(caption: str) -> list[str]:
+    """The seeds' rules: lowercase, strip punctuation, keep alphabetic tokens."""
+    return [word for word in caption.lower().translate(_PUNCTUATION).split() if word.isalpha()]
+
+
+def wrap(words: list[str]) -> list[str]:
+    return [START, *words, END]
+
+
+def strip_special(tokens: Iterable[str]) -> list[str]:
+    """Words only: up to the first end token, without start, pad or unknown markers."""
+    words = []
+    for token in tokens:
+        if token == END:
+            break
+        if token not in SPECIAL_TOKENS:
+            words.append(token)
+    return words
+
+
+class Vocabulary:
+    """Word ↔ id, with the special tokens first; built from the train split only."""
+
+    def __init__(self, words: list[str], max_length: int):
+        self.tokens = [*SPECIAL_TOKENS, *words]
+        self.ids = {token: index for index, token in enumerate(self.tokens)}
+        self.max_length = max_length  # tokens per caption, start and end included
+
+    pad_id, start_id, end_id, unk_id = range(4)
+
+    @classmethod
+    def build(cls, captions: Iterable[list[str]], min_count: int, max_length: int) -> Vocabulary:
+        """Words seen at least ``min_count`` times in the captions (wrapped token lists) it accepts.
+
+        Captions longer than ``max_length`` tokens are left out of the counts, as training drops them.
+        """
+        counts: Counter[str] = Counter()
+        longest = 0
+        for tokens in captions:
+            if len(tokens) <= max_length:
+                counts.update(token for token in tokens if token not in SPECIAL_TOKENS)
+                longest = max(longest, len(tokens))
+        words = sorted(word for word, count in counts.items() if count >= min_count)
+        return cls(words, max_length=longest)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, tokens: Iterable[str]) -> list[int]:
+        return [self.ids.get(token, self.unk_id) for token in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Words of a generated id sequence (see ``strip_special``)."""
+        return strip_special(self.tokens[int(index)] for index in ids)
+
+    def save(self, path: Path) -> None:
+        from captioner.stage import write_text
+
+        write_text(path, json.dumps({"max_length": self.max_length, "tokens": self.tokens}, indent=0))
+
+    @classmethod
+    def load(cls, path: Path) -> Vocabulary:
+        data = json.loads(Path(path).read_text())
+        if tuple(data["tokens"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"{path}: special tokens differ from this version's {SPECIAL_TOKENS}")
+        return cls(data["tokens"][len(SPECIAL_TOKENS) :], max_length=data["max_length"])

@@ -1,0 +1,25 @@
+"""Stage download: the dataset in the Flickr8k release layout under data/raw."""
+
+from pathlib import Path
+
+from captioner.datasets import DATASETS, flickr8k, shapes
+from captioner.stage import Layout, Params, atomic_path, choice, run
+
+
+def main(params: Params) -> None:
+    dataset = choice(params["dataset"], DATASETS, "dataset")
+    with atomic_path(Layout.raw) as raw:
+        if dataset == "shapes":
+            shapes.generate(raw, **params["shapes"])
+        elif params["flickr8k"]["kaggle_dir"]:
+            flickr8k.install_kaggle(Path(params["flickr8k"]["kaggle_dir"]), raw)
+        else:
+            source = params["flickr8k"]
+            images = flickr8k.fetch(source["images_url"], source["images_sha256"], Layout.downloads)
+            text = flickr8k.fetch(source["text_url"], source["text_sha256"], Layout.downloads)
+            flickr8k.install_release(images, text, raw)
+    print(f"download: {dataset} written to {Layout.raw}")
+
+
+if __name__ == "__main__":
+    run(main)

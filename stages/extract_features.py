@@ -1,0 +1,21 @@
+"""Stage extract_features: one pass of the frozen encoder over every listed image, into data/features/<encoder>.h5."""
+
+from captioner import encoders, features
+from captioner.datasets import read_split_list
+from captioner.stage import SPLITS, Layout, Params, choice, run
+
+
+def main(params: Params) -> None:
+    encoder = encoders.get(params["encoder"])
+    pooling = choice(params["features"]["pooling"], features.POOLINGS, "features.pooling")
+    names = sorted({name for split in SPLITS for name in read_split_list(Layout.split_list(split))})
+    paths = [Layout.images / name for name in names if (Layout.images / name).exists()]
+    target = Layout.features_file(encoder.name)
+    skipped = features.extract(encoder, paths, target, pooling, params["features"]["batch_size"])
+    for name in skipped:
+        print(f"extract_features: skipped {name}: not a readable image")
+    print(f"extract_features: {len(paths) - len(skipped)} images → {target} ({pooling}); {len(skipped)} unreadable skipped")
+
+
+if __name__ == "__main__":
+    run(main)
