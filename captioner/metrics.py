@@ -9,4 +9,6 @@ def corpus_bleu(references: list[list[list[str]]], hypotheses: list[list[str]]) 
     """BLEU-1…4 over the whole corpus (not a mean of per-image scores), with nltk."""
     from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
-    return {name: float(nltk_corpus_bleu(references, hypotheses, weights=weights)) for name, weights in BLEU_WEIGHTS.items()}
+    return {
+        name: float(nltk_corpus_bleu(references, hypotheses, weights=weights)) for name, weights in BLEU_WEIGHTS.items()
+    }

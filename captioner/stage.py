@@ -13,9 +13,6 @@ from pathlib import Path
 
 import yaml
 
-# TensorFlow's C++ start-up chatter buries the stage's own summary lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 class Layout:
     """Every path a stage reads or writes, relative to the project root; dvc.yaml names the same."""
@@ -135,3 +132,10 @@ def run(main: Callable[[Params], None]) -> None:
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on a terminal; nothing in logs and pipes, where carriage-return updates only add noise."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=None, mininterval=1.0, **kwargs)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from captioner.stage import progress
 from captioner.text import Vocabulary
 
 
@@ -23,7 +24,9 @@ def encode_captions(
     return np.array(rows, dtype=np.int32), sequences, len(captions) - len(rows)
 
 
-def batches(features: np.ndarray, rows: np.ndarray, sequences: list[list[int]], batch_size: int, seed: int | None = None) -> tf.data.Dataset:
+def batches(
+    features: np.ndarray, rows: np.ndarray, sequences: list[list[int]], batch_size: int, seed: int | None = None
+) -> tf.data.Dataset:
     """(features, tokens) batches, each padded only to its own longest caption; shuffled when ``seed`` is given."""
     lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)
     ragged = tf.RaggedTensor.from_row_lengths(np.concatenate(sequences).astype(np.int32), lengths)
@@ -74,7 +77,7 @@ class Trainer:
                 loss_sum, correct, count = masked_sums(targets, model([features, inputs], training=True))
                 loss = loss_sum / count
             gradients = tape.gradient(loss, model.trainable_variables)
-            self.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return loss_sum, correct, count
 
         @tf.function(input_signature=spec)
@@ -84,11 +87,9 @@ class Trainer:
         self.train_step, self.dev_step = train_step, dev_step
 
     def run_epoch(self, dataset: tf.data.Dataset, training: bool, description: str) -> EpochStats:
-        from tqdm import tqdm
-
         step = self.train_step if training else self.dev_step
         totals = np.zeros(3)
-        for features, tokens in tqdm(dataset, desc=description, unit="batch", leave=False, mininterval=1.0):
+        for features, tokens in progress(dataset, desc=description, unit="batch", leave=False):
             totals += [float(value) for value in step(features, tokens)]
         return EpochStats(loss=totals[0] / totals[2], accuracy=totals[1] / totals[2])
 

@@ -2,18 +2,17 @@
 
 import json
 
+import keras
+
+from captioner import decoding, metrics
+from captioner.datasets import read_captions
+from captioner.decoder import Stepper
+from captioner.features import pooled_for_captions
 from captioner.stage import Layout, Params, run, write_text
+from captioner.text import Vocabulary, strip_special
 
 
 def main(params: Params) -> None:
-    import keras
-
-    from captioner import decoding, metrics
-    from captioner.datasets import read_captions
-    from captioner.decoder import Stepper
-    from captioner.features import pooled_for_captions
-    from captioner.text import Vocabulary, strip_special
-
     settings = params["evaluate"]
     vocab = Vocabulary.load(Layout.vocab)
     captions = read_captions(Layout.split_captions("test"))
@@ -26,15 +25,19 @@ def main(params: Params) -> None:
 
     model = keras.saving.load_model(Layout.model)
     generated = decoding.greedy(
-        Stepper(model), features[[row_of[image] for image in images]], vocab.start_id, vocab.end_id,
-        settings["max_len"], settings["batch_size"],
+        Stepper(model),
+        features[[row_of[image] for image in images]],
+        vocab.start_id,
+        vocab.end_id,
+        settings["max_len"],
+        settings["batch_size"],
     )
     hypotheses = [vocab.decode(ids) for ids in generated]
     scores = metrics.corpus_bleu([references[image] for image in images], hypotheses)
     write_text(Layout.scores, json.dumps({key: round(value, 4) for key, value in scores.items()}, indent=2) + "\n")
     rows = ["image\tgenerated\treferences\n"] + [
         f"{image}\t{' '.join(words)}\t{' | '.join(' '.join(ref) for ref in references[image])}\n"
-        for image, words in zip(images, hypotheses)
+        for image, words in zip(images, hypotheses, strict=True)
     ]
     write_text(Layout.test_captions, "".join(rows))
     print(f"evaluate: {len(images)} test images, " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))

@@ -14,7 +14,8 @@ def main(params: Params) -> None:
     skipped = features.extract(encoder, paths, target, pooling, params["features"]["batch_size"])
     for name in skipped:
         print(f"extract_features: skipped {name}: not a readable image")
-    print(f"extract_features: {len(paths) - len(skipped)} images → {target} ({pooling}); {len(skipped)} unreadable skipped")
+    written = len(paths) - len(skipped)
+    print(f"extract_features: {written} images → {target} ({pooling}); {len(skipped)} unreadable skipped")
 
 
 if __name__ == "__main__":

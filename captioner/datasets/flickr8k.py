@@ -14,7 +14,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from captioner.stage import SPLITS, Layout, StageError, sha256_of
+from captioner.stage import SPLITS, Layout, StageError, progress, sha256_of
 
 IMAGES_FOLDER_IN_ZIP = "Flicker8k_Dataset"  # the release's own spelling
 TEXT_FILES = ("Flickr8k.token.txt", *(Layout.split_list(split).name for split in SPLITS))
@@ -31,8 +31,6 @@ def _local_path(url: str) -> Path | None:
 
 def _download(url: str, target: Path) -> None:
     """HTTP(S) download to ``target``, resuming a ``.part`` file left by an interrupted run."""
-    from tqdm import tqdm
-
     partial = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
     done = partial.stat().st_size if partial.exists() else 0
@@ -45,9 +43,10 @@ def _download(url: str, target: Path) -> None:
         if done and response.status != 206:  # the server ignored the range: start over
             done = 0
         total = response.length + done if response.length is not None else None
-        with open(partial, "ab" if done else "wb") as out, tqdm(
-            total=total, initial=done, unit="B", unit_scale=True, desc=f"download: {target.name}"
-        ) as bar:
+        with (
+            open(partial, "ab" if done else "wb") as out,
+            progress(total=total, initial=done, unit="B", unit_scale=True, desc=f"download: {target.name}") as bar,
+        ):
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
                 bar.update(len(block))
@@ -88,13 +87,11 @@ def _safe_members(archive: zipfile.ZipFile, path: Path) -> list[zipfile.ZipInfo]
 
 def _extract(zip_path: Path, target: Path, keep) -> int:
     """Extract the members for which ``keep(name)`` gives a relative output path; returns how many."""
-    from tqdm import tqdm
-
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = [(info, keep(PurePosixPath(info.filename))) for info in _safe_members(archive, zip_path)]
             members = [(info, out) for info, out in members if out is not None]
-            for info, out in tqdm(members, desc=f"download: extracting {zip_path.name}", unit="file", mininterval=1.0):
+            for info, out in progress(members, desc=f"download: extracting {zip_path.name}", unit="file"):
                 destination = target / out
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as source, open(destination, "wb") as sink:
@@ -109,7 +106,11 @@ def install_release(images_zip: Path, text_zip: Path, target: Path) -> None:
     image_folder = Layout.images.relative_to(Layout.raw)
 
     def image(name: PurePosixPath):
-        return image_folder / name.name if name.parent.name == IMAGES_FOLDER_IN_ZIP and name.suffix.lower() == ".jpg" else None
+        return (
+            image_folder / name.name
+            if name.parent.name == IMAGES_FOLDER_IN_ZIP and name.suffix.lower() == ".jpg"
+            else None
+        )
 
     def text_file(name: PurePosixPath):
         return name.name if name.name in TEXT_FILES else None
@@ -150,4 +151,6 @@ def install_kaggle(folder: Path, target: Path) -> None:
                 splits[kaggle_split(image)].append(image)
     (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines))
     for split in SPLITS:
-        (target / Layout.split_list(split).relative_to(Layout.raw)).write_text("".join(f"{i}\n" for i in sorted(splits[split])))
+        (target / Layout.split_list(split).relative_to(Layout.raw)).write_text(
+            "".join(f"{i}\n" for i in sorted(splits[split]))
+        )

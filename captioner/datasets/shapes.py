@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioner.stage import SPLITS, Layout
+from captioner.stage import SPLITS, Layout, progress
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -130,7 +130,11 @@ def _captions(things: list[Thing], rng: np.random.Generator) -> list[str]:
             return described if rng.random() < 0.5 else f"there is {described}"
         ordered = sorted(things, key=lambda thing: thing.x)
         listing = f"{phrase(ordered[0])} {phrase(ordered[1])} and {phrase(ordered[2])}"
-        templates = ("three shapes from left to right {0}", "from left to right {0}", "three objects {0} from left to right")
+        templates = (
+            "three shapes from left to right {0}",
+            "from left to right {0}",
+            "three objects {0} from left to right",
+        )
         return templates[rng.integers(len(templates))].format(listing)
 
     captions: list[str] = []
@@ -143,23 +147,27 @@ def _captions(things: list[Thing], rng: np.random.Generator) -> list[str]:
     return (captions * CAPTIONS_PER_IMAGE)[:CAPTIONS_PER_IMAGE]
 
 
-def generate(target: Path, num_images: int, image_size: int, dev_fraction: float, test_fraction: float, seed: int) -> None:
+def generate(
+    target: Path, num_images: int, image_size: int, dev_fraction: float, test_fraction: float, seed: int
+) -> None:
     """Write ``num_images`` images, their captions and three split lists under ``target``."""
-    from tqdm import tqdm
-
     rng = np.random.default_rng(seed)
     image_dir = target / Layout.images.relative_to(Layout.raw)
     image_dir.mkdir(parents=True)
     names = [f"shapes_{index:06d}.jpg" for index in range(num_images)]
     lines = []
-    for name in tqdm(names, desc="download: drawing shapes", unit="image", mininterval=1.0):
+    for name in progress(names, desc="download: drawing shapes", unit="image"):
         things = _sample_things(rng)
         _draw(things, image_size, rng).save(image_dir / name, quality=92)
         lines += [f"{name}#{number}\t{caption}\n" for number, caption in enumerate(_captions(things, rng))]
     (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines))
     order = rng.permutation(num_images)
     num_dev, num_test = round(num_images * dev_fraction), round(num_images * test_fraction)
-    split_indices = {"dev": order[:num_dev], "test": order[num_dev : num_dev + num_test], "train": order[num_dev + num_test :]}
+    split_indices = {
+        "dev": order[:num_dev],
+        "test": order[num_dev : num_dev + num_test],
+        "train": order[num_dev + num_test :],
+    }
     for split in SPLITS:
         listed = "".join(f"{names[index]}\n" for index in sorted(split_indices[split]))
         (target / Layout.split_list(split).relative_to(Layout.raw)).write_text(listed)

@@ -1,0 +1,149 @@
+"""Fetching, verifying and safely extracting Flickr8k (captioner.datasets.flickr8k)."""
+
+import hashlib
+import http.server
+import threading
+import zipfile
+
+import pytest
+
+from captioner.datasets import flickr8k
+from captioner.stage import SPLITS, StageError, sha256_of
+
+
+def make_release(folder, images=("a.jpg", "b.jpg", "c.jpg")):
+    """A tiny pair of zips in the release layout (with the real release's __MACOSX clutter)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "images.zip", "w") as archive:
+        for name in images:
+            archive.writestr(f"Flicker8k_Dataset/{name}", b"jpeg bytes " + name.encode())
+        archive.writestr("__MACOSX/Flicker8k_Dataset/._a.jpg", b"resource fork")
+    with zipfile.ZipFile(folder / "text.zip", "w") as archive:
+        archive.writestr("Flickr8k.token.txt", "".join(f"{n}#0\tA caption .\n" for n in images))
+        for split, name in zip(SPLITS, images, strict=False):
+            archive.writestr(f"Flickr_8k.{split}Images.txt", name + "\n")
+        archive.writestr("readme.txt", "not needed")
+    return folder / "images.zip", folder / "text.zip"
+
+
+def test_local_path_and_file_url_are_verified_in_place(tmp_path):
+    images, _ = make_release(tmp_path)
+    digest = sha256_of(images)
+    assert flickr8k.fetch(str(images), digest, tmp_path / "downloads") == images
+    assert flickr8k.fetch(images.as_uri(), digest.upper(), tmp_path / "downloads") == images
+    assert not (tmp_path / "downloads").exists()
+
+
+def test_wrong_checksum_names_the_file(tmp_path):
+    images, _ = make_release(tmp_path)
+    with pytest.raises(StageError, match=r"images.zip: sha256 [0-9a-f]{64} does not match the expected 00ff"):
+        flickr8k.fetch(str(images), "00ff", tmp_path / "downloads")
+
+
+def test_missing_local_file_is_one_clear_error(tmp_path):
+    with pytest.raises(StageError, match="nothing.zip does not exist"):
+        flickr8k.fetch(str(tmp_path / "nothing.zip"), None, tmp_path / "downloads")
+
+
+def test_no_checksum_prints_the_actual_one(tmp_path, capsys):
+    images, _ = make_release(tmp_path)
+    flickr8k.fetch(str(images), None, tmp_path / "downloads")
+    assert sha256_of(images) in capsys.readouterr().out
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one payload and honours ``Range: bytes=N-``, as the release's host does."""
+
+    payload = b""
+    ranges_seen: list = []
+
+    def do_GET(self):
+        start = 0
+        if "Range" in self.headers:
+            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+            self.ranges_seen.append(start)
+        body = self.payload[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_download_resumes_a_partial_file(tmp_path):
+    payload = bytes(range(256)) * 4096
+    RangeHandler.payload, RangeHandler.ranges_seen = payload, []
+    server = http.server.HTTPServer(("127.0.0.1", 0), RangeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
+        (downloads / "data.zip.part").write_bytes(payload[:100_000])  # left by an interrupted run
+        url = f"http://127.0.0.1:{server.server_port}/files/data.zip"
+        path = flickr8k.fetch(url, hashlib.sha256(payload).hexdigest(), downloads)
+    finally:
+        server.shutdown()
+    assert RangeHandler.ranges_seen == [100_000]
+    assert path == downloads / "data.zip" and path.read_bytes() == payload
+    assert not (downloads / "data.zip.part").exists()
+
+
+def test_bad_http_download_is_removed_so_it_is_not_reused(tmp_path):
+    RangeHandler.payload, RangeHandler.ranges_seen = b"not the file", []
+    server = http.server.HTTPServer(("127.0.0.1", 0), RangeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(StageError, match="does not match"):
+            flickr8k.fetch(f"http://127.0.0.1:{server.server_port}/x.zip", "0" * 64, tmp_path)
+    finally:
+        server.shutdown()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_install_release_writes_the_layout_and_skips_clutter(tmp_path):
+    images, text = make_release(tmp_path / "zips")
+    flickr8k.install_release(images, text, tmp_path / "raw")
+    assert sorted(p.name for p in (tmp_path / "raw" / "Flicker8k_Dataset").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir() if p.is_file()) == sorted(flickr8k.TEXT_FILES)
+
+
+def test_truncated_zip_is_reported_by_name(tmp_path):
+    images, text = make_release(tmp_path / "zips")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(images.read_bytes()[:-60])
+    with pytest.raises(StageError, match="truncated.zip is not a readable zip"):
+        flickr8k.install_release(truncated, text, tmp_path / "raw")
+
+
+@pytest.mark.parametrize(
+    "evil", ["../escape.txt", "/etc/escape.txt", "Flicker8k_Dataset/../../escape.jpg", "C:/escape.jpg"]
+)
+def test_member_escaping_the_folder_is_refused_before_anything_is_written(tmp_path, evil):
+    images, text = make_release(tmp_path / "zips")
+    with zipfile.ZipFile(images, "a") as archive:
+        archive.writestr(evil, b"payload")
+    with pytest.raises(StageError, match="would escape the target folder"):
+        flickr8k.install_release(images, text, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "escape.txt").exists()
+
+
+def test_kaggle_layout_becomes_the_release_layout(tmp_path):
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "Images").mkdir(parents=True)
+    names = [f"{i}.jpg" for i in range(40)]
+    for name in names:
+        (kaggle / "Images" / name).write_bytes(b"jpeg")
+    rows = "".join(f'{name},"A dog, running ."\n{name},A cat .\n' for name in names)
+    (kaggle / "captions.txt").write_text("image,caption\n" + rows)
+    flickr8k.install_kaggle(kaggle, tmp_path / "raw")
+    lines = (tmp_path / "raw" / "Flickr8k.token.txt").read_text().splitlines()
+    assert lines[:2] == ["0.jpg#0\tA dog, running .", "0.jpg#1\tA cat ."]
+    splits = {s: (tmp_path / "raw" / f"Flickr_8k.{s}Images.txt").read_text().split() for s in SPLITS}
+    assert sorted(sum(splits.values(), [])) == sorted(names) and all(splits.values())
+
+
+def test_folder_not_in_kaggle_layout_is_refused(tmp_path):
+    with pytest.raises(StageError, match="captions.txt is missing|Images is missing"):
+        flickr8k.install_kaggle(tmp_path, tmp_path / "raw")

@@ -1,0 +1,67 @@
+"""Feature extraction into HDF5 (captioner.features)."""
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from captioner import encoders, features
+from captioner.stage import StageError
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return encoders.get("efficientnet_lite0")
+
+
+def test_unknown_encoder_lists_the_known_ones():
+    with pytest.raises(StageError, match="unknown encoder 'vgg17'; choose one of: efficientnet_lite0"):
+        encoders.get("vgg17")
+
+
+def test_pooled_features_with_attributes_and_a_corrupt_image_skipped(lite0, shapes_raw, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(shapes_raw / "Flicker8k_Dataset", images)
+    paths = sorted(images.iterdir())[:5]
+    paths[2].write_bytes(paths[2].read_bytes()[:300])  # truncated JPEG
+    paths.append(images / "not_an_image.jpg")
+    paths[-1].write_text("hello")
+    target = tmp_path / "features" / "efficientnet_lite0.h5"
+    skipped = features.extract(lite0, paths, target, pooling="avg", batch_size=2)
+    assert skipped == [paths[2].name, "not_an_image.jpg"]
+    with h5py.File(target) as store:
+        assert store["features"].shape == (4, lite0.channels) and store["features"].dtype == np.float16
+        assert store["features"].chunks == (1, lite0.channels)
+        assert list(store["image_ids"].asstr()[:]) == [p.name for i, p in enumerate(paths[:5]) if i != 2]
+        assert dict(store.attrs) | {"weights": None} == {
+            "encoder": "efficientnet_lite0",
+            "weights": None,
+            "input_size": 224,
+            "pooling": "avg",
+            "preprocessing": "(x - 127) / 128",
+        }
+        assert "sha256:" + "579344248a93" in store.attrs["weights"]
+        assert np.isfinite(store["features"][:]).all() and (store["features"][:] != 0).any(axis=1).all()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["efficientnet_lite0.h5"]
+
+
+def test_grid_features_pool_to_the_avg_features(lite0, shapes_raw, tmp_path):
+    paths = sorted((shapes_raw / "Flicker8k_Dataset").iterdir())[:3]
+    features.extract(lite0, paths, tmp_path / "grid.h5", pooling="grid", batch_size=4)
+    features.extract(lite0, paths, tmp_path / "avg.h5", pooling="avg", batch_size=4)
+    with h5py.File(tmp_path / "grid.h5") as store:
+        assert store["features"].shape == (3, lite0.grid, lite0.grid, lite0.channels)
+    names = [p.name for p in paths][::-1]
+    from_grid = features.load_pooled(tmp_path / "grid.h5", "efficientnet_lite0", names)
+    from_avg = features.load_pooled(tmp_path / "avg.h5", "efficientnet_lite0", names)
+    np.testing.assert_allclose(from_grid, from_avg, atol=2e-2, rtol=2e-2)
+
+
+def test_reader_refuses_a_file_of_another_encoder(lite0, shapes_raw, tmp_path):
+    paths = sorted((shapes_raw / "Flicker8k_Dataset").iterdir())[:1]
+    features.extract(lite0, paths, tmp_path / "f.h5", pooling="avg", batch_size=1)
+    with pytest.raises(StageError, match="holds efficientnet_lite0 features, but params say encoder vgg16"):
+        features.load_pooled(tmp_path / "f.h5", "vgg16", [paths[0].name])
+    with pytest.raises(StageError, match="missing; run the extract_features stage"):
+        features.pooled_for_captions(tmp_path / "none.h5", "efficientnet_lite0", [])

@@ -1,0 +1,49 @@
+import pytest
+
+from captioner import text
+from captioner.text import Vocabulary
+
+
+def test_clean_lowercases_strips_punctuation_and_keeps_alphabetic_words():
+    assert text.clean("A dog's 2 toys, in the PARK !") == ["a", "dogs", "toys", "in", "the", "park"]
+
+
+def test_wrap_and_strip_special_are_inverse():
+    tokens = text.wrap(["a", "dog"])
+    assert tokens == [text.START, "a", "dog", text.END]
+    assert text.strip_special(tokens + ["ignored", "after", "end"]) == ["a", "dog"]
+    assert text.strip_special([text.START, "a", text.UNK, text.PAD, "dog"]) == ["a", "dog"]
+
+
+def test_vocabulary_counts_train_words_and_keeps_special_ids_fixed():
+    captions = [text.wrap("a dog runs".split()), text.wrap("a dog sits".split()), text.wrap("a cat".split())]
+    vocab = Vocabulary.build(captions, min_count=2, max_length=10)
+    assert vocab.tokens[:4] == list(text.SPECIAL_TOKENS)
+    assert vocab.pad_id == 0 and vocab.tokens[vocab.end_id] == text.END
+    assert set(vocab.tokens[4:]) == {"a", "dog"}
+    assert vocab.encode(["a", "cat"]) == [vocab.ids["a"], vocab.unk_id]
+    assert vocab.max_length == 5
+
+
+def test_vocabulary_ignores_captions_over_max_length():
+    captions = [text.wrap(["short"]), text.wrap("far too long a caption here".split())]
+    vocab = Vocabulary.build(captions, min_count=1, max_length=4)
+    assert "long" not in vocab.ids and "short" in vocab.ids
+    assert vocab.max_length == 3
+
+
+def test_vocabulary_round_trips_through_json(tmp_path):
+    vocab = Vocabulary.build([text.wrap("a red circle".split())], min_count=1, max_length=8)
+    vocab.save(tmp_path / "vocab.json")
+    loaded = Vocabulary.load(tmp_path / "vocab.json")
+    assert loaded.tokens == vocab.tokens and loaded.max_length == vocab.max_length
+    assert loaded.decode([vocab.start_id, *vocab.encode(["a", "red"]), vocab.end_id, vocab.ids["circle"]]) == [
+        "a",
+        "red",
+    ]
+
+
+def test_vocabulary_refuses_a_file_with_other_special_tokens(tmp_path):
+    (tmp_path / "vocab.json").write_text('{"max_length": 3, "tokens": ["<start>", "<pad>", "<end>", "<unk>", "a"]}')
+    with pytest.raises(ValueError, match="special tokens"):
+        Vocabulary.load(tmp_path / "vocab.json")
