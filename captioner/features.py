@@ -18,7 +18,7 @@ from captioner.stage import StageError, atomic_path, progress
 POOLINGS = ("avg", "grid")
 
 
-def _image_dataset(encoder: Encoder, paths: list[Path], batch_size: int):
+def _image_dataset(paths: list[Path], size: int, preprocess, batch_size: int):
     """Batches of (names, preprocessed images); decode and resize run in parallel with the forward pass.
 
     An image that does not decode is dropped here (``ignore_errors``); the caller finds it by name
@@ -26,12 +26,10 @@ def _image_dataset(encoder: Encoder, paths: list[Path], batch_size: int):
     """
     import tensorflow as tf
 
-    size = encoder.input_size
-
     def load(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
-        return tf.strings.split(path, "/")[-1], encoder.preprocess(image)
+        return tf.strings.split(path, "/")[-1], preprocess(image)
 
     names = tf.data.Dataset.from_tensor_slices([str(path) for path in paths])
     return (
@@ -42,38 +40,63 @@ def _image_dataset(encoder: Encoder, paths: list[Path], batch_size: int):
     )
 
 
-def extract(encoder: Encoder, paths: list[Path], target: Path, pooling: str, batch_size: int) -> list[str]:
-    """Write the features of ``paths`` to ``target``; returns the names of images that did not decode."""
-    import keras
-    import tensorflow as tf
+class Extractor:
+    """A frozen encoder with its pooling, ready to stream image files into a features file."""
 
-    backbone = encoder.build()
-    outputs = keras.layers.GlobalAveragePooling2D()(backbone.output) if pooling == "avg" else backbone.output
-    model = keras.Model(backbone.input, outputs)
-    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-    shape = tuple(int(d) for d in model.output.shape[1:])
-    written: list[str] = []
-    with atomic_path(target) as temporary, h5py.File(temporary, "w") as store:
-        features = store.create_dataset(
-            "features", shape=(0, *shape), maxshape=(None, *shape), dtype="float16", chunks=(1, *shape)
-        )
-        store.attrs.update(
-            encoder=encoder.name,
-            weights=encoder.weights_identity(),
-            input_size=encoder.input_size,
-            pooling=pooling,
-            preprocessing=encoder.preprocessing,
-        )
-        with progress(total=len(paths), desc=f"extract_features: {encoder.name}", unit="image") as bar:
-            for names, images in _image_dataset(encoder, paths, batch_size):
-                batch = forward(images).numpy().astype(np.float16)
-                features.resize(len(written) + len(batch), axis=0)
-                features[len(written) :] = batch
-                written += [name.decode() for name in names.numpy()]
-                bar.update(len(batch))
-        store.create_dataset("image_ids", data=np.array(written, dtype=object), dtype=h5py.string_dtype())
-    decoded = set(written)
-    return [path.name for path in paths if path.name not in decoded]
+    def __init__(self, encoder: Encoder, pooling: str, weights: str = "imagenet", image_size: int | None = None):
+        import keras
+        import tensorflow as tf
+
+        self.encoder, self.pooling, self.weights = encoder, pooling, weights
+        self.size = image_size or encoder.input_size
+        backbone = encoder.build(weights, self.size)
+        outputs = keras.layers.GlobalAveragePooling2D()(backbone.output) if pooling == "avg" else backbone.output
+        self.model = keras.Model(backbone.input, outputs)
+        self.forward = tf.function(lambda images: self.model(images, training=False), reduce_retracing=True)
+
+    def write(self, paths: list[Path], target: Path, batch_size: int) -> list[str]:
+        """Write the features of ``paths`` to ``target``; returns the names of images that did not decode.
+
+        Memory stays flat whatever the number of images: batches stream from disk through the
+        encoder into the HDF5 file, which grows one chunk per image.
+        """
+        shape = tuple(int(d) for d in self.model.output.shape[1:])
+        written: list[str] = []
+        with atomic_path(target) as temporary, h5py.File(temporary, "w") as store:
+            features = store.create_dataset(
+                "features", shape=(0, *shape), maxshape=(None, *shape), dtype="float16", chunks=(1, *shape)
+            )
+            store.attrs.update(
+                encoder=self.encoder.name,
+                weights=self.encoder.weights_identity(self.weights),
+                input_size=self.size,
+                pooling=self.pooling,
+                preprocessing=self.encoder.preprocessing,
+            )
+            images = _image_dataset(paths, self.size, self.encoder.preprocess, batch_size)
+            with progress(total=len(paths), desc=f"extract_features: {self.encoder.name}", unit="image") as bar:
+                for names, batch in images:
+                    values = self.forward(batch).numpy().astype(np.float16)
+                    features.resize(len(written) + len(values), axis=0)
+                    features[len(written) :] = values
+                    written += [name.decode() for name in names.numpy()]
+                    bar.update(len(values))
+            store.create_dataset("image_ids", data=np.array(written, dtype=object), dtype=h5py.string_dtype())
+        decoded = set(written)
+        return [path.name for path in paths if path.name not in decoded]
+
+
+def extract(
+    encoder: Encoder,
+    paths: list[Path],
+    target: Path,
+    pooling: str,
+    batch_size: int,
+    weights: str = "imagenet",
+    image_size: int | None = None,
+) -> list[str]:
+    """Build the encoder and write the features of ``paths``; see ``Extractor.write``."""
+    return Extractor(encoder, pooling, weights, image_size).write(paths, target, batch_size)
 
 
 def load_pooled(path: Path, encoder: str, images: list[str]) -> np.ndarray:

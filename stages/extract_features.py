@@ -11,7 +11,10 @@ def main(params: Params) -> None:
     names = sorted({name for split in SPLITS for name in read_split_list(Layout.split_list(split))})
     paths = [Layout.images / name for name in names if (Layout.images / name).exists()]
     target = Layout.features_file(encoder.name)
-    skipped = features.extract(encoder, paths, target, pooling, params["features"]["batch_size"])
+    settings = params["features"]
+    skipped = features.extract(
+        encoder, paths, target, pooling, settings["batch_size"], str(settings["weights"]), settings["image_size"]
+    )
     for name in skipped:
         print(f"extract_features: skipped {name}: not a readable image")
     written = len(paths) - len(skipped)

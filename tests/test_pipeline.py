@@ -74,13 +74,20 @@ def test_decoder_change_reruns_train_and_evaluate_only(repo):
     assert "Data and pipelines are up to date" in dvc(repo, "status")
 
 
-def test_features_change_reruns_from_extraction_and_switching_back_uses_the_run_cache(repo):
+def test_encoder_change_reruns_from_extraction_and_switching_back_uses_the_run_cache(repo):
     repo, _ = repo
-    features = repo / "data" / "features" / "efficientnet_lite0.h5"
-    before = features.read_bytes()
-    assert ran(dvc(repo, "exp", "run", "-S", "features.pooling=grid")) == {"extract_features", "train", "evaluate"}
-    assert features.read_bytes() != before
-    back = dvc(repo, "exp", "run", "-S", "features.pooling=avg")
+    lite0 = repo / "data" / "features" / "efficientnet_lite0.h5"
+    before = lite0.read_bytes()
+    switched = dvc(repo, "exp", "run", "-S", "encoder=mobilenet_v2", "-S", "features.weights=none")
+    assert ran(switched) == {"extract_features", "train", "evaluate"}
+    assert (repo / "data" / "features" / "mobilenet_v2.h5").exists()
+    back = dvc(repo, "exp", "run", "-S", "encoder=efficientnet_lite0", "-S", "features.weights=imagenet")
     assert "extract_features" not in ran(back) and "train" not in ran(back)  # evaluate's uncached outputs may rerun it
     assert "Stage 'extract_features' is cached - skipping run" in back
-    assert features.read_bytes() == before
+    assert lite0.read_bytes() == before
+
+
+def test_pooling_change_reruns_extraction_and_training(repo):
+    repo, _ = repo
+    assert ran(dvc(repo, "exp", "run", "-S", "features.pooling=grid")) == {"extract_features", "train", "evaluate"}
+    assert "Data and pipelines are up to date" in dvc(repo, "status")
