@@ -1,48 +1,207 @@
-"""The caption decoder: an RNN whose initial state is injected from the image features.
+"""Caption decoders: a GRU or LSTM conditioned on the image by merge, init-inject or soft attention.
 
-``build`` gives the teacher-forced training model (features, caption tokens → next-token logits
-at every position); ``Stepper`` reuses its layers one token at a time for decoding.
+``build`` gives the teacher-forced training model: (image features, caption tokens) → next-token
+logits at every position (and, for attention, the attention weights). ``Stepper`` runs the same
+layers one token at a time for decoding.
+
+- merge (seed 001): the RNN reads only words; the projected image is added to its outputs.
+- inject (seed 003): the projected image is the RNN's initial state.
+- attention (Show, Attend and Tell): at every step a gated, Bahdanau-scored context vector over
+  the H×W feature grid joins the word input; the initial state comes from the mean feature.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
 
-RNNS = {"gru": (layers.GRU, 1), "lstm": (layers.LSTM, 2)}  # layer class, number of state tensors
+ARCHS = ("merge", "inject", "attention")
+RNNS = {"gru": (layers.GRU, layers.GRUCell, 1), "lstm": (layers.LSTM, layers.LSTMCell, 2)}  # layer, cell, states
 
 
-def build(vocab_size: int, feature_dim: int, rnn: str, units: int, embedding_dim: int, dropout: float) -> keras.Model:
-    rnn_class, num_states = RNNS[rnn]
-    features = keras.Input((feature_dim,), name="features")
+@keras.saving.register_keras_serializable(package="captioner")
+class AttentionRNN(layers.Layer):
+    """An RNN cell that attends over a feature grid at every step (Xu et al. 2015, soft attention).
+
+    The grid is captured by the time loop rather than carried as a state: Keras 3 RNNs take no
+    ``constants=``, and a state would be copied at every step.
+    """
+
+    def __init__(self, rnn: str, units: int, attention_units: int, input_dim: int, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rnn, self.units, self.attention_units = rnn, units, attention_units
+        self.input_dim, self.channels = input_dim, channels
+        self.cell = RNNS[rnn][1](units, name="cell")
+        self.memory_keys = layers.Dense(attention_units, use_bias=False, name="memory_keys")
+        self.hidden_query = layers.Dense(attention_units, name="hidden_query")
+        self.score = layers.Dense(1, use_bias=False, name="score")
+        self.gate = layers.Dense(channels, activation="sigmoid", name="gate")
+        self.supports_masking = True
+
+    def build(self, *shapes):
+        self.cell.build((None, self.input_dim + self.channels))
+        self.memory_keys.build((None, None, self.channels))
+        self.hidden_query.build((None, self.units))
+        self.score.build((None, None, self.attention_units))
+        self.gate.build((None, self.units))
+        self.built = True
+
+    def keys(self, memory):
+        return self.memory_keys(memory)
+
+    def step(self, word, states, memory, keys):
+        """One token: (output, gated context, attention weights over the grid, new states)."""
+        hidden = states[0]
+        scores = self.score(ops.tanh(keys + ops.expand_dims(self.hidden_query(hidden), 1)))[..., 0]
+        alpha = ops.softmax(scores, axis=-1)
+        context = self.gate(hidden) * ops.sum(ops.expand_dims(alpha, -1) * memory, axis=1)
+        output, new_states = self.cell(ops.concatenate([word, context], axis=-1), list(states))
+        return output, context, alpha, list(new_states)
+
+    def call(self, words, memory, states, mask=None):
+        """Outputs, contexts and attention weights at every step. ``mask`` is accepted and not needed:
+        padding sits after <end>, so its steps change nothing the masked loss reads."""
+        import tensorflow as tf
+
+        keys = self.keys(memory)
+
+        def body(carry, word):
+            output, context, alpha, new_states = self.step(word, list(carry[0]), memory, keys)
+            return tuple(new_states), ops.concatenate([output, context, alpha], axis=-1)
+
+        width = self.units + self.channels + ops.shape(memory)[1]
+        start = (tuple(states), ops.zeros((ops.shape(words)[0], width)))
+        _, stacked = tf.scan(body, ops.transpose(words, (1, 0, 2)), initializer=start)
+        stacked = ops.transpose(stacked, (1, 0, 2))
+        edges = [self.units, self.units + self.channels]
+        return stacked[..., : edges[0]], stacked[..., edges[0] : edges[1]], stacked[..., edges[1] :]
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return [None, None, None]  # the loss masks padding itself
+
+    def compute_output_shape(self, words_shape, memory_shape, states_shape):
+        batch, length = words_shape[:2]
+        return (batch, length, self.units), (batch, length, self.channels), (batch, length, memory_shape[1])
+
+    def get_config(self):
+        return super().get_config() | {
+            "rnn": self.rnn,
+            "units": self.units,
+            "attention_units": self.attention_units,
+            "input_dim": self.input_dim,
+            "channels": self.channels,
+        }
+
+
+def build(
+    vocab_size: int,
+    feature_shape: tuple[int, ...],
+    rnn: str,
+    arch: str,
+    units: int,
+    embedding_dim: int,
+    dropout: float,
+    attention_units: int = 256,
+    embeddings: np.ndarray | None = None,
+    train_embeddings: bool = True,
+) -> keras.Model:
+    """The training model. ``feature_shape`` is (C,) for merge/inject and (H·W, C) for attention."""
+    rnn_layer, _, num_states = RNNS[rnn]
+    features = keras.Input(feature_shape, name="features")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
-    image = layers.Dropout(dropout, name="feature_dropout")(features)
-    states = [layers.Dense(units, activation="tanh", name=f"init_state_{i}")(image) for i in range(num_states)]
-    words = layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(tokens)
-    words = layers.Dropout(dropout, name="embedding_dropout")(words)
-    sequence = rnn_class(units, return_sequences=True, return_state=True, name="rnn")(words, initial_state=states)[0]
-    sequence = layers.Dropout(dropout, name="output_dropout")(sequence)
-    logits = layers.Dense(vocab_size, name="logits")(sequence)
-    return keras.Model([features, tokens], logits, name=f"{rnn}_inject_captioner")
+    embedding = layers.Embedding(
+        vocab_size, embedding_dim, mask_zero=True, trainable=train_embeddings, name="embedding"
+    )
+    words = layers.Dropout(dropout, name="embedding_dropout")(embedding(tokens))
+    outputs = {}
+    if arch == "inject":
+        image = layers.Dropout(dropout, name="feature_dropout")(features)
+        states = [layers.Dense(units, activation="tanh", name=f"init_state_{i}")(image) for i in range(num_states)]
+        sequence = rnn_layer(units, return_sequences=True, return_state=True, name="rnn")(words, initial_state=states)[
+            0
+        ]
+        hidden = layers.Dropout(dropout, name="output_dropout")(sequence)
+    elif arch == "merge":
+        sequence = rnn_layer(units, return_sequences=True, return_state=True, name="rnn")(words)[0]
+        image = layers.Dense(units, activation="relu", name="image_projection")(
+            layers.Dropout(dropout, name="feature_dropout")(features)
+        )
+        merged = layers.Add(name="merge")([sequence, ops.expand_dims(image, 1)])
+        hidden = layers.Dense(units, activation="relu", name="merge_hidden")(merged)
+        hidden = layers.Dropout(dropout, name="output_dropout")(hidden)
+    else:
+        mean = ops.mean(features, axis=1)
+        states = [layers.Dense(units, activation="tanh", name=f"init_state_{i}")(mean) for i in range(num_states)]
+        attend = AttentionRNN(rnn, units, attention_units, embedding_dim, feature_shape[-1], name="attention_rnn")
+        sequence, contexts, outputs["attention"] = attend(words, features, states)
+        # Show-Attend-Tell's deep output: tanh(L_h h + L_z z + E y) before the vocabulary projection.
+        deep_hidden = layers.Dense(embedding_dim, name="deep_hidden")(sequence)
+        deep_context = layers.Dense(embedding_dim, name="deep_context")(contexts)
+        hidden = layers.Dropout(dropout, name="output_dropout")(ops.tanh(deep_hidden + deep_context + words))
+    outputs["logits"] = layers.Dense(vocab_size, name="logits")(hidden)
+    model = keras.Model([features, tokens], outputs, name=f"{rnn}_{arch}_captioner")
+    if embeddings is not None:
+        model.get_layer("embedding").set_weights([embeddings])
+    return model
+
+
+def architecture(model: keras.Model) -> tuple[str, str]:
+    """(rnn, arch) of a model made by ``build``."""
+    rnn, arch, _ = model.name.split("_", 2)
+    return rnn, arch
 
 
 class Stepper:
-    """One-token-at-a-time views of a trained model: ``start(features) → states``, ``step(tokens, states)``."""
+    """One-token-at-a-time views of a trained model: ``start(features) → states``, ``step(tokens, states)``.
+
+    ``step`` returns (logits, new states, attention weights or None).
+    """
 
     def __init__(self, model: keras.Model):
         import tensorflow as tf
 
-        self.num_states = sum(1 for layer in model.layers if layer.name.startswith("init_state_"))
-        init_layers = [model.get_layer(f"init_state_{i}") for i in range(self.num_states)]
-        embedding, rnn, head = (model.get_layer(name) for name in ("embedding", "rnn", "logits"))
+        rnn_name, self.arch = architecture(model)
+        num_states = RNNS[rnn_name][2]
+        embedding, head = model.get_layer("embedding"), model.get_layer("logits")
 
-        @tf.function(reduce_retracing=True)
-        def start(features):
-            return [layer(features) for layer in init_layers]
+        if self.arch == "attention":
+            attend = model.get_layer("attention_rnn")
+            init = [model.get_layer(f"init_state_{i}") for i in range(num_states)]
+            deep = [model.get_layer(name) for name in ("deep_hidden", "deep_context")]
 
-        @tf.function(reduce_retracing=True)
-        def step(tokens, states):
-            outputs = rnn(embedding(tokens[:, None]), initial_state=list(states))
-            return head(outputs[0][:, 0]), list(outputs[1:])
+            def start(features):
+                return [layer(ops.mean(features, axis=1)) for layer in init] + [features, attend.keys(features)]
 
-        self.start, self.step = start, step
+            def step(tokens, states):
+                words = embedding(tokens)
+                *rnn_states, memory, keys = states
+                output, context, alpha, new_states = attend.step(words, rnn_states, memory, keys)
+                logits = head(ops.tanh(deep[0](output) + deep[1](context) + words))
+                return logits, [*new_states, memory, keys], alpha
+
+        else:
+            rnn = model.get_layer("rnn")
+            if self.arch == "inject":
+                init = [model.get_layer(f"init_state_{i}") for i in range(num_states)]
+
+                def start(features):
+                    return [layer(features) for layer in init]
+            else:
+                project, merge_hidden = model.get_layer("image_projection"), model.get_layer("merge_hidden")
+
+                def start(features):
+                    zeros = ops.zeros((ops.shape(features)[0], rnn.units))
+                    return [zeros] * num_states + [project(features)]
+
+            def step(tokens, states):
+                rnn_states = states if self.arch == "inject" else states[:-1]
+                outputs = rnn(embedding(tokens[:, None]), initial_state=list(rnn_states))
+                output, new_states = outputs[0][:, 0], list(outputs[1:])
+                if self.arch == "merge":
+                    output = merge_hidden(output + states[-1])
+                    new_states = [*new_states, states[-1]]
+                return head(output), new_states, None
+
+        self.start = tf.function(start, reduce_retracing=True)
+        self.step = tf.function(step, reduce_retracing=True)

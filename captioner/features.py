@@ -7,6 +7,7 @@ pooling and preprocessing, so a reader can refuse a file made for other params.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -99,40 +100,58 @@ def extract(
     return Extractor(encoder, pooling, weights, image_size).write(paths, target, batch_size)
 
 
-def load_pooled(path: Path, encoder: str, images: list[str]) -> np.ndarray:
-    """Pooled features (float32, one row per name in ``images``), averaging a cached grid if need be."""
-    if not Path(path).exists():
-        raise StageError(f"features file {path} is missing; run the extract_features stage")
-    with h5py.File(path, "r") as store:
-        if store.attrs["encoder"] != encoder:
-            raise StageError(f"{path} holds {store.attrs['encoder']} features, but params say encoder {encoder}")
-        row_of = {name: row for row, name in enumerate(store["image_ids"].asstr()[:])}
-        missing = [name for name in images if name not in row_of]
-        if missing:
-            raise StageError(f"{path} has no features for {len(missing)} images, e.g. {missing[0]}")
-        rows = np.array([row_of[name] for name in images])
-        order = np.argsort(rows)
-        pooled = np.empty((len(images), store["features"].shape[-1]), dtype=np.float32)
-        for start in range(0, len(rows), 256):  # h5py wants increasing indices; read in slabs to bound memory
-            chunk = order[start : start + 256]
-            values = store["features"][rows[chunk]].astype(np.float32)
-            pooled[chunk] = values.reshape(len(chunk), -1, values.shape[-1]).mean(axis=1)
-    return pooled
+class FeatureFile:
+    """The read side of a features file, checked against the encoder the params name."""
 
+    def __init__(self, path: Path, encoder: str):
+        if not Path(path).exists():
+            raise StageError(f"features file {path} is missing; run the extract_features stage")
+        self.path = Path(path)
+        self.store = h5py.File(path, "r")
+        if self.store.attrs["encoder"] != encoder:
+            raise StageError(f"{path} holds {self.store.attrs['encoder']} features, but params say encoder {encoder}")
+        self.pooling = str(self.store.attrs["pooling"])
+        self.row_of = {name: row for row, name in enumerate(self.store["image_ids"].asstr()[:])}
+        self._features = self.store["features"]
 
-def feature_ids(path: Path) -> set[str]:
-    with h5py.File(path, "r") as store:
-        return set(store["image_ids"].asstr()[:])
+    def shape(self, pooled: bool) -> tuple[int, ...]:
+        """Per-image shape that ``read`` returns: (C,) pooled, or (H·W, C) for the grid."""
+        channels = self._features.shape[-1]
+        if pooled:
+            return (channels,)
+        self.require_grid()
+        return (int(np.prod(self._features.shape[1:-1])), channels)
 
+    def require_grid(self) -> None:
+        if self._features.ndim != 4:
+            raise StageError(
+                f"attention needs the feature grid, but {self.path} holds {self.pooling}-pooled features: "
+                "set features.pooling to grid"
+            )
 
-def pooled_for_captions(
-    path: Path, encoder: str, captions: list[tuple[str, list[str]]]
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Pooled features of every captioned image the file holds, and each image's row in them.
+    def read(self, rows: np.ndarray, pooled: bool) -> np.ndarray:
+        """float32 features of ``rows``, in that order; the grid is averaged when ``pooled``."""
+        shape = self.shape(pooled)
+        unique, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing indices
+        out = np.empty((len(unique), *shape), dtype=np.float32)
+        for begin in range(0, len(unique), 256):  # in slabs, so pooling a grid never holds it all
+            values = self._features[unique[begin : begin + 256]].astype(np.float32)
+            values = values.reshape(len(values), -1, values.shape[-1])
+            out[begin : begin + 256] = values.mean(axis=1) if pooled else values
+        return out[inverse]
 
-    Images the encoder could not read are not in the file; their captions find no row and drop out.
-    """
-    if not Path(path).exists():
-        raise StageError(f"features file {path} is missing; run the extract_features stage")
-    images = sorted({image for image, _ in captions} & feature_ids(path))
-    return load_pooled(path, encoder, images), {image: row for row, image in enumerate(images)}
+    def reader(self, pooled: bool) -> Callable[[np.ndarray], np.ndarray]:
+        """rows → features: from a table in memory when pooled (small), streamed from disk for the grid."""
+        if not pooled:
+            return lambda rows: self.read(rows, pooled=False)
+        table = self.read(np.arange(len(self.row_of)), pooled=True)
+        return table.__getitem__
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> FeatureFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

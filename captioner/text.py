@@ -8,6 +8,10 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
+from captioner.stage import StageError, write_text
+
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD must stay 0 (the mask value)
 
@@ -70,8 +74,6 @@ class Vocabulary:
         return strip_special(self.tokens[int(index)] for index in ids)
 
     def save(self, path: Path) -> None:
-        from captioner.stage import write_text
-
         write_text(path, json.dumps({"max_length": self.max_length, "tokens": self.tokens}, indent=0))
 
     @classmethod
@@ -80,3 +82,37 @@ class Vocabulary:
         if tuple(data["tokens"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"{path}: special tokens differ from this version's {SPECIAL_TOKENS}")
         return cls(data["tokens"][len(SPECIAL_TOKENS) :], max_length=data["max_length"])
+
+
+def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, int]:
+    """An embedding matrix for ``vocab`` from a GloVe-format text file (``word v1 v2 …`` per line).
+
+    The dimension is the file's. Vocabulary words the file lacks get random vectors at the file's
+    scale (their number is returned); the pad row is zero. Only vocabulary words are kept while
+    reading, so a 400k-word file costs little memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"GloVe file {path} does not exist")
+    found: dict[str, np.ndarray] = {}
+    dimension = None
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            word, *values = line.rstrip().split(" ")
+            dimension = dimension or len(values)
+            if len(values) != dimension or not values:
+                raise StageError(f"{path}:{number}: expected a word and {dimension} numbers")
+            if word in vocab.ids:
+                try:
+                    found[word] = np.asarray(values, dtype=np.float32)
+                except ValueError as err:
+                    raise StageError(f"{path}:{number}: {err}") from err
+    if dimension is None:
+        raise StageError(f"GloVe file {path} is empty")
+    scale = float(np.std(np.stack(list(found.values())))) if found else 0.1
+    matrix = np.random.default_rng(seed).normal(0.0, scale, size=(len(vocab), dimension)).astype(np.float32)
+    for word, vector in found.items():
+        matrix[vocab.ids[word]] = vector
+    matrix[vocab.pad_id] = 0.0
+    missing = sum(1 for word in vocab.tokens[len(SPECIAL_TOKENS) :] if word not in found)
+    return matrix, missing

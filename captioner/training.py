@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,24 +22,40 @@ def encode_captions(
         if image in row_of and len(tokens) <= vocab.max_length:
             rows.append(row_of[image])
             sequences.append(vocab.encode(tokens))
-    return np.array(rows, dtype=np.int32), sequences, len(captions) - len(rows)
+    return np.array(rows, dtype=np.int64), sequences, len(captions) - len(rows)
+
+
+def pad(sequences: list[list[int]]) -> np.ndarray:
+    """Right-pad with the pad id to the longest sequence given (per batch, not the global maximum)."""
+    padded = np.full((len(sequences), max(map(len, sequences))), Vocabulary.pad_id, dtype=np.int32)
+    for row, sequence in enumerate(sequences):
+        padded[row, : len(sequence)] = sequence
+    return padded
 
 
 def batches(
-    features: np.ndarray, rows: np.ndarray, sequences: list[list[int]], batch_size: int, seed: int | None = None
+    read: Callable[[np.ndarray], np.ndarray],
+    feature_shape: tuple[int, ...],
+    rows: np.ndarray,
+    sequences: list[list[int]],
+    batch_size: int,
+    seed: int | None = None,
 ) -> tf.data.Dataset:
-    """(features, tokens) batches, each padded only to its own longest caption; shuffled when ``seed`` is given."""
-    lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)
-    ragged = tf.RaggedTensor.from_row_lengths(np.concatenate(sequences).astype(np.int32), lengths)
-    table = tf.constant(features)
-    dataset = tf.data.Dataset.from_tensor_slices((rows, ragged))
-    if seed is not None:
-        dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    return (
-        dataset.map(lambda row, tokens: (tf.gather(table, row), tokens), num_parallel_calls=tf.data.AUTOTUNE)
-        .padded_batch(batch_size, padded_shapes=([features.shape[1]], [None]))
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    """(features, tokens) batches; features come from ``read(rows)`` as each batch is made.
+
+    ``read`` may index an array in memory or stream from the HDF5 file, so the grid of a whole
+    dataset never has to fit in RAM. With ``seed``, captions are reshuffled every epoch, repeatably.
+    """
+    shuffler = np.random.default_rng(seed) if seed is not None else None
+
+    def generate():
+        order = shuffler.permutation(len(rows)) if shuffler is not None else np.arange(len(rows))
+        for begin in range(0, len(order), batch_size):
+            picked = order[begin : begin + batch_size]
+            yield read(rows[picked]), pad([sequences[i] for i in picked])
+
+    signature = (tf.TensorSpec((None, *feature_shape), tf.float32), tf.TensorSpec((None, None), tf.int32))
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
 
 
 def masked_sums(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -49,9 +66,16 @@ def masked_sums(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     return tf.reduce_sum(cross_entropy * mask), tf.reduce_sum(correct * mask), tf.reduce_sum(mask)
 
 
+def attention_penalty(targets: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
+    """Show-Attend-Tell's doubly stochastic term: every grid cell should get about one unit of attention."""
+    mask = tf.cast(targets != Vocabulary.pad_id, tf.float32)[..., None]
+    coverage = tf.reduce_sum(attention * mask, axis=1)
+    return tf.reduce_mean(tf.square(1.0 - coverage))
+
+
 @dataclass
 class EpochStats:
-    loss: float  # mean per real token
+    loss: float  # mean cross-entropy per real token
     accuracy: float
 
     @property
@@ -60,29 +84,32 @@ class EpochStats:
 
 
 class Trainer:
-    """A compiled train step and dev step for ``model`` (inputs: features, tokens → logits)."""
+    """A compiled train step and dev step for a model from ``captioner.decoder.build``."""
 
-    def __init__(self, model, learning_rate: float, clipnorm: float):
+    def __init__(self, model, learning_rate: float, clipnorm: float, attention_reg: float = 0.0):
         import keras
 
         self.model = model
         self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm)
         self.optimizer.build(model.trainable_variables)
-        spec = (tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.int32))
+        spec = (tf.TensorSpec(model.inputs[0].shape, tf.float32), tf.TensorSpec([None, None], tf.int32))
 
         @tf.function(input_signature=spec)
         def train_step(features, tokens):
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             with tf.GradientTape() as tape:
-                loss_sum, correct, count = masked_sums(targets, model([features, inputs], training=True))
+                outputs = model([features, inputs], training=True)
+                loss_sum, correct, count = masked_sums(targets, outputs["logits"])
                 loss = loss_sum / count
+                if attention_reg and "attention" in outputs:
+                    loss += attention_reg * attention_penalty(targets, outputs["attention"])
             gradients = tape.gradient(loss, model.trainable_variables)
             self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return loss_sum, correct, count
 
         @tf.function(input_signature=spec)
         def dev_step(features, tokens):
-            return masked_sums(tokens[:, 1:], model([features, tokens[:, :-1]], training=False))
+            return masked_sums(tokens[:, 1:], model([features, tokens[:, :-1]], training=False)["logits"])
 
         self.train_step, self.dev_step = train_step, dev_step
 
@@ -93,9 +120,22 @@ class Trainer:
             totals += [float(value) for value in step(features, tokens)]
         return EpochStats(loss=totals[0] / totals[2], accuracy=totals[1] / totals[2])
 
-    def fit(self, train: tf.data.Dataset, dev: tf.data.Dataset, epochs: int, patience: int, live) -> dict:
-        """Train until ``epochs`` or ``patience`` epochs without a better dev loss; restore the best weights."""
+    def fit(
+        self,
+        train: tf.data.Dataset,
+        dev: tf.data.Dataset,
+        epochs: int,
+        patience: int,
+        live,
+        lr_patience: int | None = None,
+        lr_factor: float = 0.5,
+    ) -> dict:
+        """Train until ``epochs``, or ``patience`` epochs without a better dev loss; restore the best weights.
+
+        After ``lr_patience`` epochs without improvement the learning rate is multiplied by ``lr_factor``.
+        """
         best_loss, best_epoch, best_weights = np.inf, 0, self.model.get_weights()
+        last_change = 0
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
             train_stats = self.run_epoch(train, True, f"train: epoch {epoch}")
@@ -105,16 +145,22 @@ class Trainer:
                 live.log_metric(f"{split}/loss", stats.loss)
                 live.log_metric(f"{split}/token_accuracy", stats.accuracy)
                 live.log_metric(f"{split}/perplexity", stats.perplexity)
+            learning_rate = float(self.optimizer.learning_rate.numpy())
+            live.log_metric("learning_rate", learning_rate)
             live.log_metric("epoch_seconds", seconds)
             live.next_step()
             print(
                 f"train: epoch {epoch}: loss {train_stats.loss:.3f}, dev loss {dev_stats.loss:.3f}, "
-                f"dev token accuracy {dev_stats.accuracy:.3f} ({seconds:.1f}s)"
+                f"dev token accuracy {dev_stats.accuracy:.3f}, lr {learning_rate:.2g} ({seconds:.1f}s)"
             )
             if dev_stats.loss < best_loss - 1e-4:
                 best_loss, best_epoch, best_weights = dev_stats.loss, epoch, self.model.get_weights()
+                last_change = epoch
             elif epoch - best_epoch >= patience:
                 print(f"train: stopping early, best dev loss {best_loss:.3f} at epoch {best_epoch}")
                 break
+            elif lr_patience and epoch - last_change >= lr_patience:
+                self.optimizer.learning_rate.assign(learning_rate * lr_factor)
+                last_change = epoch
         self.model.set_weights(best_weights)
         return {"best_epoch": best_epoch, "best_dev_loss": float(best_loss), "epochs_run": epoch}

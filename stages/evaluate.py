@@ -6,8 +6,8 @@ import keras
 
 from captioner import decoding, metrics
 from captioner.datasets import read_captions
-from captioner.decoder import Stepper
-from captioner.features import pooled_for_captions
+from captioner.decoder import Stepper, architecture
+from captioner.features import FeatureFile
 from captioner.stage import Layout, Params, run, write_text
 from captioner.text import Vocabulary, strip_special
 
@@ -15,23 +15,22 @@ from captioner.text import Vocabulary, strip_special
 def main(params: Params) -> None:
     settings = params["evaluate"]
     vocab = Vocabulary.load(Layout.vocab)
-    captions = read_captions(Layout.split_captions("test"))
-    features, row_of = pooled_for_captions(Layout.features_file(params["encoder"]), params["encoder"], captions)
-    references: dict[str, list[list[str]]] = {}
-    for image, tokens in captions:
-        if image in row_of:
-            references.setdefault(image, []).append(strip_special(tokens))
-    images = list(references)
-
     model = keras.saving.load_model(Layout.model)
-    generated = decoding.greedy(
-        Stepper(model),
-        features[[row_of[image] for image in images]],
-        vocab.start_id,
-        vocab.end_id,
-        settings["max_len"],
-        settings["batch_size"],
-    )
+    with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
+        references: dict[str, list[list[str]]] = {}
+        for image, tokens in read_captions(Layout.split_captions("test")):
+            if image in store.row_of:
+                references.setdefault(image, []).append(strip_special(tokens))
+        images = list(references)
+        generated = decoding.greedy(
+            Stepper(model),
+            store.reader(pooled=architecture(model)[1] != "attention"),
+            [store.row_of[image] for image in images],
+            vocab.start_id,
+            vocab.end_id,
+            settings["max_len"],
+            settings["batch_size"],
+        )
     hypotheses = [vocab.decode(ids) for ids in generated]
     scores = metrics.corpus_bleu([references[image] for image in images], hypotheses)
     write_text(Layout.scores, json.dumps({key: round(value, 4) for key, value in scores.items()}, indent=2) + "\n")

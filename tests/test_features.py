@@ -52,9 +52,17 @@ def test_grid_features_pool_to_the_avg_features(lite0, shapes_raw, tmp_path):
     features.extract(lite0, paths, tmp_path / "avg.h5", pooling="avg", batch_size=4)
     with h5py.File(tmp_path / "grid.h5") as store:
         assert store["features"].shape == (3, lite0.grid, lite0.grid, lite0.channels)
-    names = [p.name for p in paths][::-1]
-    from_grid = features.load_pooled(tmp_path / "grid.h5", "efficientnet_lite0", names)
-    from_avg = features.load_pooled(tmp_path / "avg.h5", "efficientnet_lite0", names)
+    rows = np.array([2, 0, 2, 1])
+    with features.FeatureFile(tmp_path / "grid.h5", "efficientnet_lite0") as grid:
+        from_grid = grid.read(rows, pooled=True)
+        assert grid.read(rows, pooled=False).shape == (4, lite0.grid**2, lite0.channels)
+        assert grid.shape(pooled=False) == (lite0.grid**2, lite0.channels)
+        np.testing.assert_array_equal(grid.reader(pooled=True)(rows), from_grid)
+    with features.FeatureFile(tmp_path / "avg.h5", "efficientnet_lite0") as avg:
+        from_avg = avg.read(rows, pooled=True)
+        assert avg.row_of == {p.name: i for i, p in enumerate(paths)}
+        with pytest.raises(StageError, match="attention needs the feature grid.*set features.pooling to grid"):
+            avg.shape(pooled=False)
     np.testing.assert_allclose(from_grid, from_avg, atol=2e-2, rtol=2e-2)
 
 
@@ -62,6 +70,6 @@ def test_reader_refuses_a_file_of_another_encoder(lite0, shapes_raw, tmp_path):
     paths = sorted((shapes_raw / "Flicker8k_Dataset").iterdir())[:1]
     features.extract(lite0, paths, tmp_path / "f.h5", pooling="avg", batch_size=1)
     with pytest.raises(StageError, match="holds efficientnet_lite0 features, but params say encoder vgg16"):
-        features.load_pooled(tmp_path / "f.h5", "vgg16", [paths[0].name])
+        features.FeatureFile(tmp_path / "f.h5", "vgg16")
     with pytest.raises(StageError, match="missing; run the extract_features stage"):
-        features.pooled_for_captions(tmp_path / "none.h5", "efficientnet_lite0", [])
+        features.FeatureFile(tmp_path / "none.h5", "efficientnet_lite0")

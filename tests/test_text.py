@@ -1,6 +1,8 @@
+import numpy as np
 import pytest
 
 from captioner import text
+from captioner.stage import StageError
 from captioner.text import Vocabulary
 
 
@@ -47,3 +49,26 @@ def test_vocabulary_refuses_a_file_with_other_special_tokens(tmp_path):
     (tmp_path / "vocab.json").write_text('{"max_length": 3, "tokens": ["<start>", "<pad>", "<end>", "<unk>", "a"]}')
     with pytest.raises(ValueError, match="special tokens"):
         Vocabulary.load(tmp_path / "vocab.json")
+
+
+def test_glove_loader_takes_known_vectors_and_counts_the_rest(tmp_path):
+    glove = tmp_path / "glove.3d.txt"
+    glove.write_text("the 0.1 0.2 0.3\ndog 1.0 -1.0 0.5\nzebra 9 9 9\n")
+    vocab = Vocabulary(["dog", "cat", "the"], max_length=5)
+    matrix, missing = text.load_glove(glove, vocab, seed=0)
+    assert matrix.shape == (len(vocab), 3) and missing == 1  # cat
+    np.testing.assert_allclose(matrix[vocab.ids["dog"]], [1.0, -1.0, 0.5])
+    np.testing.assert_allclose(matrix[vocab.ids["the"]], [0.1, 0.2, 0.3])
+    assert (matrix[vocab.pad_id] == 0).all() and (matrix[vocab.ids["cat"]] != 0).all()
+    again, _ = text.load_glove(glove, vocab, seed=0)
+    np.testing.assert_array_equal(matrix, again)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("dog 1 2\ncat 1\n", r"glove.txt:2: expected a word and 2 numbers"), ("dog 1 x\n", "glove.txt:1:"), ("", "empty")],
+)
+def test_glove_loader_names_the_bad_line(tmp_path, content, message):
+    (tmp_path / "glove.txt").write_text(content)
+    with pytest.raises(StageError, match=message):
+        text.load_glove(tmp_path / "glove.txt", Vocabulary(["dog", "cat"], max_length=3), seed=0)
