@@ -133,8 +133,10 @@ def build(
     else:
         mean = ops.mean(features, axis=1)
         states = [layers.Dense(units, activation="tanh", name=f"init_state_{i}")(mean) for i in range(num_states)]
-        attend = AttentionRNN(rnn, units, attention_units, embedding_dim, feature_shape[-1], name="attention_rnn")
-        sequence, contexts, outputs["attention"] = attend(words, features, states)
+        # Attending over a projection rather than the raw channels keeps the per-step work small.
+        memory = layers.Dense(units, name="memory_projection")(features)
+        attend = AttentionRNN(rnn, units, attention_units, embedding_dim, units, name="attention_rnn")
+        sequence, contexts, outputs["attention"] = attend(words, memory, states)
         # Show-Attend-Tell's deep output: tanh(L_h h + L_z z + E y) before the vocabulary projection.
         deep_hidden = layers.Dense(embedding_dim, name="deep_hidden")(sequence)
         deep_context = layers.Dense(embedding_dim, name="deep_context")(contexts)
@@ -170,8 +172,11 @@ class Stepper:
             init = [model.get_layer(f"init_state_{i}") for i in range(num_states)]
             deep = [model.get_layer(name) for name in ("deep_hidden", "deep_context")]
 
+            project = model.get_layer("memory_projection")
+
             def start(features):
-                return [layer(ops.mean(features, axis=1)) for layer in init] + [features, attend.keys(features)]
+                memory = project(features)
+                return [layer(ops.mean(features, axis=1)) for layer in init] + [memory, attend.keys(memory)]
 
             def step(tokens, states):
                 words = embedding(tokens)

@@ -1,0 +1,146 @@
+"""Training speed: our teacher-forced whole-caption training vs the seeds' prefix expansion, side by side.
+
+    dvc repro            # or dvc exp run -S dataset=flickr8k …: the bench reads data/ as the pipeline left it
+    python bench/train_speed.py [--batches 60] [--budget 90]
+
+Same train captions, vocabulary and pooled image vectors for both. The seeds' method is seed 001's
+merge model (image Dense 256 + LSTM 256 over padded prefixes, added, Dense 256, softmax) fed one
+(prefix → next word) sample at a time with one-hot targets, batch 64; ours is the merge decoder of
+the same size (LSTM 256, embedding 256) on whole captions, batch 64. Prints the epoch-time ratio
+(from a fixed number of timed batches each, extrapolated), samples/s, and each method's dev loss
+per token after the same wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import keras
+import numpy as np
+from keras import layers
+
+from captioner import decoder, training
+from captioner.datasets import read_captions
+from captioner.features import FeatureFile
+from captioner.stage import Layout, declared_params
+from captioner.text import Vocabulary
+
+BATCH = 64
+SIZE = 256
+
+
+def seed_merge_model(vocab_size: int, feature_dim: int, max_len: int) -> keras.Model:
+    """Seed 001's merge captioner, as it was written."""
+    image = keras.Input((feature_dim,))
+    projected = layers.Dense(SIZE, activation="relu")(layers.Dropout(0.5)(image))
+    prefix = keras.Input((max_len,))
+    words = layers.Dropout(0.5)(layers.Embedding(vocab_size, SIZE, mask_zero=True)(prefix))
+    sequence = layers.LSTM(SIZE)(words)
+    hidden = layers.Dense(SIZE, activation="relu")(layers.add([projected, sequence]))
+    model = keras.Model([image, prefix], layers.Dense(vocab_size, activation="softmax")(hidden))
+    model.compile(loss="categorical_crossentropy", optimizer="adam")
+    return model
+
+
+def prefix_batches(table, rows, sequences, vocab_size, max_len, rng):
+    """Seed 001's generator: every (prefix → next word) pair, prefixes padded to max_len, one-hot targets."""
+    images, prefixes, targets = [], [], []
+    while True:
+        for index in rng.permutation(len(rows)):
+            sequence = sequences[index]
+            for cut in range(1, len(sequence)):
+                images.append(table[rows[index]])
+                prefixes.append(np.pad(sequence[:cut], (max_len - cut, 0)))  # the seeds pad on the left
+                targets.append(keras.utils.to_categorical(sequence[cut], vocab_size))
+                if len(images) == BATCH:
+                    yield [np.array(images), np.array(prefixes)], np.array(targets)
+                    images, prefixes, targets = [], [], []
+
+
+def seed_dev_loss(model, table, rows, sequences, max_len) -> float:
+    """Mean cross-entropy per predicted token over the dev captions' prefixes."""
+    images, prefixes, targets = [], [], []
+    for row, sequence in zip(rows, sequences, strict=True):
+        for cut in range(1, len(sequence)):
+            images.append(table[row])
+            prefixes.append(np.pad(sequence[:cut], (max_len - cut, 0)))
+            targets.append(sequence[cut])
+    probabilities = model.predict([np.array(images), np.array(prefixes)], batch_size=512, verbose=0)
+    return float(-np.mean(np.log(probabilities[np.arange(len(targets)), targets] + 1e-12)))
+
+
+def timed(step, batches, count: int) -> float:
+    """Seconds per batch over ``count`` batches, after two untimed warm-up batches."""
+    for _ in range(2):
+        step(*next(batches))
+    started = time.perf_counter()
+    for _ in range(count):
+        step(*next(batches))
+    return (time.perf_counter() - started) / count
+
+
+def train_for(step, batches, seconds: float) -> int:
+    done, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        step(*next(batches))
+        done += 1
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per method (default 60)")
+    parser.add_argument("--budget", type=float, default=90.0, help="training seconds per method for the dev loss")
+    arguments = parser.parse_args()
+    keras.utils.set_random_seed(0)
+
+    encoder = declared_params("train")["encoder"]
+    vocab = Vocabulary.load(Layout.vocab)
+    with FeatureFile(Layout.features_file(encoder), encoder) as store:
+        table = store.reader(pooled=True)(np.arange(len(store.row_of)))
+        splits = {
+            split: training.encode_captions(read_captions(Layout.split_captions(split)), store.row_of, vocab)[:2]
+            for split in ("train", "dev")
+        }
+    rows, sequences = splits["train"]
+    dev_rows, dev_sequences = (part[:500] for part in splits["dev"])
+    max_len = vocab.max_length
+    prefixes_per_epoch = sum(len(s) - 1 for s in sequences)
+    print(
+        f"{len(rows)} train captions, {prefixes_per_epoch} prefixes, vocabulary {len(vocab)}, features {table.shape[1]}"
+    )
+
+    seeds = seed_merge_model(len(vocab), table.shape[1], max_len)
+    seed_batches = prefix_batches(table, rows, sequences, len(vocab), max_len, np.random.default_rng(0))
+    seed_step = seeds.train_on_batch
+
+    ours = decoder.build(len(vocab), table.shape[1:], "lstm", "merge", SIZE, SIZE, dropout=0.5)
+    trainer = training.Trainer(ours, learning_rate=1e-3, clipnorm=5.0)
+    our_data = training.batches(table.__getitem__, table.shape[1:], rows, sequences, BATCH, seed=0).repeat()
+    our_batches = iter(our_data)
+
+    seed_seconds = timed(seed_step, seed_batches, arguments.batches)
+    our_seconds = timed(trainer.train_step, our_batches, arguments.batches)
+    seed_epoch = seed_seconds * prefixes_per_epoch / BATCH
+    our_epoch = our_seconds * len(rows) / BATCH
+    print(
+        f"seeds (prefix expansion): {seed_seconds * 1e3:.1f} ms/batch, {BATCH / seed_seconds:.0f} prefix samples/s, "
+        f"epoch ≈ {seed_epoch:.0f} s"
+    )
+    print(
+        f"ours (whole captions):    {our_seconds * 1e3:.1f} ms/batch, {BATCH / our_seconds:.0f} captions/s, "
+        f"epoch ≈ {our_epoch:.1f} s"
+    )
+    print(f"epoch time, seeds ÷ ours = {seed_epoch / our_epoch:.1f}x  (goal >= 15x)")
+
+    seed_done = train_for(seed_step, seed_batches, arguments.budget)
+    our_done = train_for(trainer.train_step, our_batches, arguments.budget)
+    dev = training.batches(table.__getitem__, table.shape[1:], dev_rows, dev_sequences, 256)
+    print(f"after {arguments.budget:.0f} s of training each (+ the timed batches):")
+    print(f"  seeds: {seed_done} batches, dev loss {seed_dev_loss(seeds, table, dev_rows, dev_sequences, max_len):.3f}")
+    print(f"  ours:  {our_done} batches, dev loss {trainer.run_epoch(dev, False, 'dev').loss:.3f}")
+
+
+if __name__ == "__main__":
+    main()
