@@ -70,6 +70,7 @@ class Extractor:
             store.attrs.update(
                 encoder=self.encoder.name,
                 weights=self.encoder.weights_identity(self.weights),
+                weights_param=self.weights,
                 input_size=self.size,
                 pooling=self.pooling,
                 preprocessing=self.encoder.preprocessing,
@@ -85,6 +86,23 @@ class Extractor:
             store.create_dataset("image_ids", data=np.array(written, dtype=object), dtype=h5py.string_dtype())
         decoded = set(written)
         return [path.name for path in paths if path.name not in decoded]
+
+    def features(self, paths: list[Path]) -> tuple[np.ndarray, dict[Path, str]]:
+        """Features of the readable images among ``paths`` (in order), and why each other one failed."""
+        import tensorflow as tf
+
+        images, failures = [], {}
+        for path in paths:
+            try:
+                decoded = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+            except (tf.errors.OpError, ValueError):
+                failures[path] = "no such file" if not Path(path).exists() else "not a readable image"
+                continue
+            resized = tf.image.resize(tf.cast(decoded, tf.float32), (self.size, self.size), antialias=True)
+            images.append(self.encoder.preprocess(resized))
+        if not images:
+            return np.zeros((0, *self.model.output.shape[1:]), np.float32), failures
+        return self.forward(tf.stack(images)).numpy(), failures
 
 
 def extract(
@@ -110,7 +128,8 @@ class FeatureFile:
         self.store = h5py.File(path, "r")
         if self.store.attrs["encoder"] != encoder:
             raise StageError(f"{path} holds {self.store.attrs['encoder']} features, but params say encoder {encoder}")
-        self.pooling = str(self.store.attrs["pooling"])
+        self.attrs = dict(self.store.attrs)
+        self.pooling = str(self.attrs["pooling"])
         self.row_of = {name: row for row, name in enumerate(self.store["image_ids"].asstr()[:])}
         self._features = self.store["features"]
 

@@ -24,10 +24,12 @@ class Layout:
     captions = Path("data/captions")
     vocab = Path("data/vocab.json")
     features = Path("data/features")
-    model = Path("models/captioner.keras")
+    models = Path("models")  # the trained decoder and its card (see captioner.captioning)
+    model = models / "captioner.keras"
     train_log = Path("metrics/train")
     scores = Path("metrics/scores.json")
     test_captions = Path("metrics/test_captions.tsv")
+    figures = Path("metrics/figures")
 
     @staticmethod
     def split_list(split: str) -> Path:

@@ -83,6 +83,28 @@ class EpochStats:
         return float(np.exp(self.loss))
 
 
+def _scoring_step(model):
+    spec = (tf.TensorSpec(model.inputs[0].shape, tf.float32), tf.TensorSpec([None, None], tf.int32))
+
+    @tf.function(input_signature=spec)
+    def step(features, tokens):
+        return masked_sums(tokens[:, 1:], model([features, tokens[:, :-1]], training=False)["logits"])
+
+    return step
+
+
+def _accumulate(step, dataset: tf.data.Dataset, description: str) -> EpochStats:
+    totals = np.zeros(3)
+    for features, tokens in progress(dataset, desc=description, unit="batch", leave=False):
+        totals += [float(value) for value in step(features, tokens)]
+    return EpochStats(loss=totals[0] / totals[2], accuracy=totals[1] / totals[2])
+
+
+def teacher_forced(model, dataset: tf.data.Dataset) -> EpochStats:
+    """Loss, token accuracy and perplexity of ``model`` fed the true previous words (no dropout)."""
+    return _accumulate(_scoring_step(model), dataset, "teacher-forced loss")
+
+
 class Trainer:
     """A compiled train step and dev step for a model from ``captioner.decoder.build``."""
 
@@ -107,18 +129,10 @@ class Trainer:
             self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return loss_sum, correct, count
 
-        @tf.function(input_signature=spec)
-        def dev_step(features, tokens):
-            return masked_sums(tokens[:, 1:], model([features, tokens[:, :-1]], training=False)["logits"])
-
-        self.train_step, self.dev_step = train_step, dev_step
+        self.train_step, self.dev_step = train_step, _scoring_step(model)
 
     def run_epoch(self, dataset: tf.data.Dataset, training: bool, description: str) -> EpochStats:
-        step = self.train_step if training else self.dev_step
-        totals = np.zeros(3)
-        for features, tokens in progress(dataset, desc=description, unit="batch", leave=False):
-            totals += [float(value) for value in step(features, tokens)]
-        return EpochStats(loss=totals[0] / totals[2], accuracy=totals[1] / totals[2])
+        return _accumulate(self.train_step if training else self.dev_step, dataset, description)
 
     def fit(
         self,

@@ -1,45 +1,93 @@
-"""Stage evaluate: greedy captions for the test images, corpus BLEU-1..4, and a readable captions file."""
+"""Stage evaluate: captions for the test images, the standard caption metrics, figures, a readable captions file."""
 
 import json
 
 import keras
+import numpy as np
 
-from captioner import decoding, metrics
+from captioner import decoding, figures, metrics, training
 from captioner.datasets import read_captions
 from captioner.decoder import Stepper, architecture
 from captioner.features import FeatureFile
 from captioner.stage import Layout, Params, run, write_text
 from captioner.text import Vocabulary, strip_special
 
+SAMPLE_IMAGES, ATTENTION_IMAGES = 12, 3
+
 
 def main(params: Params) -> None:
     settings = params["evaluate"]
     vocab = Vocabulary.load(Layout.vocab)
     model = keras.saving.load_model(Layout.model)
+    stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
+    test = read_captions(Layout.split_captions("test"))
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
+        read = store.reader(pooled)
         references: dict[str, list[list[str]]] = {}
-        for image, tokens in read_captions(Layout.split_captions("test")):
+        for image, tokens in test:
             if image in store.row_of:
                 references.setdefault(image, []).append(strip_special(tokens))
         images = list(references)
-        generated = decoding.greedy(
-            Stepper(model),
-            store.reader(pooled=architecture(model)[1] != "attention"),
-            [store.row_of[image] for image in images],
-            vocab.start_id,
-            vocab.end_id,
-            settings["max_len"],
-            settings["batch_size"],
+        rows = np.array([store.row_of[image] for image in images])
+        decode = (vocab.start_id, vocab.end_id, settings["max_len"])
+        if settings["beam_size"] > 1:
+            generated, _ = decoding.beam_search(
+                stepper, read, rows, *decode, settings["beam_size"], settings["length_penalty"]
+            )
+        else:
+            generated = decoding.greedy(stepper, read, rows, *decode, settings["batch_size"])
+        test_rows, sequences, _ = training.encode_captions(test, store.row_of, vocab)
+        forced = training.teacher_forced(
+            model, training.batches(read, store.shape(pooled), test_rows, sequences, settings["batch_size"])
         )
+        attention: list = []
+        attended = (
+            [] if pooled else decoding.greedy(stepper, read, rows[:ATTENTION_IMAGES], *decode, attention=attention)
+        )
+
     hypotheses = [vocab.decode(ids) for ids in generated]
-    scores = metrics.corpus_bleu([references[image] for image in images], hypotheses)
-    write_text(Layout.scores, json.dumps({key: round(value, 4) for key, value in scores.items()}, indent=2) + "\n")
-    rows = ["image\tgenerated\treferences\n"] + [
+    refs = [references[image] for image in images]
+    coco, notes = metrics.coco_scores(refs, hypotheses)
+    embeddings = model.get_layer("embedding").get_weights()[0]
+    cosines = metrics.cosine_similarities(refs, hypotheses, embeddings, vocab.ids)
+    train_captions = {" ".join(strip_special(tokens)) for _, tokens in read_captions(Layout.split_captions("train"))}
+    scores = {
+        **metrics.corpus_bleu(refs, hypotheses),
+        **coco,
+        "perplexity": forced.perplexity,
+        "token_accuracy": forced.accuracy,
+        "cosine_similarity": float(cosines.mean()),
+        **metrics.diversity(hypotheses, train_captions),
+        "test_images": len(images),
+        "beam_size": settings["beam_size"],
+        "length_penalty": settings["length_penalty"],
+        "max_len": settings["max_len"],
+    }
+    rounded = {key: round(value, 4) if isinstance(value, float) else value for key, value in scores.items()}
+    write_text(Layout.scores, json.dumps(rounded, indent=2) + "\n")
+    rows_text = ["image\tgenerated\treferences\n"] + [
         f"{image}\t{' '.join(words)}\t{' | '.join(' '.join(ref) for ref in references[image])}\n"
         for image, words in zip(images, hypotheses, strict=True)
     ]
-    write_text(Layout.test_captions, "".join(rows))
-    print(f"evaluate: {len(images)} test images, " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    write_text(Layout.test_captions, "".join(rows_text))
+
+    shown = slice(0, SAMPLE_IMAGES)
+    figures.samples(
+        [Layout.images / image for image in images[shown]],
+        [" ".join(words) for words in hypotheses[shown]],
+        [[" ".join(ref) for ref in image_refs] for image_refs in refs[shown]],
+        Layout.figures / "samples.png",
+    )
+    figures.histogram(cosines, Layout.figures / "cosine_similarity.png", "mean decoder word embeddings")
+    for number, (image, ids, alphas) in enumerate(zip(images, attended, attention, strict=False), start=1):
+        words = vocab.decode(ids)
+        figures.attention_maps(
+            Layout.images / image, words, alphas[: len(words)], Layout.figures / f"attention_{number}.png"
+        )
+    for note in notes:
+        print(f"evaluate: {note}")
+    shown = ", ".join(f"{key} {value}" for key, value in rounded.items())
+    print(f"evaluate: {shown}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import tensorflow as tf
 from dvclive import Live
 
 from captioner import decoder, text, training
+from captioner.captioning import write_card
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
 from captioner.stage import Layout, Params, StageError, atomic_path, choice, run
@@ -65,9 +66,12 @@ def main(params: Params) -> None:
                 lr_factor=settings["lr_factor"],
             )
             live.summary.update(summary)
-    with atomic_path(Layout.model) as temporary:
-        model.save(temporary)
-    print(f"train: best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}; saved {Layout.model}")
+        with atomic_path(Layout.models) as directory:
+            directory.mkdir()
+            model.save(directory / Layout.model.name)
+            write_card(directory, store.attrs, vocab)
+    best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"
+    print(f"train: {best}; saved {Layout.models}/")
 
 
 if __name__ == "__main__":

@@ -41,3 +41,45 @@ def test_a_model_that_never_ends_yields_max_len_tokens():
     table = np.ones((3, 4), np.float32)
     generated = decoding.greedy(Stepper(model), table.__getitem__, np.arange(3), start_id=1, end_id=2, max_len=7)
     assert generated.shape == (3, 7) and (generated == 5).all()
+
+
+@pytest.fixture(scope="module")
+def trained_inject():
+    keras.utils.set_random_seed(2)
+    features, captions, vocab = toy_problem()
+    data = toy_batches(features, captions, vocab, "inject")
+    model = toy_model(vocab, features, "inject")
+    training.Trainer(model, learning_rate=0.01, clipnorm=5.0).fit(data, data, epochs=8, patience=8, live=NullLive())
+    return Stepper(model), features.mean(axis=1), vocab
+
+
+def test_beam_of_one_is_greedy(trained_inject):
+    stepper, table, vocab = trained_inject
+    rows = np.arange(16)
+    greedy = decoding.greedy(stepper, table.__getitem__, rows, vocab.start_id, vocab.end_id, 8)
+    beam, _ = decoding.beam_search(stepper, table.__getitem__, rows, vocab.start_id, vocab.end_id, 8, beam_size=1)
+    np.testing.assert_array_equal(beam, greedy)
+
+
+def test_wider_beams_find_sequences_at_least_as_likely_as_greedy(trained_inject):
+    """Beam search is a heuristic (on an untrained model a pruned greedy path can beat it), but on a
+    trained model it must never return a less likely caption than greedy, and its scores must be true."""
+    stepper, table, vocab = trained_inject
+    rows, args = np.arange(16), (vocab.start_id, vocab.end_id, 8)
+    greedy = decoding.greedy(stepper, table.__getitem__, rows, *args)
+    greedy_score = decoding.sequence_log_prob(stepper, table.__getitem__, rows, greedy, vocab.start_id, vocab.end_id)
+    for width in (2, 3, 5):
+        beam, beam_score = decoding.beam_search(stepper, table.__getitem__, rows, *args, beam_size=width, batch_size=6)
+        rescored = decoding.sequence_log_prob(stepper, table.__getitem__, rows, beam, vocab.start_id, vocab.end_id)
+        np.testing.assert_allclose(beam_score, rescored, rtol=1e-4, atol=1e-4)
+        assert (beam_score >= greedy_score - 1e-4).all()
+
+
+def test_beam_search_on_a_model_that_never_ends_takes_the_best_unfinished_beam():
+    model = decoder.build(6, (4,), "gru", "inject", units=8, embedding_dim=4, dropout=0.0)
+    head = model.get_layer("logits")
+    kernel, _ = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.array([0, 0, -5.0, 0, 3.0, 4.0])])  # <end> (id 2) never wins
+    table = np.ones((3, 4), np.float32)
+    beam, scores = decoding.beam_search(Stepper(model), table.__getitem__, np.arange(3), 1, 2, max_len=7, beam_size=3)
+    assert beam.shape == (3, 7) and (beam == 5).all() and np.isfinite(scores).all()

@@ -60,12 +60,42 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     repo, first = repo
     assert ran(first) == {"download", "clean_captions", "extract_features", "build_vocab", "train", "evaluate"}
     scores = json.loads((repo / "metrics" / "scores.json").read_text())
-    assert set(scores) == {"bleu1", "bleu2", "bleu3", "bleu4"} and all(0 <= v <= 1 for v in scores.values())
+    bounded = {f"bleu{n}" for n in range(1, 5)} | {"rouge_l", "token_accuracy", "novel_rate"}
+    assert bounded | {"cider", "perplexity", "cosine_similarity", "vocab_used", "avg_len", "beam_size"} <= set(scores)
+    assert all(0 <= scores[key] <= 1 for key in bounded) and scores["perplexity"] >= 1
+    assert ("meteor" in scores) == (shutil.which("java") is not None)
+    shown = dvc(repo, "metrics", "show")
+    assert all(key in shown for key in ("bleu4", "cider", "rouge_l", "cosine_similarity"))
+    assert sorted(p.name for p in (repo / "metrics" / "figures").iterdir()) == ["cosine_similarity.png", "samples.png"]
+    assert (repo / "models" / "captioner.json").exists()
     lines = (repo / "metrics" / "test_captions.tsv").read_text().splitlines()
     assert lines[0] == "image\tgenerated\treferences" and len(lines) == 1 + 8
     assert (repo / "data" / "features" / "efficientnet_lite0.h5").exists()
     assert (repo / "metrics" / "train" / "plots" / "metrics" / "dev" / "loss.tsv").exists()
     assert "Data and pipelines are up to date" in dvc(repo, "status")
+
+
+def test_caption_command_captions_good_images_and_names_bad_ones(repo, tmp_path):
+    from PIL import Image
+
+    repo, _ = repo
+    odd = tmp_path / "odd size.png"
+    Image.new("RGB", (300, 170), (200, 30, 30)).save(odd)
+    shape = next((repo / "data" / "raw" / "Flicker8k_Dataset").iterdir())
+    (tmp_path / "notes.txt").write_text("not an image")
+    command = ["caption", str(shape), str(tmp_path / "notes.txt"), str(odd), str(tmp_path / "gone.jpg"), "--beam", "2"]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(shape), str(odd)]
+    assert all(len(line.split(": ", 1)[1].split()) >= 1 for line in lines)
+    errors = result.stderr.strip().splitlines()
+    assert f"caption: error: {tmp_path / 'notes.txt'}: not a readable image" in errors
+    assert f"caption: error: {tmp_path / 'gone.jpg'}: no such file" in errors
+    as_json = subprocess.run(
+        ["caption", str(shape), "--json"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT
+    )
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["image"] == str(shape)
 
 
 def test_decoder_change_reruns_train_and_evaluate_only(repo):
@@ -87,7 +117,25 @@ def test_encoder_change_reruns_from_extraction_and_switching_back_uses_the_run_c
     assert lite0.read_bytes() == before
 
 
-def test_pooling_change_reruns_extraction_and_training(repo):
+def test_attention_over_the_grid_runs_end_to_end(repo):
     repo, _ = repo
-    assert ran(dvc(repo, "exp", "run", "-S", "features.pooling=grid")) == {"extract_features", "train", "evaluate"}
+    output = dvc(repo, "exp", "run", "-S", "decoder.arch=attention", "-S", "features.pooling=grid")
+    assert ran(output) == {"extract_features", "train", "evaluate"}
+    assert "test_images 8" in output
+    figures = sorted(p.name for p in (repo / "metrics" / "figures").iterdir())
+    assert figures == ["attention_1.png", "attention_2.png", "attention_3.png", "cosine_similarity.png", "samples.png"]
     assert "Data and pipelines are up to date" in dvc(repo, "status")
+
+
+def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
+    repo, _ = repo
+    result = subprocess.run(
+        ["dvc", "exp", "run", "-S", "decoder.arch=attention", "-S", "features.pooling=avg"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
+    )
+    assert result.returncode != 0
+    assert "error: attention needs the feature grid" in result.stderr + result.stdout
+    assert "set features.pooling to grid" in result.stderr + result.stdout

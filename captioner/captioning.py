@@ -1,0 +1,76 @@
+"""A trained captioner as one object: encoder + decoder + vocabulary, loaded from the model directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captioner.stage import StageError
+from captioner.text import Vocabulary
+
+MODEL_FILE, CARD_FILE = "captioner.keras", "captioner.json"
+
+
+def write_card(directory: Path, features_attrs: dict, vocab: Vocabulary) -> None:
+    """What the caption command needs besides the weights: the encoder setup and the vocabulary."""
+    card = {
+        key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size", "pooling")
+    }
+    card |= {"vocabulary": vocab.tokens[4:], "max_length": vocab.max_length}
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+@dataclass
+class Captioner:
+    model: object
+    vocab: Vocabulary
+    extractor: object
+
+    @classmethod
+    def load(cls, directory: Path) -> Captioner:
+        import keras
+
+        from captioner import encoders
+        from captioner.decoder import architecture
+        from captioner.features import Extractor
+
+        model_file, card_file = Path(directory) / MODEL_FILE, Path(directory) / CARD_FILE
+        for needed in (model_file, card_file):
+            if not needed.exists():
+                raise StageError(f"{needed} is missing; run `dvc repro` (the train stage) first")
+        card = json.loads(card_file.read_text())
+        model = keras.saving.load_model(model_file)
+        pooling = "grid" if architecture(model)[1] == "attention" else "avg"
+        extractor = Extractor(encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"])
+        return cls(model, Vocabulary(card["vocabulary"], card["max_length"]), extractor)
+
+    def caption(
+        self, paths: list[Path], beam_size: int = 3, max_len: int | None = None
+    ) -> tuple[dict[Path, str], dict[Path, str]]:
+        """Captions of the readable images, and the reason each other path failed."""
+        from captioner import decoding
+        from captioner.decoder import Stepper
+
+        features, failures = self.extractor.features(paths)
+        if self.extractor.pooling == "grid":
+            features = features.reshape(len(features), -1, features.shape[-1])
+        readable = [path for path in paths if path not in failures]
+        if not readable:
+            return {}, failures
+        ids, _ = decoding.beam_search(
+            Stepper(self.model),
+            features.__getitem__,
+            np.arange(len(readable)),
+            self.vocab.start_id,
+            self.vocab.end_id,
+            max_len or self.vocab.max_length,
+            beam_size,
+        )
+        return {path: " ".join(self.vocab.decode(row)) for path, row in zip(readable, ids, strict=True)}, failures

@@ -1,0 +1,53 @@
+"""``caption``: caption image files with a trained model, from the command line.
+
+    caption photo.jpg other.png --beam 3 [--json] [--model-dir models]
+
+The model directory written by the train stage says which encoder, weights, input size and
+pooling the decoder was trained on, so nothing is re-typed. A missing or unreadable file gets one
+line on stderr and a nonzero exit status; the other images are still captioned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caption", description="Caption images with a trained captioner.")
+    parser.add_argument("images", nargs="+", type=Path, help="JPEG or PNG files, any size")
+    parser.add_argument(
+        "--model-dir", type=Path, default=Path("models"), help="the train stage's output (default: models)"
+    )
+    parser.add_argument("--beam", type=int, default=3, help="beam width; 1 is greedy (default: 3)")
+    parser.add_argument(
+        "--max-len", type=int, default=None, help="longest caption in tokens (default: the vocabulary's)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per line: image, caption")
+    arguments = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from captioner.captioning import Captioner
+    from captioner.stage import StageError
+
+    try:
+        captioner = Captioner.load(arguments.model_dir)
+    except StageError as err:
+        print(f"caption: error: {err}", file=sys.stderr)
+        return 2
+    captions, failures = captioner.caption(arguments.images, beam_size=arguments.beam, max_len=arguments.max_len)
+    for path in arguments.images:
+        if path in failures:
+            print(f"caption: error: {path}: {failures[path]}", file=sys.stderr)
+        elif arguments.json:
+            print(json.dumps({"image": str(path), "caption": captions[path]}))
+        else:
+            print(f"{path}: {captions[path]}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
