@@ -19,7 +19,7 @@ def write_card(directory: Path, features_attrs: dict, vocab: Vocabulary) -> None
     card = {
         key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size", "pooling")
     }
-    card |= {"vocabulary": vocab.tokens[4:], "max_length": vocab.max_length}
+    card |= {"vocabulary": vocab.words, "max_length": vocab.max_length}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
 
 

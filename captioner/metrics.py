@@ -86,3 +86,22 @@ def diversity(hypotheses: list[Words], training_captions: set[str]) -> dict[str,
         "novel_rate": float(np.mean([" ".join(words) not in training_captions for words in hypotheses])),
         "avg_len": float(np.mean([len(words) for words in hypotheses])),
     }
+
+
+def caption_scores(
+    references: list[list[Words]],
+    hypotheses: list[Words],
+    embeddings: np.ndarray,
+    ids: dict[str, int],
+    training_captions: set[str],
+) -> tuple[dict[str, float], np.ndarray, list[str]]:
+    """Every text metric of the evaluate stage; the per-image cosines (for the histogram); notes."""
+    coco, notes = coco_scores(references, hypotheses)
+    cosines = cosine_similarities(references, hypotheses, embeddings, ids)
+    scores = {
+        **corpus_bleu(references, hypotheses),
+        **coco,
+        "cosine_similarity": float(cosines.mean()),
+        **diversity(hypotheses, training_captions),
+    }
+    return scores, cosines, notes

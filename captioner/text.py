@@ -63,6 +63,11 @@ class Vocabulary:
         words = sorted(word for word, count in counts.items() if count >= min_count)
         return cls(words, max_length=longest)
 
+    @property
+    def words(self) -> list[str]:
+        """The vocabulary without the special tokens."""
+        return self.tokens[len(SPECIAL_TOKENS) :]
+
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -114,5 +119,5 @@ def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, in
     for word, vector in found.items():
         matrix[vocab.ids[word]] = vector
     matrix[vocab.pad_id] = 0.0
-    missing = sum(1 for word in vocab.tokens[len(SPECIAL_TOKENS) :] if word not in found)
+    missing = sum(1 for word in vocab.words if word not in found)
     return matrix, missing

@@ -47,17 +47,13 @@ def main(params: Params) -> None:
 
     hypotheses = [vocab.decode(ids) for ids in generated]
     refs = [references[image] for image in images]
-    coco, notes = metrics.coco_scores(refs, hypotheses)
-    embeddings = model.get_layer("embedding").get_weights()[0]
-    cosines = metrics.cosine_similarities(refs, hypotheses, embeddings, vocab.ids)
+    embeddings = model.get_layer("embedding").get_weights()[0]  # the space of the cosine similarity
     train_captions = {" ".join(strip_special(tokens)) for _, tokens in read_captions(Layout.split_captions("train"))}
+    text_scores, cosines, notes = metrics.caption_scores(refs, hypotheses, embeddings, vocab.ids, train_captions)
     scores = {
-        **metrics.corpus_bleu(refs, hypotheses),
-        **coco,
+        **text_scores,
         "perplexity": forced.perplexity,
         "token_accuracy": forced.accuracy,
-        "cosine_similarity": float(cosines.mean()),
-        **metrics.diversity(hypotheses, train_captions),
         "test_images": len(images),
         "beam_size": settings["beam_size"],
         "length_penalty": settings["length_penalty"],

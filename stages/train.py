@@ -27,7 +27,7 @@ def main(params: Params) -> None:
             raise StageError(
                 f"{spec['embeddings']} holds {embeddings.shape[1]}-d vectors; set decoder.embedding_dim to match"
             )
-        print(f"train: GloVe vectors for {len(vocab) - 4 - missing} words, {missing} initialised randomly")
+        print(f"train: GloVe vectors for {len(vocab.words) - missing} words, {missing} initialised randomly")
 
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
         pooled = spec["arch"] != "attention"
