@@ -40,6 +40,7 @@ def test_pooled_features_with_attributes_and_a_corrupt_image_skipped(lite0, shap
             "input_size": 224,
             "pooling": "avg",
             "preprocessing": "(x - 127) / 128",
+            "weights_param": "imagenet",
         }
         assert "sha256:" + "579344248a93" in store.attrs["weights"]
         assert np.isfinite(store["features"][:]).all() and (store["features"][:] != 0).any(axis=1).all()
