@@ -19,6 +19,14 @@ from captioner.stage import StageError, atomic_path, progress
 POOLINGS = ("avg", "grid")
 
 
+def _load_image(path, size: int, preprocess):
+    """Decode (JPEG, PNG, …), resize to size×size and preprocess: the one way an image enters an encoder."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return preprocess(tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True))
+
+
 def _image_dataset(paths: list[Path], size: int, preprocess, batch_size: int):
     """Batches of (names, preprocessed images); decode and resize run in parallel with the forward pass.
 
@@ -28,9 +36,7 @@ def _image_dataset(paths: list[Path], size: int, preprocess, batch_size: int):
     import tensorflow as tf
 
     def load(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
-        return tf.strings.split(path, "/")[-1], preprocess(image)
+        return tf.strings.split(path, "/")[-1], _load_image(path, size, preprocess)
 
     names = tf.data.Dataset.from_tensor_slices([str(path) for path in paths])
     return (
@@ -94,12 +100,9 @@ class Extractor:
         images, failures = [], {}
         for path in paths:
             try:
-                decoded = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+                images.append(_load_image(str(path), self.size, self.encoder.preprocess))
             except (tf.errors.OpError, ValueError):
                 failures[path] = "no such file" if not Path(path).exists() else "not a readable image"
-                continue
-            resized = tf.image.resize(tf.cast(decoded, tf.float32), (self.size, self.size), antialias=True)
-            images.append(self.encoder.preprocess(resized))
         if not images:
             return np.zeros((0, *self.model.output.shape[1:]), np.float32), failures
         return self.forward(tf.stack(images)).numpy(), failures
