@@ -18,7 +18,7 @@ import time
 import keras
 import numpy as np
 
-from captioner import decoding
+from captioner import decoding, finetuning
 from captioner.datasets import read_captions
 from captioner.decoder import Stepper, architecture
 from captioner.features import FeatureFile
@@ -57,7 +57,7 @@ def main() -> None:
 
     encoder, max_len = declared_params("evaluate")["encoder"], declared_params("evaluate")["evaluate"]["max_len"]
     vocab = Vocabulary.load(Layout.vocab)
-    model = keras.saving.load_model(Layout.model)
+    _, model = finetuning.parts(keras.saving.load_model(Layout.model))  # timing needs only the decoder
     stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
     with FeatureFile(Layout.features_file(encoder), encoder) as store:
         images = sorted({image for image, _ in read_captions(Layout.split_captions("test"))} & set(store.row_of))

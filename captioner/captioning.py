@@ -14,13 +14,23 @@ from captioner.text import Vocabulary
 MODEL_FILE, CARD_FILE = "captioner.keras", "captioner.json"
 
 
-def write_card(directory: Path, features_attrs: dict, vocab: Vocabulary) -> None:
-    """What the caption command needs besides the weights: the encoder setup and the vocabulary."""
+def write_card(directory: Path, features_attrs: dict, vocab: Vocabulary, finetune_from: str | None = None) -> None:
+    """What the caption command needs besides the weights: the encoder setup and the vocabulary.
+
+    With ``finetune_from`` the model file holds its own fine-tuned encoder; the card says from where.
+    """
     card = {
         key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size", "pooling")
     }
-    card |= {"vocabulary": vocab.words, "max_length": vocab.max_length}
+    card |= {"finetune_from": finetune_from, "vocabulary": vocab.words, "max_length": vocab.max_length}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
+
+
+def read_card(directory: Path) -> dict:
+    card_file = Path(directory) / CARD_FILE
+    if not card_file.exists():
+        raise StageError(f"{card_file} is missing; run `dvc repro` (the train stage) first")
+    return json.loads(card_file.read_text())
 
 
 def _plain(value):
@@ -40,15 +50,16 @@ class Captioner:
         from captioner import encoders
         from captioner.decoder import architecture
         from captioner.features import Extractor
+        from captioner.finetuning import parts
 
-        model_file, card_file = Path(directory) / MODEL_FILE, Path(directory) / CARD_FILE
-        for needed in (model_file, card_file):
-            if not needed.exists():
-                raise StageError(f"{needed} is missing; run `dvc repro` (the train stage) first")
-        card = json.loads(card_file.read_text())
-        model = keras.saving.load_model(model_file)
+        card, model_file = read_card(directory), Path(directory) / MODEL_FILE
+        if not model_file.exists():
+            raise StageError(f"{model_file} is missing; run `dvc repro` (the train stage) first")
+        encoder_model, model = parts(keras.saving.load_model(model_file))
         pooling = "grid" if architecture(model)[1] == "attention" else "avg"
-        extractor = Extractor(encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"])
+        extractor = Extractor(
+            encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=encoder_model
+        )
         return cls(model, Vocabulary(card["vocabulary"], card["max_length"]), extractor)
 
     def caption(

@@ -19,7 +19,7 @@ from captioner.stage import StageError, atomic_path, progress
 POOLINGS = ("avg", "grid")
 
 
-def _load_image(path, size: int, preprocess):
+def load_image(path, size: int, preprocess):
     """Decode (JPEG, PNG, …), resize to size×size and preprocess: the one way an image enters an encoder."""
     import tensorflow as tf
 
@@ -36,7 +36,7 @@ def _image_dataset(paths: list[Path], size: int, preprocess, batch_size: int):
     import tensorflow as tf
 
     def load(path):
-        return tf.strings.split(path, "/")[-1], _load_image(path, size, preprocess)
+        return tf.strings.split(path, "/")[-1], load_image(path, size, preprocess)
 
     names = tf.data.Dataset.from_tensor_slices([str(path) for path in paths])
     return (
@@ -50,15 +50,25 @@ def _image_dataset(paths: list[Path], size: int, preprocess, batch_size: int):
 class Extractor:
     """A frozen encoder with its pooling, ready to stream image files into a features file."""
 
-    def __init__(self, encoder: Encoder, pooling: str, weights: str = "imagenet", image_size: int | None = None):
+    def __init__(
+        self,
+        encoder: Encoder,
+        pooling: str,
+        weights: str = "imagenet",
+        image_size: int | None = None,
+        model=None,
+    ):
+        """``model``: an already built image → features model (a fine-tuned encoder) instead of the registry's."""
         import keras
         import tensorflow as tf
 
         self.encoder, self.pooling, self.weights = encoder, pooling, weights
         self.size = image_size or encoder.input_size
-        backbone = encoder.build(weights, self.size)
-        outputs = keras.layers.GlobalAveragePooling2D()(backbone.output) if pooling == "avg" else backbone.output
-        self.model = keras.Model(backbone.input, outputs)
+        if model is None:
+            backbone = encoder.build(weights, self.size)
+            pooled = keras.layers.GlobalAveragePooling2D()(backbone.output) if pooling == "avg" else backbone.output
+            model = keras.Model(backbone.input, pooled)
+        self.model = model
         self.forward = tf.function(lambda images: self.model(images, training=False), reduce_retracing=True)
 
     def write(self, paths: list[Path], target: Path, batch_size: int) -> list[str]:
@@ -100,7 +110,7 @@ class Extractor:
         images, failures = [], {}
         for path in paths:
             try:
-                images.append(_load_image(str(path), self.size, self.encoder.preprocess))
+                images.append(load_image(str(path), self.size, self.encoder.preprocess))
             except (tf.errors.OpError, ValueError):
                 failures[path] = "no such file" if not Path(path).exists() else "not a readable image"
         if not images:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from captioner.finetuning import parts
 from captioner.stage import progress
 from captioner.text import Vocabulary
 
@@ -83,14 +85,9 @@ class EpochStats:
         return float(np.exp(self.loss))
 
 
-def _scoring_step(model):
-    spec = (tf.TensorSpec(model.inputs[0].shape, tf.float32), tf.TensorSpec([None, None], tf.int32))
-
-    @tf.function(input_signature=spec)
-    def step(features, tokens):
-        return masked_sums(tokens[:, 1:], model([features, tokens[:, :-1]], training=False)["logits"])
-
-    return step
+def forced_sums(model, features, tokens) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``masked_sums`` of ``model`` fed the true previous words, without dropout."""
+    return masked_sums(tokens[:, 1:], model([features, tokens[:, :-1]], training=False)["logits"])
 
 
 def _accumulate(step, dataset: tf.data.Dataset, description: str) -> EpochStats:
@@ -102,37 +99,95 @@ def _accumulate(step, dataset: tf.data.Dataset, description: str) -> EpochStats:
 
 def teacher_forced(model, dataset: tf.data.Dataset) -> EpochStats:
     """Loss, token accuracy and perplexity of ``model`` fed the true previous words (no dropout)."""
-    return _accumulate(_scoring_step(model), dataset, "teacher-forced loss")
+    step = tf.function(functools.partial(forced_sums, model), input_signature=dataset.element_spec)
+    return _accumulate(step, dataset, "teacher-forced loss")
+
+
+STRATEGIES = ("auto", "mirrored", "default")
+
+
+def strategy_named(name: str) -> tf.distribute.Strategy:
+    """``auto``: mirrored over all local GPUs when there are two or more, else the default (one device).
+
+    ``mirrored`` always mirrors (over every GPU, or the CPU when there is none); ``default`` never does.
+    """
+    if name == "auto":
+        name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+    return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
 
 
 class Trainer:
-    """A compiled train step and dev step for a model from ``captioner.decoder.build``."""
+    """Compiled train and dev steps for a model from ``captioner.decoder.build``, under a tf.distribute strategy.
 
-    def __init__(self, model, learning_rate: float, clipnorm: float, attention_reg: float = 0.0):
+    Build the model inside ``strategy.scope()``. Each global batch is split across the replicas;
+    every replica normalises its summed loss by the real tokens of the *whole* batch, so the
+    gradients the optimizer all-reduces (sums) equal those of one device on the same batch.
+    ``clipnorm`` clips each replica's share before that sum.
+    """
+
+    def __init__(
+        self,
+        model,
+        learning_rate: float,
+        clipnorm: float,
+        attention_reg: float = 0.0,
+        strategy: tf.distribute.Strategy | None = None,
+        encoder_lr: float | None = None,
+    ):
         import keras
 
         self.model = model
-        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm)
-        self.optimizer.build(model.trainable_variables)
-        spec = (tf.TensorSpec(model.inputs[0].shape, tf.float32), tf.TensorSpec([None, None], tf.int32))
+        self.strategy = strategy or tf.distribute.get_strategy()
+        encoder, _ = parts(model)
+        # A fine-tuned encoder gets its own, smaller learning rate: one Adam per group of variables.
+        encoder_ids = {id(v) for v in encoder.trainable_variables} if encoder is not None else set()
+        groups = [[v for v in model.trainable_variables if id(v) not in encoder_ids]]
+        rates = [learning_rate]
+        if encoder_ids:
+            groups.append([v for v in model.trainable_variables if id(v) in encoder_ids])
+            rates.append(encoder_lr if encoder_lr is not None else learning_rate)
+        with self.strategy.scope():
+            self.optimizers = [keras.optimizers.Adam(learning_rate=rate, clipnorm=clipnorm) for rate in rates]
+            for optimizer, variables in zip(self.optimizers, groups, strict=True):
+                optimizer.build(variables)
+        replicas = self.strategy.num_replicas_in_sync
 
-        @tf.function(input_signature=spec)
-        def train_step(features, tokens):
+        def train_replica(features, tokens):
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             with tf.GradientTape() as tape:
                 outputs = model([features, inputs], training=True)
                 loss_sum, correct, count = masked_sums(targets, outputs["logits"])
-                loss = loss_sum / count
+                batch_count = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
+                loss = loss_sum / batch_count
                 if attention_reg and "attention" in outputs:
-                    loss += attention_reg * attention_penalty(targets, outputs["attention"])
-            gradients = tape.gradient(loss, model.trainable_variables)
-            self.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+                    loss += attention_reg * attention_penalty(targets, outputs["attention"]) / replicas
+            for optimizer, variables, gradients in zip(
+                self.optimizers, groups, tape.gradient(loss, groups), strict=True
+            ):
+                optimizer.apply_gradients(zip(gradients, variables, strict=True))
             return loss_sum, correct, count
 
-        self.train_step, self.dev_step = train_step, _scoring_step(model)
+        self._replica_steps = {True: train_replica, False: functools.partial(forced_sums, model)}
+        self._compiled = {}
+
+    def step_for(self, training: bool, element_spec):
+        """The compiled train (or dev) step for batches of ``element_spec``: (features, tokens) → summed
+        (loss, correct tokens, real tokens). Compiled once per mode; the spec's None time dimension
+        keeps per-batch widths from retracing."""
+        if training not in self._compiled:
+            replica_step = self._replica_steps[training]
+
+            @tf.function(input_signature=element_spec)
+            def step(features, tokens):
+                sums = self.strategy.run(replica_step, args=(features, tokens))
+                return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in sums]
+
+            self._compiled[training] = step
+        return self._compiled[training]
 
     def run_epoch(self, dataset: tf.data.Dataset, training: bool, description: str) -> EpochStats:
-        return _accumulate(self.train_step if training else self.dev_step, dataset, description)
+        distributed = self.strategy.experimental_distribute_dataset(dataset)
+        return _accumulate(self.step_for(training, distributed.element_spec), distributed, description)
 
     def fit(
         self,
@@ -156,12 +211,15 @@ class Trainer:
             dev_stats = self.run_epoch(dev, False, "train: dev loss")
             seconds = time.perf_counter() - started
             for split, stats in (("train", train_stats), ("dev", dev_stats)):
-                live.log_metric(f"{split}/loss", stats.loss)
-                live.log_metric(f"{split}/token_accuracy", stats.accuracy)
-                live.log_metric(f"{split}/perplexity", stats.perplexity)
-            learning_rate = float(self.optimizer.learning_rate.numpy())
-            live.log_metric("learning_rate", learning_rate)
-            live.log_metric("epoch_seconds", seconds)
+                live.log_metric(f"{split}/loss", round(stats.loss, 4))
+                live.log_metric(f"{split}/token_accuracy", round(stats.accuracy, 4))
+                live.log_metric(f"{split}/perplexity", round(stats.perplexity, 3))
+            rates = [float(optimizer.learning_rate.numpy()) for optimizer in self.optimizers]
+            learning_rate = rates[0]
+            live.log_metric("learning_rate", float(f"{learning_rate:.3g}"))
+            if len(rates) > 1:
+                live.log_metric("encoder_learning_rate", float(f"{rates[1]:.3g}"))
+            live.log_metric("epoch_seconds", round(seconds, 1))
             live.next_step()
             print(
                 f"train: epoch {epoch}: loss {train_stats.loss:.3f}, dev loss {dev_stats.loss:.3f}, "
@@ -174,7 +232,8 @@ class Trainer:
                 print(f"train: stopping early, best dev loss {best_loss:.3f} at epoch {best_epoch}")
                 break
             elif lr_patience and epoch - last_change >= lr_patience:
-                self.optimizer.learning_rate.assign(learning_rate * lr_factor)
+                for optimizer, rate in zip(self.optimizers, rates, strict=True):
+                    optimizer.learning_rate.assign(rate * lr_factor)
                 last_change = epoch
         self.model.set_weights(best_weights)
         return {"best_epoch": best_epoch, "best_dev_loss": float(best_loss), "epochs_run": epoch}

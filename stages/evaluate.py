@@ -1,11 +1,13 @@
 """Stage evaluate: captions for the test images, the standard caption metrics, figures, a readable captions file."""
 
+import contextlib
 import json
 
 import keras
 import numpy as np
 
-from captioner import decoding, figures, metrics, training
+from captioner import decoding, encoders, figures, finetuning, metrics, training
+from captioner.captioning import read_card
 from captioner.datasets import read_captions
 from captioner.decoder import Stepper, architecture
 from captioner.features import FeatureFile
@@ -18,10 +20,23 @@ SAMPLE_IMAGES, ATTENTION_IMAGES = 12, 3
 def main(params: Params) -> None:
     settings = params["evaluate"]
     vocab = Vocabulary.load(Layout.vocab)
-    model = keras.saving.load_model(Layout.model)
+    encoder_model, model = finetuning.parts(keras.saving.load_model(Layout.model))
+    finetune_from = read_card(Layout.models).get("finetune_from")  # cards before fine-tuning lack it
     stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
     test = read_captions(Layout.split_captions("test"))
-    with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]))
+        if encoder_model is not None:  # the cached features are not what a fine-tuned encoder sees
+            names = sorted({image for image, _ in test if image in store.row_of})
+            store = stack.enter_context(
+                finetuning.recomputed_features(
+                    store,
+                    encoders.get(params["encoder"]),
+                    encoder_model,
+                    [Layout.images / name for name in names],
+                    settings["batch_size"],
+                )
+            )
         read = store.reader(pooled)
         references: dict[str, list[list[str]]] = {}
         for image, tokens in test:
@@ -55,6 +70,7 @@ def main(params: Params) -> None:
         "perplexity": forced.perplexity,
         "token_accuracy": forced.accuracy,
         "test_images": len(images),
+        "finetune_from": finetune_from,
         "beam_size": settings["beam_size"],
         "length_penalty": settings["length_penalty"],
         "max_len": settings["max_len"],

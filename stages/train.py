@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from dvclive import Live
 
-from captioner import decoder, text, training
+from captioner import decoder, encoders, finetuning, text, training
 from captioner.captioning import write_card
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
@@ -16,6 +16,7 @@ def main(params: Params) -> None:
     settings, spec = params["train"], params["decoder"]
     choice(spec["rnn"], decoder.RNNS, "decoder.rnn")
     choice(spec["arch"], decoder.ARCHS, "decoder.arch")
+    strategy = training.strategy_named(choice(settings["strategy"], training.STRATEGIES, "train.strategy"))
     keras.utils.set_random_seed(settings["seed"])
     tf.config.experimental.enable_op_determinism()
 
@@ -29,32 +30,60 @@ def main(params: Params) -> None:
             )
         print(f"train: GloVe vectors for {len(vocab.words) - missing} words, {missing} initialised randomly")
 
+    finetune_from = settings["finetune_from"]
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
         pooled = spec["arch"] != "attention"
-        feature_shape, read = store.shape(pooled), store.reader(pooled)
-        batches = {}
-        for split, shuffle_seed in (("train", settings["seed"]), ("dev", None)):
+        feature_shape = store.shape(pooled)
+        encoded = {}
+        for split in ("train", "dev"):
             rows, sequences, dropped = training.encode_captions(
                 read_captions(Layout.split_captions(split)), store.row_of, vocab
             )
+            encoded[split] = rows, sequences
             print(f"train: {split}: {len(rows)} captions ({dropped} dropped: too long or image unreadable)")
-            batches[split] = training.batches(
-                read, feature_shape, rows, sequences, settings["batch_size"], shuffle_seed
+        seeds, batch_size = {"train": settings["seed"], "dev": None}, settings["batch_size"]
+        # Fine-tuning reads the images themselves, at the size and with the weights the cache was made with.
+        encoder, image_size = encoders.get(params["encoder"]), int(store.attrs["input_size"])
+        if finetune_from is None:
+            read = store.reader(pooled)
+            batches = {
+                split: training.batches(read, feature_shape, rows, sequences, batch_size, seeds[split])
+                for split, (rows, sequences) in encoded.items()
+            }
+        else:
+            image_names = {row: name for name, row in store.row_of.items()}
+            batches, per_image = finetuning.image_caption_batches(
+                encoded, lambda row: Layout.images / image_names[row], encoder, image_size, batch_size, seeds
             )
 
-        model = decoder.build(
-            len(vocab),
-            feature_shape,
-            rnn=spec["rnn"],
-            arch=spec["arch"],
-            units=spec["units"],
-            embedding_dim=spec["embedding_dim"],
-            dropout=spec["dropout"],
-            attention_units=spec["attention_units"],
-            embeddings=embeddings,
-            train_embeddings=spec["train_embeddings"],
-        )
-        trainer = training.Trainer(model, settings["learning_rate"], settings["clipnorm"], spec["attention_reg"])
+        print(f"train: {strategy.num_replicas_in_sync} replica(s), {settings['batch_size']} captions per step in all")
+        with strategy.scope():
+            model = decoder.build(
+                len(vocab),
+                feature_shape,
+                rnn=spec["rnn"],
+                arch=spec["arch"],
+                units=spec["units"],
+                embedding_dim=spec["embedding_dim"],
+                dropout=spec["dropout"],
+                attention_units=spec["attention_units"],
+                embeddings=embeddings,
+                train_embeddings=spec["train_embeddings"],
+            )
+            if finetune_from is not None:
+                encoder_model = finetuning.finetunable_encoder(
+                    encoder, str(store.attrs["weights_param"]), image_size, "avg" if pooled else "grid", finetune_from
+                )
+                model = finetuning.joint_model(encoder_model, model, per_image)
+                print(f"train: fine-tuning {encoder.name} from layer {finetune_from}")
+            trainer = training.Trainer(
+                model,
+                settings["learning_rate"],
+                settings["clipnorm"],
+                spec["attention_reg"],
+                strategy,
+                encoder_lr=settings["encoder_lr"],
+            )
         with Live(dir=str(Layout.train_log), save_dvc_exp=False, dvcyaml=False, report=None) as live:
             summary = trainer.fit(
                 batches["train"],
@@ -65,11 +94,11 @@ def main(params: Params) -> None:
                 lr_patience=settings["lr_patience"],
                 lr_factor=settings["lr_factor"],
             )
-            live.summary.update(summary)
+            live.summary.update(summary | {"best_dev_loss": round(summary["best_dev_loss"], 4)})
         with atomic_path(Layout.models) as directory:
             directory.mkdir()
             model.save(directory / Layout.model.name)
-            write_card(directory, store.attrs, vocab)
+            write_card(directory, store.attrs, vocab, finetune_from)
     best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"
     print(f"train: {best}; saved {Layout.models}/")
 

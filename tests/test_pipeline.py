@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -53,7 +54,13 @@ def repo(tmp_path_factory):
         subprocess.run(command, cwd=repo, check=True)
     subprocess.run(["git", "commit", "-qm", "tiny"], cwd=repo, check=True, env=ENVIRONMENT)
     first = dvc(repo, "repro")
+    commit_all(repo, "tiny, reproduced")
     return repo, first
+
+
+def commit_all(repo, message: str) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", message], cwd=repo, check=True, env=ENVIRONMENT)
 
 
 def test_repro_runs_every_stage_and_writes_metrics(repo):
@@ -98,10 +105,17 @@ def test_caption_command_captions_good_images_and_names_bad_ones(repo, tmp_path)
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["image"] == str(shape)
 
 
-def test_decoder_change_reruns_train_and_evaluate_only(repo):
+def test_decoder_change_reruns_train_and_evaluate_only_and_the_diff_report_shows_it(repo):
     repo, _ = repo
     assert ran(dvc(repo, "exp", "run", "-S", "decoder.units=24")) == {"train", "evaluate"}
     assert "Data and pipelines are up to date" in dvc(repo, "status")
+    report = subprocess.run(["caption-diff", "HEAD"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
+    assert report.returncode == 0, report.stderr
+    assert "## Metrics: `HEAD` → this change" in report.stdout
+    assert re.search(r"\| metrics/scores.json\s*\| bleu1\s*\|", report.stdout)
+    assert re.search(r"\| params.yaml\s*\| decoder.units\s*\| 16\s*\| 24\s*\|", report.stdout)
+    missing = subprocess.run(["caption-diff", "no-such-rev"], cwd=repo, capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.startswith("caption-diff: error: dvc metrics diff")
 
 
 def test_encoder_change_reruns_from_extraction_and_switching_back_uses_the_run_cache(repo):
@@ -139,3 +153,72 @@ def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
     assert result.returncode != 0
     assert "error: attention needs the feature grid" in result.stderr + result.stdout
     assert "set features.pooling to grid" in result.stderr + result.stdout
+
+
+def test_finetuning_reruns_train_and_evaluate_and_scores_record_it(repo):
+    repo, _ = repo
+    block = "_blocks.15._expand_conv"
+    output = dvc(repo, "exp", "run", "-S", f"train.finetune_from={block}", "-S", "decoder.arch=inject")
+    assert "train" in ran(output) and "evaluate" in ran(output) and "extract_features" not in ran(output)
+    assert f"fine-tuning efficientnet_lite0 from layer {block}" in output
+    assert json.loads((repo / "metrics" / "scores.json").read_text())["finetune_from"] == block
+    card = json.loads((repo / "models" / "captioner.json").read_text())
+    assert card["finetune_from"] == block
+    bad = subprocess.run(
+        ["dvc", "exp", "run", "-S", "train.finetune_from=conv5_block1_out"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
+    )
+    assert bad.returncode != 0
+    assert (
+        "error: train.finetune_from 'conv5_block1_out' is not a layer of efficientnet_lite0" in bad.stderr + bad.stdout
+    )
+    dvc(repo, "exp", "run", "-S", "train.finetune_from=null")  # leave the frozen default for the tests below
+
+
+def test_a_queued_sweep_runs_and_exp_show_lists_both_experiments(repo):
+    repo, _ = repo
+    for units in (12, 20):
+        pinned = ["-S", "decoder.arch=inject", "-S", "features.pooling=avg"]  # earlier tests left other values
+        dvc(repo, "exp", "run", "--queue", "-n", f"units-{units}", "-S", f"decoder.units={units}", *pinned)
+    dvc(repo, "queue", "start")
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", dvc(repo, "queue", "status")):
+        assert time.monotonic() < deadline, dvc(repo, "queue", "status")
+        time.sleep(2)
+    assert dvc(repo, "queue", "status").count("Success") >= 2
+    rows = {}
+    for commit in json.loads(dvc(repo, "exp", "show", "--json")):
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment["revs"]:
+                data = revision["data"]
+                rows[revision["name"]] = (
+                    data["params"]["params.yaml"]["data"]["decoder"]["units"],
+                    data["metrics"]["metrics/scores.json"]["data"]["bleu4"],
+                )
+    assert rows["units-12"][0] == 12 and rows["units-20"][0] == 20
+    assert all(0 <= bleu4 <= 1 for _, bleu4 in rows.values())
+
+
+def test_a_second_clone_pulls_features_and_model_from_a_remote_without_rerunning(repo, tmp_path):
+    repo, _ = repo
+    # Back to the reproduced commit: earlier tests left experiment results in the workspace.
+    subprocess.run(["git", "reset", "-q", "--hard", "HEAD"], cwd=repo, check=True)
+    subprocess.run(["git", "clean", "-qfd"], cwd=repo, check=True)
+    dvc(repo, "checkout", "--force")
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "--default", "shared", str(remote))
+    commit_all(repo, "state to share")
+    dvc(repo, "push")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    dvc(clone, "pull")
+    encoder = yaml.safe_load((clone / "params.yaml").read_text())["encoder"]
+    assert (clone / "data" / "features" / f"{encoder}.h5").read_bytes() == (
+        repo / "data" / "features" / f"{encoder}.h5"
+    ).read_bytes()
+    assert (clone / "models" / "captioner.keras").exists()
+    assert "Data and pipelines are up to date" in dvc(clone, "status")
+    assert ran(dvc(clone, "repro")) == set()

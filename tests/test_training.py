@@ -1,5 +1,9 @@
 """Teacher-forced training with a masked loss (captioner.training), for every decoder (captioner.decoder)."""
 
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -119,3 +123,53 @@ def test_early_stopping_restores_the_best_weights_and_the_learning_rate_drops_on
     assert trainer.run_epoch(dev, False, "dev").loss == pytest.approx(summary["best_dev_loss"], rel=1e-5)
     rates = [value for name, value in live.logged if name == "learning_rate"]
     assert rates[0] == pytest.approx(0.05) and rates[-1] == pytest.approx(0.025)
+
+
+def test_mirrored_training_over_two_devices_matches_one_device():
+    # Logical devices must be configured before TensorFlow starts, so this runs in a fresh process.
+    result = subprocess.run(
+        [sys.executable, __file__, "compare-strategies"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["default_loss"] == pytest.approx(report["mirrored_loss"], rel=1e-5)
+    assert report["max_weight_difference"] < 1e-5
+    assert report["weights_moved"] > 1e-3
+
+
+def test_auto_strategy_is_the_default_one_without_gpus():
+    assert training.strategy_named("auto") is tf.distribute.get_strategy()
+    assert training.strategy_named("default").num_replicas_in_sync == 1
+
+
+def _compare_strategies() -> dict:
+    """Train the same model for two epochs on the same batches, on one device and mirrored over two CPUs."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    features, captions, vocab = toy_problem(num_images=13)  # batches of 8 and 5: an uneven split
+    keras.utils.set_random_seed(0)
+    initial = toy_model(vocab, features, "inject").get_weights()
+    results = {}
+    for name, strategy in (("default", tf.distribute.get_strategy()), ("mirrored", mirrored)):
+        with strategy.scope():
+            model = toy_model(vocab, features, "inject")
+            model.set_weights(initial)
+            trainer = training.Trainer(model, learning_rate=0.01, clipnorm=100.0, strategy=strategy)
+        data = toy_batches(features, captions, vocab, "inject")
+        stats = [trainer.run_epoch(data, training=True, description=name) for _ in range(2)]
+        results[name] = (stats[-1].loss, model.get_weights())
+    difference = max(np.abs(a - b).max() for a, b in zip(results["default"][1], results["mirrored"][1], strict=True))
+    moved = max(np.abs(a - b).max() for a, b in zip(results["default"][1], initial, strict=True))
+    return {
+        "replicas": mirrored.num_replicas_in_sync,
+        "default_loss": results["default"][0],
+        "mirrored_loss": results["mirrored"][0],
+        "max_weight_difference": float(difference),
+        "weights_moved": float(moved),
+    }
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["compare-strategies"]:
+    print(json.dumps(_compare_strategies()))

@@ -1,0 +1,54 @@
+"""Project files around the code: the pull-request workflow and the README's param table."""
+
+import re
+import shutil
+import subprocess
+
+import yaml
+
+from tests.conftest import PROJECT
+
+WORKFLOW = PROJECT / ".github" / "workflows" / "metrics.yml"
+
+
+def lint_workflow(path) -> subprocess.CompletedProcess:
+    command = ["check-jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_pull_request_workflow_lints_clean_and_its_scripts_parse():
+    result = lint_workflow(WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["report"]["steps"]
+    scripts = [step["run"] for step in steps if "run" in step]
+    for script in scripts:
+        syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{script}\n{syntax.stderr}"
+    assert any("caption-diff origin/main" in script for script in scripts)  # the README's local command
+    assert any("gh pr comment" in script for script in scripts)
+
+
+def test_the_workflow_lint_catches_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    shutil.copy(WORKFLOW, broken)
+    broken.write_text(broken.read_text().replace("runs-on: ubuntu-latest", "runs_on: ubuntu-latest"))
+    assert lint_workflow(broken).returncode != 0
+
+
+def flatten(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys += flatten(value, f"{name}.") if isinstance(value, dict) else [name]
+    return keys
+
+
+def test_readme_param_table_lists_every_param_with_its_default():
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    rows = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", (PROJECT / "README.md").read_text(), re.MULTILINE))
+    for name in flatten(params):
+        value = params
+        for part in name.split("."):
+            value = value[part]
+        assert name in rows, f"README param table lacks {name}"
+        assert yaml.safe_load(rows[name]) == value, f"README says {name} defaults to {rows[name]}, params.yaml {value}"
