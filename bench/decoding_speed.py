@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import keras
 import numpy as np
 
-from captioner import decoding, finetuning
+from captioner import decoding
+from captioner.captioning import load_trained
 from captioner.datasets import read_captions
 from captioner.decoder import Stepper, architecture
 from captioner.features import FeatureFile
@@ -57,7 +57,7 @@ def main() -> None:
 
     encoder, max_len = declared_params("evaluate")["encoder"], declared_params("evaluate")["evaluate"]["max_len"]
     vocab = Vocabulary.load(Layout.vocab)
-    _, model = finetuning.parts(keras.saving.load_model(Layout.model))  # timing needs only the decoder
+    _, _, model = load_trained(Layout.models)  # timing needs only the decoder
     stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
     with FeatureFile(Layout.features_file(encoder), encoder) as store:
         images = sorted({image for image, _ in read_captions(Layout.split_captions("test"))} & set(store.row_of))

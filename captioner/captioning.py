@@ -33,6 +33,18 @@ def read_card(directory: Path) -> dict:
     return json.loads(card_file.read_text())
 
 
+def load_trained(directory: Path) -> tuple[dict, object, object]:
+    """(card, fine-tuned encoder or None, decoder) of a trained captioner directory, with a clear error if absent."""
+    import keras
+
+    from captioner.finetuning import parts
+
+    card, model_file = read_card(directory), Path(directory) / MODEL_FILE
+    if not model_file.exists():
+        raise StageError(f"{model_file} is missing; run `dvc repro` (the train stage) first")
+    return card, *parts(keras.saving.load_model(model_file))
+
+
 def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
@@ -45,17 +57,11 @@ class Captioner:
 
     @classmethod
     def load(cls, directory: Path) -> Captioner:
-        import keras
-
         from captioner import encoders
         from captioner.decoder import architecture
         from captioner.features import Extractor
-        from captioner.finetuning import parts
 
-        card, model_file = read_card(directory), Path(directory) / MODEL_FILE
-        if not model_file.exists():
-            raise StageError(f"{model_file} is missing; run `dvc repro` (the train stage) first")
-        encoder_model, model = parts(keras.saving.load_model(model_file))
+        card, encoder_model, model = load_trained(directory)
         pooling = "grid" if architecture(model)[1] == "attention" else "avg"
         extractor = Extractor(
             encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=encoder_model

@@ -3,11 +3,10 @@
 import contextlib
 import json
 
-import keras
 import numpy as np
 
 from captioner import decoding, encoders, figures, finetuning, metrics, training
-from captioner.captioning import read_card
+from captioner.captioning import load_trained
 from captioner.datasets import read_captions
 from captioner.decoder import Stepper, architecture
 from captioner.features import FeatureFile
@@ -20,8 +19,8 @@ SAMPLE_IMAGES, ATTENTION_IMAGES = 12, 3
 def main(params: Params) -> None:
     settings = params["evaluate"]
     vocab = Vocabulary.load(Layout.vocab)
-    encoder_model, model = finetuning.parts(keras.saving.load_model(Layout.model))
-    finetune_from = read_card(Layout.models).get("finetune_from")  # cards before fine-tuning lack it
+    card, encoder_model, model = load_trained(Layout.models)
+    finetune_from = card.get("finetune_from")  # cards before fine-tuning lack it
     stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
     test = read_captions(Layout.split_captions("test"))
     with contextlib.ExitStack() as stack:
