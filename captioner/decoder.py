@@ -1,8 +1,8 @@
 """Caption decoders: a GRU or LSTM conditioned on the image by merge, init-inject or soft attention.
 
 ``build`` gives the teacher-forced training model: (image features, caption tokens) → next-token
-logits at every position (and, for attention, the attention weights). ``Stepper`` runs the same
-layers one token at a time for decoding.
+logits at every position, the ``hidden`` vectors they are projected from (and, for attention, the
+attention weights). ``Stepper`` runs the same layers one token at a time for decoding.
 
 - merge (seed 001): the RNN reads only words; the projected image is added to its outputs.
 - inject (seed 003): the projected image is the RNN's initial state.
@@ -141,7 +141,8 @@ def build(
         deep_hidden = layers.Dense(embedding_dim, name="deep_hidden")(sequence)
         deep_context = layers.Dense(embedding_dim, name="deep_context")(contexts)
         hidden = layers.Dropout(dropout, name="output_dropout")(ops.tanh(deep_hidden + deep_context + words))
-    outputs["logits"] = layers.Dense(vocab_size, name="logits")(hidden)
+    # ``hidden`` too, so training can project only the real (non-padding) positions onto the vocabulary.
+    outputs["hidden"], outputs["logits"] = hidden, layers.Dense(vocab_size, name="logits")(hidden)
     model = keras.Model([features, tokens], outputs, name=f"{rnn}_{arch}_captioner")
     if embeddings is not None:
         model.get_layer("embedding").set_weights([embeddings])

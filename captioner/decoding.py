@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from captioner import metrics
 from captioner.decoder import Stepper
+from captioner.text import Vocabulary
 
 
 def greedy(
@@ -52,6 +54,20 @@ def greedy(
     if attention is not None:
         attention.extend(maps)
     return generated
+
+
+def greedy_bleu4(
+    stepper: Stepper,
+    read: Callable[[np.ndarray], np.ndarray],
+    rows: np.ndarray,
+    references: list[list[list[str]]],
+    vocab: Vocabulary,
+    max_len: int,
+    batch_size: int = 256,
+) -> float:
+    """Corpus BLEU-4 of the greedy captions of the images at ``rows`` against their ``references`` (word lists)."""
+    generated = greedy(stepper, read, rows, vocab.start_id, vocab.end_id, max_len, batch_size)
+    return metrics.corpus_bleu(references, [vocab.decode(ids) for ids in generated])["bleu4"]
 
 
 def beam_search(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,15 @@ def clean(caption: str) -> list[str]:
 
 def wrap(words: list[str]) -> list[str]:
     return [START, *words, END]
+
+
+def references_by_image(captions: Iterable[tuple[str, list[str]]], known: Container[str]) -> dict[str, list[list[str]]]:
+    """Each known image's reference captions as word lists, images in first-seen order."""
+    references: dict[str, list[list[str]]] = {}
+    for image, tokens in captions:
+        if image in known:
+            references.setdefault(image, []).append(strip_special(tokens))
+    return references
 
 
 def strip_special(tokens: Iterable[str]) -> list[str]:

@@ -35,6 +35,28 @@ def pad(sequences: list[list[int]]) -> np.ndarray:
     return padded
 
 
+BUCKET_WINDOW = 50  # batches whose captions are sorted by length together: little padding, still well mixed
+
+
+def length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Caption indices grouped into batches of similar length, so few RNN steps and logits are padding.
+
+    Without ``rng`` (dev, test) every caption is sorted by length. With it the captions are shuffled,
+    sorted by length within windows of ``BUCKET_WINDOW`` batches, and the batches shuffled, so each
+    call gives a new mix.
+    """
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
+    shuffled, window = rng.permutation(len(lengths)), batch_size * BUCKET_WINDOW
+    groups = []
+    for begin in range(0, len(shuffled), window):
+        chunk = shuffled[begin : begin + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        groups += [chunk[start : start + batch_size] for start in range(0, len(chunk), batch_size)]
+    return [groups[index] for index in rng.permutation(len(groups))]
+
+
 def batches(
     read: Callable[[np.ndarray], np.ndarray],
     feature_shape: tuple[int, ...],
@@ -43,29 +65,40 @@ def batches(
     batch_size: int,
     seed: int | None = None,
 ) -> tf.data.Dataset:
-    """(features, tokens) batches; features come from ``read(rows)`` as each batch is made.
+    """(features, tokens) batches of similar-length captions (``length_buckets``), each padded to its own
+    longest caption; features come from ``read(rows)`` as each batch is made.
 
     ``read`` may index an array in memory or stream from the HDF5 file, so the grid of a whole
-    dataset never has to fit in RAM. With ``seed``, captions are reshuffled every epoch, repeatably.
+    dataset never has to fit in RAM. With ``seed``, batches are remixed every epoch, repeatably.
     """
     shuffler = np.random.default_rng(seed) if seed is not None else None
+    lengths = np.array([len(sequence) for sequence in sequences])
 
     def generate():
-        order = shuffler.permutation(len(rows)) if shuffler is not None else np.arange(len(rows))
-        for begin in range(0, len(order), batch_size):
-            picked = order[begin : begin + batch_size]
+        for picked in length_buckets(lengths, batch_size, shuffler):
             yield read(rows[picked]), pad([sequences[i] for i in picked])
 
     signature = (tf.TensorSpec((None, *feature_shape), tf.float32), tf.TensorSpec((None, None), tf.int32))
     return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
 
 
-def masked_sums(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Summed cross-entropy, correct predictions and real tokens, padding excluded."""
-    mask = tf.cast(targets != Vocabulary.pad_id, tf.float32)
+def forced_outputs(model, features, tokens, training: bool = False) -> tuple[dict, tuple[tf.Tensor, ...]]:
+    """``model`` fed the true previous words: its outputs and (summed cross-entropy, correct predictions,
+    real tokens) over the next words, padding excluded.
+
+    The vocabulary projection, a step's largest matmul, runs only at real positions: the model's
+    ``hidden`` output is gathered there and projected by its ``logits`` layer. The full-width
+    ``logits`` output goes unused, and tf.function prunes it.
+    """
+    outputs = model([features, tokens[:, :-1]], training=training)
+    targets = tokens[:, 1:]
+    real = targets != Vocabulary.pad_id
+    targets = tf.boolean_mask(targets, real)
+    logits = parts(model)[1].get_layer("logits")(tf.boolean_mask(outputs["hidden"], real))
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
     correct = tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32) == targets, tf.float32)
-    return tf.reduce_sum(cross_entropy * mask), tf.reduce_sum(correct * mask), tf.reduce_sum(mask)
+    count = tf.cast(tf.size(targets), tf.float32)
+    return outputs, (tf.reduce_sum(cross_entropy), tf.reduce_sum(correct), count)
 
 
 def attention_penalty(targets: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
@@ -86,8 +119,8 @@ class EpochStats:
 
 
 def forced_sums(model, features, tokens) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """``masked_sums`` of ``model`` fed the true previous words, without dropout."""
-    return masked_sums(tokens[:, 1:], model([features, tokens[:, :-1]], training=False)["logits"])
+    """The sums of ``forced_outputs`` without dropout."""
+    return forced_outputs(model, features, tokens)[1]
 
 
 def _accumulate(step, dataset: tf.data.Dataset, description: str) -> EpochStats:
@@ -104,6 +137,7 @@ def teacher_forced(model, dataset: tf.data.Dataset) -> EpochStats:
 
 
 STRATEGIES = ("auto", "mirrored", "default")
+SELECT_BY = ("dev_loss", "dev_bleu4")  # what early stopping, the best weights and the LR drops follow
 
 
 def strategy_named(name: str) -> tf.distribute.Strategy:
@@ -153,14 +187,12 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
 
         def train_replica(features, tokens):
-            inputs, targets = tokens[:, :-1], tokens[:, 1:]
             with tf.GradientTape() as tape:
-                outputs = model([features, inputs], training=True)
-                loss_sum, correct, count = masked_sums(targets, outputs["logits"])
+                outputs, (loss_sum, correct, count) = forced_outputs(model, features, tokens, training=True)
                 batch_count = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
                 loss = loss_sum / batch_count
                 if attention_reg and "attention" in outputs:
-                    loss += attention_reg * attention_penalty(targets, outputs["attention"]) / replicas
+                    loss += attention_reg * attention_penalty(tokens[:, 1:], outputs["attention"]) / replicas
             for optimizer, variables, gradients in zip(
                 self.optimizers, groups, tape.gradient(loss, groups), strict=True
             ):
@@ -198,22 +230,29 @@ class Trainer:
         live,
         lr_patience: int | None = None,
         lr_factor: float = 0.5,
+        dev_bleu4: Callable[[], float] | None = None,
     ) -> dict:
-        """Train until ``epochs``, or ``patience`` epochs without a better dev loss; restore the best weights.
+        """Train until ``epochs``, or ``patience`` epochs without a better dev result; restore the best weights.
 
+        The dev result is the dev loss, or with ``dev_bleu4`` (a function scoring the model as it is
+        now, e.g. ``decoding.greedy_bleu4``) that score: the metric users read, not its proxy.
         After ``lr_patience`` epochs without improvement the learning rate is multiplied by ``lr_factor``.
         """
-        best_loss, best_epoch, best_weights = np.inf, 0, self.model.get_weights()
-        last_change = 0
+        monitor = "dev_bleu4" if dev_bleu4 is not None else "dev_loss"
+        best_score, best_epoch, best_weights = -np.inf, 0, self.model.get_weights()
+        best_loss, last_change = np.inf, 0
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
             train_stats = self.run_epoch(train, True, f"train: epoch {epoch}")
             dev_stats = self.run_epoch(dev, False, "train: dev loss")
+            bleu4 = dev_bleu4() if dev_bleu4 is not None else None
             seconds = time.perf_counter() - started
             for split, stats in (("train", train_stats), ("dev", dev_stats)):
                 live.log_metric(f"{split}/loss", round(stats.loss, 4))
                 live.log_metric(f"{split}/token_accuracy", round(stats.accuracy, 4))
                 live.log_metric(f"{split}/perplexity", round(stats.perplexity, 3))
+            if bleu4 is not None:
+                live.log_metric("dev/bleu4", round(bleu4, 4))
             rates = [float(optimizer.learning_rate.numpy()) for optimizer in self.optimizers]
             learning_rate = rates[0]
             live.log_metric("learning_rate", float(f"{learning_rate:.3g}"))
@@ -221,19 +260,22 @@ class Trainer:
                 live.log_metric("encoder_learning_rate", float(f"{rates[1]:.3g}"))
             live.log_metric("epoch_seconds", round(seconds, 1))
             live.next_step()
+            shown_bleu = f", dev BLEU-4 {bleu4:.4f}" if bleu4 is not None else ""
             print(
-                f"train: epoch {epoch}: loss {train_stats.loss:.3f}, dev loss {dev_stats.loss:.3f}, "
+                f"train: epoch {epoch}: loss {train_stats.loss:.3f}, dev loss {dev_stats.loss:.3f}{shown_bleu}, "
                 f"dev token accuracy {dev_stats.accuracy:.3f}, lr {learning_rate:.2g} ({seconds:.1f}s)"
             )
-            if dev_stats.loss < best_loss - 1e-4:
-                best_loss, best_epoch, best_weights = dev_stats.loss, epoch, self.model.get_weights()
-                last_change = epoch
+            score, margin = (bleu4, 1e-5) if bleu4 is not None else (-dev_stats.loss, 1e-4)
+            if score > best_score + margin:
+                best_score, best_epoch, best_weights = score, epoch, self.model.get_weights()
+                best_loss, last_change = dev_stats.loss, epoch
             elif epoch - best_epoch >= patience:
-                print(f"train: stopping early, best dev loss {best_loss:.3f} at epoch {best_epoch}")
+                print(f"train: stopping early, best {monitor} {abs(best_score):.4f} at epoch {best_epoch}")
                 break
             elif lr_patience and epoch - last_change >= lr_patience:
                 for optimizer, rate in zip(self.optimizers, rates, strict=True):
                     optimizer.learning_rate.assign(rate * lr_factor)
                 last_change = epoch
         self.model.set_weights(best_weights)
-        return {"best_epoch": best_epoch, "best_dev_loss": float(best_loss), "epochs_run": epoch}
+        summary = {"best_epoch": best_epoch, "best_dev_loss": float(best_loss), "epochs_run": epoch}
+        return summary | ({"best_dev_bleu4": float(best_score)} if dev_bleu4 is not None else {})

@@ -11,7 +11,7 @@ from captioner.datasets import read_captions
 from captioner.decoder import Stepper, architecture
 from captioner.features import FeatureFile
 from captioner.stage import Layout, Params, run, write_text
-from captioner.text import Vocabulary, strip_special
+from captioner.text import Vocabulary, references_by_image, strip_special
 
 SAMPLE_IMAGES, ATTENTION_IMAGES = 12, 3
 
@@ -37,10 +37,7 @@ def main(params: Params) -> None:
                 )
             )
         read = store.reader(pooled)
-        references: dict[str, list[list[str]]] = {}
-        for image, tokens in test:
-            if image in store.row_of:
-                references.setdefault(image, []).append(strip_special(tokens))
+        references = references_by_image(test, store.row_of)
         images = list(references)
         rows = np.array([store.row_of[image] for image in images])
         decode = (vocab.start_id, vocab.end_id, settings["max_len"])

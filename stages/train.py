@@ -1,21 +1,26 @@
 """Stage train: fit the decoder on the train captions with early stopping on dev; save it under models/."""
 
+import contextlib
+from collections.abc import Callable
+
 import keras
+import numpy as np
 import tensorflow as tf
 from dvclive import Live
 
-from captioner import decoder, encoders, finetuning, text, training
+from captioner import decoder, decoding, encoders, finetuning, text, training
 from captioner.captioning import write_card
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
 from captioner.stage import Layout, Params, StageError, atomic_path, choice, run
-from captioner.text import Vocabulary
+from captioner.text import Vocabulary, references_by_image
 
 
 def main(params: Params) -> None:
     settings, spec = params["train"], params["decoder"]
     choice(spec["rnn"], decoder.RNNS, "decoder.rnn")
     choice(spec["arch"], decoder.ARCHS, "decoder.arch")
+    choice(settings["select_by"], training.SELECT_BY, "train.select_by")
     strategy = training.strategy_named(choice(settings["strategy"], training.STRATEGIES, "train.strategy"))
     keras.utils.set_random_seed(settings["seed"])
     tf.config.experimental.enable_op_determinism()
@@ -84,6 +89,9 @@ def main(params: Params) -> None:
                 strategy,
                 encoder_lr=settings["encoder_lr"],
             )
+        dev_bleu4 = None
+        if settings["select_by"] == "dev_bleu4":
+            dev_bleu4 = greedy_dev_bleu4(model, store, vocab, pooled, batch_size, encoder)
         with Live(dir=str(Layout.train_log), save_dvc_exp=False, dvcyaml=False, report=None) as live:
             summary = trainer.fit(
                 batches["train"],
@@ -93,14 +101,40 @@ def main(params: Params) -> None:
                 live,
                 lr_patience=settings["lr_patience"],
                 lr_factor=settings["lr_factor"],
+                dev_bleu4=dev_bleu4,
             )
-            live.summary.update(summary | {"best_dev_loss": round(summary["best_dev_loss"], 4)})
+            live.summary.update({key: round(value, 4) for key, value in summary.items()})
         with atomic_path(Layout.models) as directory:
             directory.mkdir()
             model.save(directory / Layout.model.name)
             write_card(directory, store.attrs, vocab, finetune_from)
     best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"
     print(f"train: {best}; saved {Layout.models}/")
+
+
+def greedy_dev_bleu4(
+    model: keras.Model, store: FeatureFile, vocab: Vocabulary, pooled: bool, batch_size: int, encoder: encoders.Encoder
+) -> Callable[[], float]:
+    """A function scoring ``model`` as it is now: greedy BLEU-4 on the dev images. A fine-tuned encoder's
+    dev features are recomputed each time, since they change as it trains."""
+    references = references_by_image(read_captions(Layout.split_captions("dev")), store.row_of)
+    encoder_model, decoder_model = finetuning.parts(model)
+    stepper = decoder.Stepper(decoder_model)
+
+    def score() -> float:
+        with contextlib.ExitStack() as stack:
+            features = store
+            if encoder_model is not None:
+                paths = [Layout.images / image for image in references]
+                features = stack.enter_context(
+                    finetuning.recomputed_features(store, encoder, encoder_model, paths, batch_size)
+                )
+            rows = np.array([features.row_of[image] for image in references])
+            return decoding.greedy_bleu4(
+                stepper, features.reader(pooled), rows, list(references.values()), vocab, vocab.max_length
+            )
+
+    return score
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ TINY = {
     "decoder": {"units": 16, "embedding_dim": 8},
     "train": {"epochs": 2, "batch_size": 32},
 }
+BY_DEV_BLEU4 = ("-S", "train.select_by=dev_bleu4")
 
 
 GIT_IDENTITY = {k: "pipeline-test" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")} | {
@@ -133,9 +134,10 @@ def test_encoder_change_reruns_from_extraction_and_switching_back_uses_the_run_c
 
 def test_attention_over_the_grid_runs_end_to_end(repo):
     repo, _ = repo
-    output = dvc(repo, "exp", "run", "-S", "decoder.arch=attention", "-S", "features.pooling=grid")
+    output = dvc(repo, "exp", "run", "-S", "decoder.arch=attention", "-S", "features.pooling=grid", *BY_DEV_BLEU4)
     assert ran(output) == {"extract_features", "train", "evaluate"}
     assert "test_images 8" in output
+    assert_selected_by_dev_bleu4(repo)
     figures = sorted(p.name for p in (repo / "metrics" / "figures").iterdir())
     assert figures == ["attention_1.png", "attention_2.png", "attention_3.png", "cosine_similarity.png", "samples.png"]
     assert "Data and pipelines are up to date" in dvc(repo, "status")
@@ -158,9 +160,10 @@ def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
 def test_finetuning_reruns_train_and_evaluate_and_scores_record_it(repo):
     repo, _ = repo
     block = "_blocks.15._expand_conv"
-    output = dvc(repo, "exp", "run", "-S", f"train.finetune_from={block}", "-S", "decoder.arch=inject")
+    output = dvc(repo, "exp", "run", "-S", f"train.finetune_from={block}", "-S", "decoder.arch=inject", *BY_DEV_BLEU4)
     assert "train" in ran(output) and "evaluate" in ran(output) and "extract_features" not in ran(output)
     assert f"fine-tuning efficientnet_lite0 from layer {block}" in output
+    assert_selected_by_dev_bleu4(repo)  # dev features recomputed by the encoder as it trains
     assert json.loads((repo / "metrics" / "scores.json").read_text())["finetune_from"] == block
     card = json.loads((repo / "models" / "captioner.json").read_text())
     assert card["finetune_from"] == block
@@ -175,7 +178,15 @@ def test_finetuning_reruns_train_and_evaluate_and_scores_record_it(repo):
     assert (
         "error: train.finetune_from 'conv5_block1_out' is not a layer of efficientnet_lite0" in bad.stderr + bad.stdout
     )
-    dvc(repo, "exp", "run", "-S", "train.finetune_from=null")  # leave the frozen default for the tests below
+    dvc(repo, "exp", "run", "-S", "train.finetune_from=null", "-S", "train.select_by=dev_loss")  # back to defaults
+
+
+def assert_selected_by_dev_bleu4(repo) -> None:
+    summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
+    logged = (repo / "metrics" / "train" / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text().splitlines()
+    scores = [float(line.split("\t")[1]) for line in logged[1:]]
+    assert len(scores) == summary["epochs_run"] and summary["best_dev_bleu4"] == max(scores)
+    assert scores[summary["best_epoch"] - 1] == max(scores)
 
 
 def test_a_queued_sweep_runs_and_exp_show_lists_both_experiments(repo):

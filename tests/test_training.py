@@ -48,27 +48,51 @@ def toy_model(vocab, features, arch, rnn="gru"):
     return decoder.build(len(vocab), shape, rnn, arch, units=32, embedding_dim=16, dropout=0.0, attention_units=16)
 
 
-def test_batches_pad_each_batch_to_its_own_longest_caption_and_reshuffle_repeatably():
+def test_batches_group_similar_lengths_pad_each_batch_to_its_own_longest_and_remix_repeatably():
     table = np.arange(8, dtype=np.float32).reshape(4, 2)
     sequences = [[1, 5, 2], [1, 5, 6, 7, 2], [1, 2], [1, 5, 2]]
     ordered = list(training.batches(table.__getitem__, (2,), np.arange(4), sequences, batch_size=2))
-    assert [tokens.shape[1] for _, tokens in ordered] == [5, 3]
-    np.testing.assert_array_equal(ordered[0][0], table[[0, 1]])
-    np.testing.assert_array_equal(ordered[0][1][0], [1, 5, 2, 0, 0])
+    assert [tokens.shape[1] for _, tokens in ordered] == [3, 5]  # sorted by length: [2, 0] then [3, 1]
+    np.testing.assert_array_equal(ordered[0][0], table[[2, 0]])
+    np.testing.assert_array_equal(ordered[0][1][0], [1, 2, 0])
+    np.testing.assert_array_equal(ordered[1][1][0], [1, 5, 2, 0, 0])
 
     def epochs(seed):
-        dataset = training.batches(table.__getitem__, (2,), np.arange(4), sequences, batch_size=4, seed=seed)
-        return [next(iter(dataset))[0].numpy()[:, 0].tolist() for _ in range(3)]
+        dataset = training.batches(table.__getitem__, (2,), np.arange(4), sequences, batch_size=2, seed=seed)
+        return [[row for features, _ in dataset for row in features.numpy()[:, 0].tolist()] for _ in range(4)]
 
     assert epochs(5) == epochs(5)
-    assert len({tuple(order) for order in epochs(5)}) > 1  # a new order each epoch
+    assert len({tuple(order) for order in epochs(5)}) > 1  # a new mix each epoch
+    assert all(sorted(order) == [0, 2, 4, 6] for order in epochs(5))  # every caption once per epoch
 
 
-def test_masked_sums_ignore_padding():
-    targets = tf.constant([[3, 2, 0, 0]])
-    logits = tf.one_hot([[3, 2, 1, 1]], depth=5) * 10.0
-    loss, correct, count = training.masked_sums(targets, logits)
-    assert float(count) == 2.0 and float(correct) == 2.0 and float(loss) < 1e-3
+def test_length_buckets_cut_padding_and_cover_every_caption_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 30, size=5000)
+    buckets = training.length_buckets(lengths, 64, np.random.default_rng(1))
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(5000))
+    padded_steps = sum(len(batch) * lengths[batch].max() for batch in buckets)
+    random_batches = np.array_split(rng.permutation(5000), len(buckets))
+    assert padded_steps < 0.75 * sum(len(batch) * lengths[batch].max() for batch in random_batches)
+    assert training.length_buckets(lengths, 64, np.random.default_rng(1))[0].tolist() == buckets[0].tolist()
+
+
+@pytest.mark.parametrize("arch", decoder.ARCHS)
+def test_forced_sums_project_only_real_positions_and_equal_the_masked_full_loss(arch):
+    features, captions, vocab = toy_problem()
+    captions[0] = (captions[0][0], wrap(["the", "thing"]))  # a shorter caption: its batch has padding
+    model = toy_model(vocab, features, arch)
+    inputs, tokens = next(iter(toy_batches(features, captions, vocab, arch, shuffle_seed=None)))
+    assert (tokens.numpy() == Vocabulary.pad_id).any()
+    loss, correct, count = training.forced_sums(model, inputs, tokens)
+    targets = tokens[:, 1:].numpy()
+    logits = model([inputs, tokens[:, :-1]])["logits"].numpy()
+    real = targets != Vocabulary.pad_id
+    log_probabilities = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probabilities, targets[..., None], -1)[..., 0]
+    assert float(count) == real.sum()
+    assert float(loss) == pytest.approx(-picked[real].sum(), rel=1e-5)
+    assert float(correct) == (logits.argmax(-1) == targets)[real].sum()
 
 
 def test_attention_penalty_is_zero_when_every_cell_gets_one_unit():
@@ -123,6 +147,27 @@ def test_early_stopping_restores_the_best_weights_and_the_learning_rate_drops_on
     assert trainer.run_epoch(dev, False, "dev").loss == pytest.approx(summary["best_dev_loss"], rel=1e-5)
     rates = [value for name, value in live.logged if name == "learning_rate"]
     assert rates[0] == pytest.approx(0.05) and rates[-1] == pytest.approx(0.025)
+
+
+def test_selecting_by_dev_bleu4_keeps_the_weights_of_the_best_scoring_epoch():
+    features, captions, vocab = toy_problem()
+    data = toy_batches(features, captions, vocab, "inject")
+    model = toy_model(vocab, features, "inject")
+    trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0)
+    scores, snapshots = iter([0.1, 0.3, 0.2, 0.25, 0.1, 0.4]), []
+
+    def dev_bleu4():
+        snapshots.append(model.get_weights())
+        return next(scores)
+
+    live = NullLive()
+    summary = trainer.fit(data, data, epochs=6, patience=3, live=live, lr_patience=2, dev_bleu4=dev_bleu4)
+    assert (summary["best_epoch"], summary["epochs_run"], summary["best_dev_bleu4"]) == (2, 5, 0.3)
+    for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
+        np.testing.assert_array_equal(restored, best)
+    assert [value for name, value in live.logged if name == "dev/bleu4"] == [0.1, 0.3, 0.2, 0.25, 0.1]
+    rates = [value for name, value in live.logged if name == "learning_rate"]
+    assert rates[-1] == pytest.approx(0.005)  # dropped after two epochs without a better BLEU-4
 
 
 def test_mirrored_training_over_two_devices_matches_one_device():
