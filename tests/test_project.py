@@ -1,5 +1,6 @@
 """Project files around the code: the pull-request workflow and the README's param table."""
 
+import ast
 import re
 import shutil
 import subprocess
@@ -52,3 +53,27 @@ def test_readme_param_table_lists_every_param_with_its_default():
             value = value[part]
         assert name in rows, f"README param table lacks {name}"
         assert yaml.safe_load(rows[name]) == value, f"README says {name} defaults to {rows[name]}, params.yaml {value}"
+
+
+def captioner_imports(script) -> set[str]:
+    """Files of the captioner modules a script imports itself (``from captioner import x``, ``from captioner.x …``)."""
+    files = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("captioner"):
+            names = [node.module]
+            if node.module == "captioner":
+                names = [f"captioner.{alias.name}" for alias in node.names]
+            for name in names:
+                path = name.replace(".", "/")
+                files.add(f"{path}.py" if (PROJECT / f"{path}.py").exists() else f"{path}/__init__.py")
+    return files
+
+
+def test_every_stage_lists_the_library_modules_it_imports_as_deps():
+    # captioner/stage.py (params, paths, atomic writes) never changes what a stage computes.
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    assert stages
+    for name, stage in stages.items():
+        needed = captioner_imports(PROJECT / "stages" / f"{name}.py") - {"captioner/stage.py"}
+        assert needed, name
+        assert needed <= set(stage["deps"]), f"{name} does not list {sorted(needed - set(stage['deps']))}"
