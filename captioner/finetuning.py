@@ -152,10 +152,15 @@ def image_caption_batches(
 
 
 @contextlib.contextmanager
-def recomputed_features(
-    cached: FeatureFile, encoder: Encoder, encoder_model: keras.Model, paths: list[Path], batch_size: int
+def features_seen_by(
+    encoder_model: keras.Model | None, cached: FeatureFile, encoder: Encoder, paths: list[Path], batch_size: int
 ) -> Iterator[FeatureFile]:
-    """A temporary features file of ``paths`` made by a fine-tuned encoder, read like the cached one."""
+    """The features the decoder of a captioner reads for the images at ``paths``: the cached file when
+    its encoder was frozen (``encoder_model`` None), else a temporary file the fine-tuned encoder
+    writes, read like the cached one."""
+    if encoder_model is None:
+        yield cached
+        return
     pooling = "avg" if len(encoder_model.output.shape) == 2 else "grid"
     extractor = Extractor(
         encoder, pooling, str(cached.attrs["weights_param"]), int(cached.attrs["input_size"]), model=encoder_model

@@ -24,21 +24,19 @@ def main(params: Params) -> None:
     stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
     test = read_captions(Layout.split_captions("test"))
     with contextlib.ExitStack() as stack:
-        store = stack.enter_context(FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]))
-        if encoder_model is not None:  # the cached features are not what a fine-tuned encoder sees
-            names = sorted({image for image, _ in test if image in store.row_of})
-            store = stack.enter_context(
-                finetuning.recomputed_features(
-                    store,
-                    encoders.get(params["encoder"]),
-                    encoder_model,
-                    [Layout.images / name for name in names],
-                    settings["batch_size"],
-                )
-            )
-        read = store.reader(pooled)
-        references = references_by_image(test, store.row_of)
+        cached = stack.enter_context(FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]))
+        references = references_by_image(test, cached.row_of)
         images = list(references)
+        store = stack.enter_context(
+            finetuning.features_seen_by(
+                encoder_model,
+                cached,
+                encoders.get(params["encoder"]),
+                [Layout.images / image for image in images],
+                settings["batch_size"],
+            )
+        )
+        read = store.reader(pooled)
         rows = np.array([store.row_of[image] for image in images])
         decode = (vocab.start_id, vocab.end_id, settings["max_len"])
         if settings["beam_size"] > 1:

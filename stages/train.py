@@ -1,6 +1,5 @@
 """Stage train: fit the decoder on the train captions with early stopping on dev; save it under models/."""
 
-import contextlib
 from collections.abc import Callable
 
 import keras
@@ -121,14 +120,10 @@ def greedy_dev_bleu4(
     encoder_model, decoder_model = finetuning.parts(model)
     stepper = decoder.Stepper(decoder_model)
 
+    paths = [Layout.images / image for image in references]
+
     def score() -> float:
-        with contextlib.ExitStack() as stack:
-            features = store
-            if encoder_model is not None:
-                paths = [Layout.images / image for image in references]
-                features = stack.enter_context(
-                    finetuning.recomputed_features(store, encoder, encoder_model, paths, batch_size)
-                )
+        with finetuning.features_seen_by(encoder_model, store, encoder, paths, batch_size) as features:
             rows = np.array([features.row_of[image] for image in references])
             return decoding.greedy_bleu4(
                 stepper, features.reader(pooled), rows, list(references.values()), vocab, vocab.max_length
