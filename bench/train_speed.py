@@ -1,19 +1,20 @@
 """Training speed: our teacher-forced whole-caption training vs the seeds' prefix expansion, side by side.
 
     dvc repro            # or dvc exp run -S dataset=flickr8k …: the bench reads data/ as the pipeline left it
-    python bench/train_speed.py [--batches 60] [--budget 90]
+    python bench/train_speed.py [--batches 20] [--rounds 8] [--budget 90]
 
 Same train captions, vocabulary and pooled image vectors for both. The seeds' method is seed 001's
 merge model (image Dense 256 + LSTM 256 over padded prefixes, added, Dense 256, softmax) fed one
 (prefix → next word) sample at a time with one-hot targets, batch 64; ours is the merge decoder of
 the same size (LSTM 256, embedding 256) on whole captions in length-bucketed batches, at batch 64
-and at 128. Prints the epoch-time ratios (from a fixed number of timed batches each, extrapolated),
+and at 128. Prints the epoch-time ratios (timed batches of each, the methods taking turns, extrapolated),
 samples/s, and each method's dev loss per token after the same wall-clock budget (ours at batch 64).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import keras
@@ -70,14 +71,23 @@ def seed_dev_loss(model, table, rows, sequences, max_len) -> float:
     return float(-np.mean(np.log(probabilities[np.arange(len(targets)), targets] + 1e-12)))
 
 
-def timed(step, batches, count: int) -> float:
-    """Seconds per batch over ``count`` batches, after two untimed warm-up batches."""
-    for _ in range(2):
-        step(*next(batches))
-    started = time.perf_counter()
-    for _ in range(count):
-        step(*next(batches))
-    return (time.perf_counter() - started) / count
+def timed_side_by_side(methods: dict[str, tuple], rounds: int) -> dict[str, float]:
+    """Seconds per batch of each method: ``methods`` maps a name to (step, batches, batches per round).
+
+    The methods take turns, round after round, so a change in the (shared, noisy) machine's load
+    hits all of them alike; two untimed warm-up batches each come first.
+    """
+    for step, batches, _ in methods.values():
+        for _ in range(2):
+            step(*next(batches))
+    spent = dict.fromkeys(methods, 0.0)
+    for _ in range(rounds):
+        for name, (step, batches, count) in methods.items():
+            started = time.perf_counter()
+            for _ in range(count):
+                step(*next(batches))
+            spent[name] += time.perf_counter() - started
+    return {name: spent[name] / (rounds * methods[name][2]) for name in methods}
 
 
 def train_for(step, batches, seconds: float) -> int:
@@ -90,7 +100,8 @@ def train_for(step, batches, seconds: float) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=60, help="timed batches per method (default 60)")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches of batch 64 per method and round")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds in which the methods take turns (default 8)")
     parser.add_argument("--budget", type=float, default=90.0, help="training seconds per method for the dev loss")
     arguments = parser.parse_args()
     keras.utils.set_random_seed(0)
@@ -119,30 +130,31 @@ def main() -> None:
     trainer = training.Trainer(ours, learning_rate=1e-3, clipnorm=5.0)
 
     def our_batches(batch_size: int):
-        data = training.batches(table.__getitem__, table.shape[1:], rows, sequences, batch_size, seed=0).repeat()
-        return trainer.step_for(True, data.element_spec), iter(data)
+        data = training.CaptionBatches(table.__getitem__, table.shape[1:], rows, sequences, batch_size, seed=0)
+        return trainer.step_for(True, data.element_spec), (batch for _ in itertools.count() for batch in data)
 
-    seed_seconds = timed(seed_step, seed_batches, arguments.batches)
-    seed_epoch = seed_seconds * prefixes_per_epoch / BATCH
-    print(
-        f"seeds (prefix expansion), batch {BATCH}: {seed_seconds * 1e3:.1f} ms/batch, "
-        f"{BATCH / seed_seconds:.0f} prefix samples/s, epoch ≈ {seed_epoch:.0f} s"
-    )
     # Ours at the seeds' batch size (the like-for-like figure) and at the Flickr8k preset's 128.
-    for batch_size in (BATCH, 2 * BATCH):
-        our_step, batches = our_batches(batch_size)
-        our_seconds = timed(our_step, batches, max(arguments.batches * BATCH // batch_size, 1))
-        our_epoch = our_seconds * len(rows) / batch_size
+    ours_at = {size: our_batches(size) for size in (BATCH, 2 * BATCH)}
+    methods = {"seeds": (seed_step, seed_batches, arguments.batches)}
+    methods |= {size: (*ours_at[size], max(arguments.batches * BATCH // size, 1)) for size in ours_at}
+    seconds = timed_side_by_side(methods, arguments.rounds)
+    seed_epoch = seconds["seeds"] * prefixes_per_epoch / BATCH
+    print(
+        f"seeds (prefix expansion), batch {BATCH}: {seconds['seeds'] * 1e3:.1f} ms/batch, "
+        f"{BATCH / seconds['seeds']:.0f} prefix samples/s, epoch ≈ {seed_epoch:.0f} s"
+    )
+    for size in ours_at:
+        our_epoch = seconds[size] * len(rows) / size
         print(
-            f"ours (whole captions), batch {batch_size}: {our_seconds * 1e3:.1f} ms/batch, "
-            f"{batch_size / our_seconds:.0f} captions/s, epoch ≈ {our_epoch:.1f} s  "
+            f"ours (whole captions), batch {size}: {seconds[size] * 1e3:.1f} ms/batch, "
+            f"{size / seconds[size]:.0f} captions/s, epoch ≈ {our_epoch:.1f} s  "
             f"→ epoch time, seeds ÷ ours = {seed_epoch / our_epoch:.1f}x  (goal >= 15x)"
         )
 
-    our_step, our_batches = our_batches(BATCH)
+    our_step, batches = ours_at[BATCH]
     seed_done = train_for(seed_step, seed_batches, arguments.budget)
-    our_done = train_for(our_step, our_batches, arguments.budget)
-    dev = training.batches(table.__getitem__, table.shape[1:], dev_rows, dev_sequences, 256)
+    our_done = train_for(our_step, batches, arguments.budget)
+    dev = training.CaptionBatches(table.__getitem__, table.shape[1:], dev_rows, dev_sequences, 256)
     print(f"after {arguments.budget:.0f} s of training each (+ the timed batches):")
     print(f"  seeds: {seed_done} batches, dev loss {seed_dev_loss(seeds, table, dev_rows, dev_sequences, max_len):.3f}")
     print(f"  ours:  {our_done} batches, dev loss {trainer.run_epoch(dev, False, 'dev').loss:.3f}")

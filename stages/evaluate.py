@@ -47,7 +47,7 @@ def main(params: Params) -> None:
             generated = decoding.greedy(stepper, read, rows, *decode, settings["batch_size"])
         test_rows, sequences, _ = training.encode_captions(test, store.row_of, vocab)
         forced = training.teacher_forced(
-            model, training.batches(read, store.shape(pooled), test_rows, sequences, settings["batch_size"])
+            model, training.CaptionBatches(read, store.shape(pooled), test_rows, sequences, settings["batch_size"])
         )
         attention: list = []
         attended = (

@@ -51,7 +51,7 @@ def main(params: Params) -> None:
         if finetune_from is None:
             read = store.reader(pooled)
             batches = {
-                split: training.batches(read, feature_shape, rows, sequences, batch_size, seeds[split])
+                split: training.CaptionBatches(read, feature_shape, rows, sequences, batch_size, seeds[split])
                 for split, (rows, sequences) in encoded.items()
             }
         else:

@@ -40,7 +40,7 @@ def toy_batches(features, captions, vocab, arch, shuffle_seed=0, reverse_rows=Fa
     if reverse_rows:
         rows = rows[::-1].copy()
     table = features if arch == "attention" else features.mean(axis=1)
-    return training.batches(table.__getitem__, table.shape[1:], rows, sequences, batch_size=8, seed=shuffle_seed)
+    return training.CaptionBatches(table.__getitem__, table.shape[1:], rows, sequences, batch_size=8, seed=shuffle_seed)
 
 
 def toy_model(vocab, features, arch, rnn="gru"):
@@ -51,15 +51,17 @@ def toy_model(vocab, features, arch, rnn="gru"):
 def test_batches_group_similar_lengths_pad_each_batch_to_its_own_longest_and_remix_repeatably():
     table = np.arange(8, dtype=np.float32).reshape(4, 2)
     sequences = [[1, 5, 2], [1, 5, 6, 7, 2], [1, 2], [1, 5, 2]]
-    ordered = list(training.batches(table.__getitem__, (2,), np.arange(4), sequences, batch_size=2))
+    unshuffled = training.CaptionBatches(table.__getitem__, (2,), np.arange(4), sequences, batch_size=2)
+    ordered = list(unshuffled)
+    assert len(unshuffled) == len(ordered) == 2
     assert [tokens.shape[1] for _, tokens in ordered] == [3, 5]  # sorted by length: [2, 0] then [3, 1]
     np.testing.assert_array_equal(ordered[0][0], table[[2, 0]])
     np.testing.assert_array_equal(ordered[0][1][0], [1, 2, 0])
     np.testing.assert_array_equal(ordered[1][1][0], [1, 5, 2, 0, 0])
 
     def epochs(seed):
-        dataset = training.batches(table.__getitem__, (2,), np.arange(4), sequences, batch_size=2, seed=seed)
-        return [[row for features, _ in dataset for row in features.numpy()[:, 0].tolist()] for _ in range(4)]
+        dataset = training.CaptionBatches(table.__getitem__, (2,), np.arange(4), sequences, batch_size=2, seed=seed)
+        return [[row for features, _ in dataset for row in features[:, 0].tolist()] for _ in range(4)]
 
     assert epochs(5) == epochs(5)
     assert len({tuple(order) for order in epochs(5)}) > 1  # a new mix each epoch
@@ -82,7 +84,7 @@ def test_forced_sums_project_only_real_positions_and_equal_the_masked_full_loss(
     features, captions, vocab = toy_problem()
     captions[0] = (captions[0][0], wrap(["the", "thing"]))  # a shorter caption: its batch has padding
     model = toy_model(vocab, features, arch)
-    inputs, tokens = next(iter(toy_batches(features, captions, vocab, arch, shuffle_seed=None)))
+    inputs, tokens = map(tf.constant, next(iter(toy_batches(features, captions, vocab, arch, shuffle_seed=None))))
     assert (tokens.numpy() == Vocabulary.pad_id).any()
     loss, correct, count = training.forced_sums(model, inputs, tokens)
     targets = tokens[:, 1:].numpy()
