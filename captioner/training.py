@@ -297,7 +297,10 @@ class Trainer:
             if dev_stats.loss < lowest_loss - 1e-4:
                 lowest_loss, lowest_epoch, last_change = dev_stats.loss, epoch, epoch
             elif epoch - lowest_epoch >= patience:
-                print(f"train: stopping early, best {monitor} {abs(best_score):.4f} at epoch {best_epoch}")
+                print(
+                    f"train: stopping early, no lower dev loss than {lowest_loss:.4f} (epoch {lowest_epoch}) "
+                    f"for {patience} epochs; best {monitor} {abs(best_score):.4f} at epoch {best_epoch}"
+                )
                 break
             elif lr_patience and epoch - last_change >= lr_patience:
                 for optimizer, rate in zip(self.optimizers, rates, strict=True):
