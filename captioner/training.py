@@ -156,6 +156,7 @@ def teacher_forced(model, batches: Batches) -> EpochStats:
 
 
 STRATEGIES = ("auto", "mirrored", "default")
+LOSS_MARGIN = 1e-4  # a dev loss lower by less than this is no improvement (for the kept weights and the pacing)
 SELECT_BY = ("dev_loss", "dev_bleu4")  # which epoch's weights are kept (the dev loss paces training either way)
 
 
@@ -290,11 +291,11 @@ class Trainer:
                 f"train: epoch {epoch}: loss {train_stats.loss:.3f}, dev loss {dev_stats.loss:.3f}{shown_bleu}, "
                 f"dev token accuracy {dev_stats.accuracy:.3f}, lr {learning_rate:.2g} ({seconds:.1f}s)"
             )
-            score, margin = (bleu4, 1e-5) if bleu4 is not None else (-dev_stats.loss, 1e-4)
+            score, margin = (bleu4, 1e-5) if bleu4 is not None else (-dev_stats.loss, LOSS_MARGIN)
             if score > best_score + margin:
                 best_score, best_epoch, best_weights = score, epoch, self.model.get_weights()
                 best_loss = dev_stats.loss
-            if dev_stats.loss < lowest_loss - 1e-4:
+            if dev_stats.loss < lowest_loss - LOSS_MARGIN:
                 lowest_loss, lowest_epoch, last_change = dev_stats.loss, epoch, epoch
             elif epoch - lowest_epoch >= patience:
                 print(
