@@ -37,7 +37,7 @@ def load_trained(directory: Path) -> tuple[dict, object, object]:
     """(card, fine-tuned encoder or None, decoder) of a trained captioner directory, with a clear error if absent."""
     import keras
 
-    from captioner.finetuning import parts
+    from captioner.decoder import parts
 
     card, model_file = read_card(directory), Path(directory) / MODEL_FILE
     if not model_file.exists():

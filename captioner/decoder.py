@@ -151,6 +151,18 @@ def build(
     return model
 
 
+ENCODER = "encoder"  # the name of a fine-tuned encoder inside a captioner model
+
+
+def parts(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
+    """(fine-tuned encoder or None, decoder) of a captioner model: a ``build`` model, or one joined to its encoder."""
+    names = {layer.name for layer in model.layers}
+    if ENCODER not in names:
+        return None, model
+    decoder_model = next(layer for layer in model.layers if layer.name.endswith("_captioner"))
+    return model.get_layer(ENCODER), decoder_model
+
+
 def architecture(model: keras.Model) -> tuple[str, str]:
     """(rnn, arch) of a model made by ``build``."""
     rnn, arch, _ = model.name.split("_", 2)

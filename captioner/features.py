@@ -71,8 +71,9 @@ class Extractor:
         self.model = model
         self.forward = tf.function(lambda images: self.model(images, training=False), reduce_retracing=True)
 
-    def write(self, paths: list[Path], target: Path, batch_size: int) -> list[str]:
+    def write(self, paths: list[Path], target: Path, batch_size: int, label: str | None = None) -> list[str]:
         """Write the features of ``paths`` to ``target``; returns the names of images that did not decode.
+        ``label`` names the progress bar (by default the stage's).
 
         Memory stays flat whatever the number of images: batches stream from disk through the
         encoder into the HDF5 file, which grows one chunk per image.
@@ -92,7 +93,8 @@ class Extractor:
                 preprocessing=self.encoder.preprocessing,
             )
             images = _image_dataset(paths, self.size, self.encoder.preprocess, batch_size)
-            with progress(total=len(paths), desc=f"extract_features: {self.encoder.name}", unit="image") as bar:
+            label = label or f"extract_features: {self.encoder.name}"
+            with progress(total=len(paths), desc=label, unit="image") as bar:
                 for names, batch in images:
                     values = self.forward(batch).numpy().astype(np.float16)
                     features.resize(len(written) + len(values), axis=0)
@@ -145,6 +147,11 @@ class FeatureFile:
         self.pooling = str(self.attrs["pooling"])
         self.row_of = {name: row for row, name in enumerate(self.store["image_ids"].asstr()[:])}
         self._features = self.store["features"]
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Per-image shape as stored: (C,) pooled, or H×W×C."""
+        return tuple(self._features.shape[1:])
 
     def shape(self, pooled: bool) -> tuple[int, ...]:
         """Per-image shape that ``read`` returns: (C,) pooled, or (H·W, C) for the grid."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from captioner.finetuning import parts
+from captioner.decoder import parts
 from captioner.stage import progress
 from captioner.text import Vocabulary
 
@@ -88,7 +88,10 @@ class CaptionBatches:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for picked in length_buckets(self.lengths, self.batch_size, self.shuffler):
-            yield self.read(self.rows[picked]), pad([self.sequences[i] for i in picked])
+            yield self.read(self.rows[picked]), self.tokens(picked)
+
+    def tokens(self, picked: np.ndarray) -> np.ndarray:
+        return pad([self.sequences[i] for i in picked])
 
     def __len__(self) -> int:
         return -(-len(self.sequences) // self.batch_size)
@@ -96,6 +99,39 @@ class CaptionBatches:
     def as_dataset(self) -> tf.data.Dataset:
         """The same batches as a ``tf.data.Dataset``, for distribution strategies that split them."""
         return tf.data.Dataset.from_generator(self.__iter__, output_signature=self.element_spec).prefetch(2)
+
+
+def captions_by_image(rows: np.ndarray, sequences: list[list[int]]) -> tuple[list[int], list[list[list[int]]]]:
+    """Group ``training.encode_captions`` output by image: (feature rows in first-seen order, captions of each)."""
+    grouped: dict[int, list[list[int]]] = {}
+    for row, sequence in zip(rows.tolist(), sequences, strict=True):
+        grouped.setdefault(row, []).append(sequence)
+    return list(grouped), list(grouped.values())
+
+
+class ImageCaptionBatches(CaptionBatches):
+    """``CaptionBatches`` by image: each batch holds ``batch_size`` images' features and *all* their captions,
+    ``per_image`` token rows each (all padding where an image has fewer), so a model can run an encoder
+    once per image and repeat its output per caption. Images whose longest captions are alike are
+    batched together."""
+
+    def __init__(
+        self,
+        read: Callable[[np.ndarray], np.ndarray],
+        feature_shape: tuple[int, ...],
+        rows: np.ndarray,
+        captions: list[list[list[int]]],
+        per_image: int,
+        batch_size: int,
+        seed: int | None = None,
+    ):
+        super().__init__(read, feature_shape, rows, captions, batch_size, seed)
+        self.lengths = np.array([max(map(len, group)) for group in captions])
+        self.per_image = per_image
+
+    def tokens(self, picked: np.ndarray) -> np.ndarray:
+        missing = [[]] * self.per_image  # fully masked rows where an image has fewer captions
+        return pad([caption for i in picked for caption in (self.sequences[i] + missing)[: self.per_image]])
 
 
 def forced_outputs(model, features, tokens, training: bool = False) -> tuple[dict, tuple[tf.Tensor, ...]]:
@@ -139,9 +175,6 @@ def forced_sums(model, features, tokens) -> tuple[tf.Tensor, tf.Tensor, tf.Tenso
     return forced_outputs(model, features, tokens)[1]
 
 
-Batches = CaptionBatches | tf.data.Dataset  # cached features, or images for a fine-tuned encoder
-
-
 def _accumulate(step, batches: Iterable, description: str) -> EpochStats:
     totals = np.zeros(3)
     for features, tokens in progress(batches, desc=description, unit="batch", leave=False):
@@ -149,7 +182,7 @@ def _accumulate(step, batches: Iterable, description: str) -> EpochStats:
     return EpochStats(loss=totals[0] / totals[2], accuracy=totals[1] / totals[2])
 
 
-def teacher_forced(model, batches: Batches) -> EpochStats:
+def teacher_forced(model, batches: CaptionBatches) -> EpochStats:
     """Loss, token accuracy and perplexity of ``model`` fed the true previous words (no dropout)."""
     step = tf.function(functools.partial(forced_sums, model), input_signature=batches.element_spec)
     return _accumulate(step, batches, "teacher-forced loss")
@@ -237,17 +270,16 @@ class Trainer:
             self._compiled[training] = step
         return self._compiled[training]
 
-    def run_epoch(self, batches: Batches, training: bool, description: str) -> EpochStats:
-        if isinstance(batches, CaptionBatches) and self.strategy.num_replicas_in_sync == 1:
+    def run_epoch(self, batches: CaptionBatches, training: bool, description: str) -> EpochStats:
+        if self.strategy.num_replicas_in_sync == 1:
             return _accumulate(self.step_for(training, batches.element_spec), batches, description)
-        dataset = batches.as_dataset() if isinstance(batches, CaptionBatches) else batches
-        distributed = self.strategy.experimental_distribute_dataset(dataset)
+        distributed = self.strategy.experimental_distribute_dataset(batches.as_dataset())
         return _accumulate(self.step_for(training, distributed.element_spec), distributed, description)
 
     def fit(
         self,
-        train: Batches,
-        dev: Batches,
+        train: CaptionBatches,
+        dev: CaptionBatches,
         epochs: int,
         patience: int,
         live,

@@ -1,6 +1,7 @@
 """Stage train: fit the decoder on the train captions with early stopping on dev; save it under models/."""
 
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import keras
 import numpy as np
@@ -35,7 +36,7 @@ def main(params: Params) -> None:
         print(f"train: GloVe vectors for {len(vocab.words) - missing} words, {missing} initialised randomly")
 
     finetune_from = settings["finetune_from"]
-    with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
+    with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store, ExitStack() as stack:
         pooled = spec["arch"] != "attention"
         feature_shape = store.shape(pooled)
         encoded = {}
@@ -46,19 +47,6 @@ def main(params: Params) -> None:
             encoded[split] = rows, sequences
             print(f"train: {split}: {len(rows)} captions ({dropped} dropped: too long or image unreadable)")
         seeds, batch_size = {"train": settings["seed"], "dev": None}, settings["batch_size"]
-        # Fine-tuning reads the images themselves, at the size and with the weights the cache was made with.
-        encoder, image_size = encoders.get(params["encoder"]), int(store.attrs["input_size"])
-        if finetune_from is None:
-            read = store.reader(pooled)
-            batches = {
-                split: training.CaptionBatches(read, feature_shape, rows, sequences, batch_size, seeds[split])
-                for split, (rows, sequences) in encoded.items()
-            }
-        else:
-            image_names = {row: name for name, row in store.row_of.items()}
-            batches, per_image = finetuning.image_caption_batches(
-                encoded, lambda row: Layout.images / image_names[row], encoder, image_size, batch_size, seeds
-            )
 
         print(f"train: {strategy.num_replicas_in_sync} replica(s), {settings['batch_size']} captions per step in all")
         with strategy.scope():
@@ -74,14 +62,35 @@ def main(params: Params) -> None:
                 embeddings=embeddings,
                 train_embeddings=spec["train_embeddings"],
             )
-            if finetune_from is not None:
-                encoder_model = finetuning.finetunable_encoder(
-                    encoder, str(store.attrs["weights_param"]), image_size, "avg" if pooled else "grid", finetune_from
-                )
-                model = finetuning.joint_model(encoder_model, model, per_image)
-                print(f"train: fine-tuning {encoder.name} from layer {finetune_from}")
+        if finetune_from is None:
+            read = store.reader(pooled)
+            trained, saved, dev_features = model, model, (store, read)
+            batches = {
+                split: training.CaptionBatches(read, feature_shape, rows, sequences, batch_size, seeds[split])
+                for split, (rows, sequences) in encoded.items()
+            }
+        else:
+            # Fine-tuning reads the images themselves, at the size and with the weights the cache was made with.
+            encoder = encoders.get(params["encoder"])
+            with strategy.scope():
+                split_encoder = finetuning.finetunable_encoder(
+                    encoder, str(store.attrs["weights_param"]), int(store.attrs["input_size"]),
+                    "avg" if pooled else "grid", finetune_from,
+                )  # fmt: skip
+            print(f"train: fine-tuning {encoder.name} from layer {finetune_from}")
+            images = [row for rows, _ in encoded.values() for row in rows]
+            activations = stack.enter_context(
+                finetuning.frozen_activations(split_encoder, store, encoder, Layout.images, images, batch_size)
+            )
+            batches, per_image = finetuning.image_caption_batches(encoded, store, activations, batch_size, seeds)
+            with strategy.scope():
+                trained = finetuning.joint_model(split_encoder.trainable, model, per_image)
+            saved = finetuning.joint_model(split_encoder.full, model, per_image)
+            dev_features = activations, finetuning.features_reader(split_encoder.trainable, activations)
+
+        with strategy.scope():
             trainer = training.Trainer(
-                model,
+                trained,
                 settings["learning_rate"],
                 settings["clipnorm"],
                 spec["attention_reg"],
@@ -90,7 +99,7 @@ def main(params: Params) -> None:
             )
         dev_bleu4 = None
         if settings["select_by"] == "dev_bleu4":
-            dev_bleu4 = greedy_dev_bleu4(model, store, vocab, pooled, batch_size, encoder)
+            dev_bleu4 = greedy_dev_bleu4(model, *dev_features, vocab)
         with Live(dir=str(Layout.train_log), save_dvc_exp=False, dvcyaml=False, report=None) as live:
             summary = trainer.fit(
                 batches["train"],
@@ -105,31 +114,21 @@ def main(params: Params) -> None:
             live.summary.update({key: round(value, 4) for key, value in summary.items()})
         with atomic_path(Layout.models) as directory:
             directory.mkdir()
-            model.save(directory / Layout.model.name)
+            saved.save(directory / Layout.model.name)
             write_card(directory, store.attrs, vocab, finetune_from)
     best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"
     print(f"train: {best}; saved {Layout.models}/")
 
 
 def greedy_dev_bleu4(
-    model: keras.Model, store: FeatureFile, vocab: Vocabulary, pooled: bool, batch_size: int, encoder: encoders.Encoder
+    decoder_model: keras.Model, features: FeatureFile, read: Callable[[np.ndarray], np.ndarray], vocab: Vocabulary
 ) -> Callable[[], float]:
-    """A function scoring ``model`` as it is now: greedy BLEU-4 on the dev images. A fine-tuned encoder's
-    dev features are recomputed each time, since they change as it trains."""
-    references = references_by_image(read_captions(Layout.split_captions("dev")), store.row_of)
-    encoder_model, decoder_model = finetuning.parts(model)
+    """A function scoring ``decoder_model`` as it is now: greedy BLEU-4 on the dev images, whose features
+    ``read`` gives by their rows in ``features`` (computed anew each time while the encoder is fine-tuned)."""
+    references = references_by_image(read_captions(Layout.split_captions("dev")), features.row_of)
+    rows = np.array([features.row_of[image] for image in references])
     stepper = decoder.Stepper(decoder_model)
-
-    paths = [Layout.images / image for image in references]
-
-    def score() -> float:
-        with finetuning.features_seen_by(encoder_model, store, encoder, paths, batch_size) as features:
-            rows = np.array([features.row_of[image] for image in references])
-            return decoding.greedy_bleu4(
-                stepper, features.reader(pooled), rows, list(references.values()), vocab, vocab.max_length
-            )
-
-    return score
+    return lambda: decoding.greedy_bleu4(stepper, read, rows, list(references.values()), vocab, vocab.max_length)
 
 
 if __name__ == "__main__":

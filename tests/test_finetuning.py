@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from captioner import decoder, encoders, finetuning, training
+from captioner import decoder, encoders, features, finetuning, training
 from captioner.captioning import Captioner, write_card
 from captioner.datasets import clean_release
+from captioner.features import load_image
 from captioner.stage import StageError
 from captioner.text import Vocabulary
 from tests.test_training import NullLive
@@ -22,69 +23,94 @@ def test_an_unknown_layer_fails_with_one_line_naming_valid_ones():
     assert "\n" not in message
 
 
+def test_a_layer_inside_a_residual_block_fails_with_one_line_naming_valid_ones():
+    with pytest.raises(StageError) as error:
+        finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", "_blocks.14._depthwise_conv")
+    message = str(error.value)
+    assert "splits a residual block of efficientnet_lite0" in message and "_conv_head" in message
+    assert "\n" not in message
+
+
 def test_layers_before_the_named_one_stay_frozen():
-    model = finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", LAST_BLOCK)
-    backbone = model.layers[1]
+    split = finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", LAST_BLOCK)
+    backbone = split.full.layers[1]
     names = [layer.name for layer in backbone.layers]
     first = names.index(LAST_BLOCK)
     assert not any(layer.trainable_weights for layer in backbone.layers[:first])
     assert all(layer.trainable != ("_bn" in layer.name) for layer in backbone.layers[first:])
-    trained = {v.path.split("/")[0] for v in model.trainable_variables}
+    trained = {v.path.split("/")[0] for v in split.full.trainable_variables}
     assert {LAST_BLOCK, "_blocks.15._project_conv", "_conv_head"} <= trained
     assert not any("_bn" in name for name in trained)  # BatchNorm stays frozen, in inference mode
+    # Training steps the trainable part; the saved whole must hold those very variables.
+    assert {id(v) for v in split.trainable.trainable_variables} == {id(v) for v in split.full.trainable_variables}
+    assert not split.frozen.trainable_variables
 
 
-def test_image_batches_hold_every_caption_of_each_image_padded_per_batch(shapes_raw):
-    paths = sorted((shapes_raw / "Flicker8k_Dataset").iterdir())[:3]
-    sequences = [[[1, 4, 2], [1, 4, 5, 6, 2]], [[1, 5, 2]], [[1, 6, 6, 2]]]
-    data = finetuning.image_batches(paths, sequences, SIZE, LITE0.preprocess, 2, images_per_batch=2)
-    (images, tokens), (last_images, last_tokens) = list(data)
-    assert images.shape == (2, SIZE, SIZE, 3) and last_images.shape == (1, SIZE, SIZE, 3)
-    assert tokens.numpy().tolist() == [[1, 4, 2, 0, 0], [1, 4, 5, 6, 2], [1, 5, 2, 0, 0], [0, 0, 0, 0, 0]]
-    assert last_tokens.numpy().tolist() == [[1, 6, 6, 2], [0, 0, 0, 0]]
+@pytest.mark.parametrize("block", [LAST_BLOCK, "_blocks.14._expand_conv"])  # a plain block, a residual one
+def test_the_frozen_then_the_trainable_part_compute_the_whole_encoder(block):
+    split = finetuning.finetunable_encoder(LITE0, "imagenet", SIZE, "grid", block)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype("float32")
+    activations = split.frozen(images)
+    assert activations.shape[-1] == 192  # what enters block 14 and block 15 of Lite0
+    np.testing.assert_allclose(split.trainable(activations), split.full(images), atol=1e-5)
 
 
-def test_finetuning_trains_the_encoder_and_the_reloaded_model_captions_an_image(shapes_raw, tmp_path):
+def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_the_saved_model_captions(
+    shapes_raw, tmp_path
+):
     keras.utils.set_random_seed(0)
     captions = clean_release(shapes_raw)[0]["train"]
-    vocab = Vocabulary.build([tokens for _, tokens in captions], min_count=1, max_length=20)
+    vocab = Vocabulary.build([tokens for _, tokens in captions], min_count=1, max_length=60)
+    images = shapes_raw / "Flicker8k_Dataset"
     names = sorted({image for image, _ in captions})
-    rows, sequences, _ = training.encode_captions(captions, {name: i for i, name in enumerate(names)}, vocab)
-    image_rows, grouped = finetuning.captions_by_image(rows, sequences)
-    per_image = max(map(len, grouped))
-    paths = [shapes_raw / "Flicker8k_Dataset" / names[row] for row in image_rows]
-    data = finetuning.image_batches(paths, grouped, SIZE, LITE0.preprocess, per_image, images_per_batch=4, seed=0)
-
-    encoder_model = finetuning.finetunable_encoder(LITE0, "imagenet", SIZE, "avg", LAST_BLOCK)
+    features.extract(LITE0, [images / name for name in names], tmp_path / "lite0.h5", "avg", 8, "imagenet", SIZE)
+    split = finetuning.finetunable_encoder(LITE0, "imagenet", SIZE, "avg", LAST_BLOCK)
     decoder_model = decoder.build(len(vocab), (1280,), "gru", "inject", units=16, embedding_dim=8, dropout=0.0)
-    model = finetuning.joint_model(encoder_model, decoder_model, per_image)
-    frozen_before = [v.numpy().copy() for v in encoder_model.non_trainable_variables]
-    tuned_before = [v.numpy().copy() for v in encoder_model.trainable_variables]
-    trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0, encoder_lr=0.001)
-    assert [float(o.learning_rate.numpy()) for o in trainer.optimizers] == pytest.approx([0.01, 0.001])
-    summary = trainer.fit(data, data, epochs=2, patience=2, live=NullLive())
-    assert np.isfinite(summary["best_dev_loss"])
-    # Frozen layers and every BatchNorm's moving statistics are untouched; the unfrozen layers moved.
-    assert all(
-        np.array_equal(a, v.numpy()) for a, v in zip(frozen_before, encoder_model.non_trainable_variables, strict=True)
-    )
-    assert any(
-        not np.array_equal(a, v.numpy()) for a, v in zip(tuned_before, encoder_model.trainable_variables, strict=True)
-    )
+    with (
+        features.FeatureFile(tmp_path / "lite0.h5", LITE0.name) as cached,
+        finetuning.frozen_activations(split, cached, LITE0, images, list(cached.row_of.values()), 8) as activations,
+    ):
+        rows, sequences, _ = training.encode_captions(captions, cached.row_of, vocab)
+        batches, per_image = finetuning.image_caption_batches(
+            {"train": (rows, sequences)}, cached, activations, 20, {"train": 0}
+        )
+        data = batches["train"]
+        assert per_image == 5 and len(data) == -(-len(names) // 4)  # 20 captions a step: 4 images
+        image = load_image(str(images / names[0]), SIZE, LITE0.preprocess).numpy()[None]
+        first = activations.row_of[names[0]]
+        stored = finetuning.activations_reader(activations)(np.array([first]))
+        np.testing.assert_allclose(stored, split.frozen(image), atol=0.02, rtol=2e-3)  # float16 on disk
+
+        model = finetuning.joint_model(split.trainable, decoder_model, per_image)
+        frozen_before = [v.numpy().copy() for v in split.full.non_trainable_variables]
+        tuned_before = [v.numpy().copy() for v in split.full.trainable_variables]
+        trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0, encoder_lr=0.001)
+        assert [float(o.learning_rate.numpy()) for o in trainer.optimizers] == pytest.approx([0.01, 0.001])
+        summary = trainer.fit(data, data, epochs=2, patience=2, live=NullLive())
+        assert np.isfinite(summary["best_dev_loss"])
+        # Frozen layers and every BatchNorm's moving statistics are untouched; the unfrozen layers moved.
+        assert all(
+            np.array_equal(a, v.numpy()) for a, v in zip(frozen_before, split.full.non_trainable_variables, strict=True)
+        )
+        assert any(
+            not np.array_equal(a, v.numpy()) for a, v in zip(tuned_before, split.full.trainable_variables, strict=True)
+        )
+        # Dev scores during training see the encoder as trained so far, without a pass over the images.
+        dev_features = finetuning.features_reader(split.trainable, activations)(np.array([first]))
+        np.testing.assert_allclose(dev_features, split.full(image), atol=0.02, rtol=2e-3)
 
     directory = tmp_path / "models"
     directory.mkdir()
-    model.save(directory / "captioner.keras")
+    saved = finetuning.joint_model(split.full, decoder_model, per_image)
+    saved.save(directory / "captioner.keras")
     attrs = {"encoder": LITE0.name, "weights": "w", "weights_param": "imagenet", "input_size": SIZE, "pooling": "avg"}
     write_card(directory, attrs, vocab, LAST_BLOCK)
     reloaded = keras.saving.load_model(directory / "captioner.keras", safe_mode=True)
-    images, tokens = next(iter(data))
-    np.testing.assert_allclose(model([images, tokens])["logits"], reloaded([images, tokens])["logits"], atol=1e-5)
+    tokens = np.array([vocab.encode(captions[0][1])] * per_image, dtype=np.int32)
+    np.testing.assert_allclose(saved([image, tokens])["logits"], reloaded([image, tokens])["logits"], atol=1e-5)
 
     captioner = Captioner.load(directory)
     tuned = captioner.extractor.model.trainable_variables  # the caption command's encoder is the fine-tuned one
-    assert all(
-        np.array_equal(v.numpy(), w.numpy()) for v, w in zip(tuned, encoder_model.trainable_variables, strict=True)
-    )
-    written, failures = captioner.caption([paths[0]], beam_size=2)
-    assert failures == {} and len(written[paths[0]].split()) >= 1
+    assert all(np.array_equal(v.numpy(), w.numpy()) for v, w in zip(tuned, split.full.trainable_variables, strict=True))
+    written, failures = captioner.caption([images / names[0]], beam_size=2)
+    assert failures == {} and len(written[images / names[0]].split()) >= 1

@@ -79,6 +79,28 @@ def test_length_buckets_cut_padding_and_cover_every_caption_once():
     assert training.length_buckets(lengths, 64, np.random.default_rng(1))[0].tolist() == buckets[0].tolist()
 
 
+def test_image_caption_batches_hold_all_captions_of_each_image_with_its_features():
+    captions = [[[1, 4, 2], [1, 4, 5, 6, 2]], [[1, 5, 2]], [[1, 6, 6, 2]]]
+    features = np.arange(3.0)[:, None] * np.ones((3, 2))
+    rows = np.array([2, 0, 1])  # image i's features are at rows[i]
+    batches = training.ImageCaptionBatches(features.__getitem__, (2,), rows, captions, per_image=2, batch_size=2)
+    assert len(batches) == 2
+    (first_features, first_tokens), (last_features, last_tokens) = list(batches)
+    # Images of similar longest caption together (1 and 2, then 0); rows of all padding fill up to per_image.
+    assert first_features[:, 0].tolist() == [0.0, 1.0] and last_features[:, 0].tolist() == [2.0]
+    assert first_tokens.tolist() == [[1, 5, 2, 0], [0, 0, 0, 0], [1, 6, 6, 2], [0, 0, 0, 0]]
+    assert last_tokens.tolist() == [[1, 4, 2, 0, 0], [1, 4, 5, 6, 2]]
+
+    shuffled = training.ImageCaptionBatches(features.__getitem__, (2,), rows, captions, 2, batch_size=2, seed=0)
+    seen = []
+    for feature_batch, token_batch in shuffled:
+        for value, group in zip(feature_batch[:, 0], token_batch.reshape(len(feature_batch), 2, -1), strict=True):
+            image = rows.tolist().index(int(value))
+            assert [[token for token in row if token] for row in group.tolist() if any(row)] == captions[image]
+            seen.append(image)
+    assert sorted(seen) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("arch", decoder.ARCHS)
 def test_forced_sums_project_only_real_positions_and_equal_the_masked_full_loss(arch):
     features, captions, vocab = toy_problem()
