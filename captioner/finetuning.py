@@ -46,8 +46,8 @@ class SplitEncoder:
 def finetunable_encoder(
     encoder: Encoder, weights: str, image_size: int, pooling: str, finetune_from: str
 ) -> SplitEncoder:
-    """Preprocessed image → features (pooled (C,) or the H×W×C grid, as the features file holds them),
-    trainable from ``finetune_from`` on.
+    """``encoder`` (preprocessed image → features, pooled (C,) or the H×W×C grid as the features file
+    holds them) trainable from ``finetune_from`` on, and split there.
 
     Layers before the named one stay frozen, and every BatchNorm layer stays frozen in inference
     mode (moving statistics, as when the features were cached).

@@ -78,9 +78,9 @@ def main(params: Params) -> None:
                     "avg" if pooled else "grid", finetune_from,
                 )  # fmt: skip
             print(f"train: fine-tuning {encoder.name} from layer {finetune_from}")
-            images = [row for rows, _ in encoded.values() for row in rows]
+            image_rows = [row for rows, _ in encoded.values() for row in rows]
             activations = stack.enter_context(
-                finetuning.frozen_activations(split_encoder, store, encoder, Layout.images, images, batch_size)
+                finetuning.frozen_activations(split_encoder, store, encoder, Layout.images, image_rows, batch_size)
             )
             batches, per_image = finetuning.image_caption_batches(encoded, store, activations, batch_size, seeds)
             with strategy.scope():

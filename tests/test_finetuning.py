@@ -114,3 +114,18 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
     assert all(np.array_equal(v.numpy(), w.numpy()) for v, w in zip(tuned, split.full.trainable_variables, strict=True))
     written, failures = captioner.caption([images / names[0]], beam_size=2)
     assert failures == {} and len(written[images / names[0]].split()) >= 1
+
+
+def test_an_image_that_no_longer_decodes_fails_with_one_line_naming_it(shapes_raw, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((shapes_raw / "Flicker8k_Dataset").iterdir())[:3]:
+        (images / path.name).write_bytes(path.read_bytes())
+    names = sorted(path.name for path in images.iterdir())
+    features.extract(LITE0, [images / name for name in names], tmp_path / "lite0.h5", "avg", 8, "none", SIZE)
+    (images / names[1]).write_bytes(b"not an image")
+    split = finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", LAST_BLOCK)
+    with features.FeatureFile(tmp_path / "lite0.h5", LITE0.name) as cached, pytest.raises(StageError) as error:
+        with finetuning.frozen_activations(split, cached, LITE0, images, [0, 1, 2], 8):
+            pass
+    assert str(error.value) == f"{names[1]} no longer decodes, though {tmp_path / 'lite0.h5'} holds its features"
