@@ -32,6 +32,10 @@ from captioner.stage import Layout, declared_params
 from captioner.text import Vocabulary
 
 
+def endless(batches: training.CaptionBatches):
+    return (batch for _ in itertools.count() for batch in batches)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=300, help="train images to draw batches from (default 300)")
@@ -49,6 +53,7 @@ def main() -> None:
         captions = read_captions(Layout.split_captions("train"))
         rows, sequences, _ = training.encode_captions(captions, store.row_of, vocab)
         image_rows, groups = training.captions_by_image(rows, sequences)
+        train_images = len(image_rows)
         image_rows, groups = image_rows[: arguments.images], groups[: arguments.images]
         name_of = {row: name for name, row in store.row_of.items()}
         size, weights = int(store.attrs["input_size"]), str(store.attrs["weights_param"])
@@ -84,7 +89,7 @@ def main() -> None:
         model = models.get(name, decoder_model)
         trainer = training.Trainer(model, 1e-3, 5.0, spec["attention_reg"], encoder_lr=settings["encoder_lr"])
         step = trainer.step_for(True, batches.element_spec)
-        methods[name] = (step, (batch for _ in itertools.count() for batch in batches), arguments.batches)
+        methods[name] = (step, endless(batches), arguments.batches)
 
     print(
         f"{encoder.name} unfrozen from {arguments.finetune_from}, {spec['rnn']} {spec['arch']} decoder "
@@ -96,9 +101,12 @@ def main() -> None:
     whole, cached, frozen = seconds["whole encoder"], seconds["cached activations"], seconds["frozen encoder"]
     print(f"whole encoder ÷ cached activations = {whole / cached:.2f}x per step")
     print(f"cached activations ÷ frozen encoder = {cached / frozen:.2f}x per step")
+    once = frozen_seconds * train_images  # the frozen layers over every train image, before the first epoch
+    steps = -(-train_images // images_per_step)
     print(
-        f"frozen layers, once per image before training: {frozen_seconds * 1e3:.1f} ms/image "
-        f"(≈ {frozen_seconds * images_per_step / cached:.2f} of a cached-activations step's time per step's images)"
+        f"frozen layers, once before training: {frozen_seconds * 1e3:.1f} ms/image, {once:.0f} s for the "
+        f"{train_images} train images; repaid after {once / ((whole - cached) * steps):.2f} epochs "
+        f"(an epoch: {steps} steps, ≈ {whole * steps:.0f} s whole encoder, {cached * steps:.0f} s cached)"
     )
 
 

@@ -15,19 +15,18 @@ from tests.test_training import NullLive
 LITE0, SIZE, LAST_BLOCK = encoders.get("efficientnet_lite0"), 64, "_blocks.15._expand_conv"
 
 
-def test_an_unknown_layer_fails_with_one_line_naming_valid_ones():
+@pytest.mark.parametrize(
+    "layer, reason",
+    [
+        ("conv5_block1_out", "'conv5_block1_out' is not a layer of efficientnet_lite0"),
+        ("_blocks.14._depthwise_conv", "'_blocks.14._depthwise_conv' splits a residual block of efficientnet_lite0"),
+    ],
+)
+def test_a_layer_that_cannot_start_fine_tuning_fails_with_one_line_naming_valid_ones(layer, reason):
     with pytest.raises(StageError) as error:
-        finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", "conv5_block1_out")
+        finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", layer)
     message = str(error.value)
-    assert "'conv5_block1_out' is not a layer of efficientnet_lite0" in message and "_conv_head" in message
-    assert "\n" not in message
-
-
-def test_a_layer_inside_a_residual_block_fails_with_one_line_naming_valid_ones():
-    with pytest.raises(StageError) as error:
-        finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", "_blocks.14._depthwise_conv")
-    message = str(error.value)
-    assert "splits a residual block of efficientnet_lite0" in message and "_conv_head" in message
+    assert reason in message and "_conv_head" in message
     assert "\n" not in message
 
 
