@@ -55,10 +55,9 @@ def main() -> None:
         image_rows, groups = training.captions_by_image(rows, sequences)
         train_images = len(image_rows)
         image_rows, groups = image_rows[: arguments.images], groups[: arguments.images]
-        name_of = {row: name for name, row in store.row_of.items()}
-        size, weights = int(store.attrs["input_size"]), str(store.attrs["weights_param"])
+        names, size, weights = store.names, int(store.attrs["input_size"]), str(store.attrs["weights_param"])
         feature_shape = store.shape(pooled)
-    images = np.stack([load_image(str(Layout.images / name_of[row]), size, encoder.preprocess) for row in image_rows])
+    images = np.stack([load_image(str(Layout.images / names[row]), size, encoder.preprocess) for row in image_rows])
 
     split = finetuning.finetunable_encoder(encoder, weights, size, "avg" if pooled else "grid", arguments.finetune_from)
     split.frozen.predict_on_batch(images[:32])  # warm-up: trace the forward pass

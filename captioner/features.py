@@ -145,7 +145,8 @@ class FeatureFile:
             raise StageError(f"{path} holds {self.store.attrs['encoder']} features, but params say encoder {encoder}")
         self.attrs = dict(self.store.attrs)
         self.pooling = str(self.attrs["pooling"])
-        self.row_of = {name: row for row, name in enumerate(self.store["image_ids"].asstr()[:])}
+        self.names = list(self.store["image_ids"].asstr()[:])  # image file name of each row
+        self.row_of = {name: row for row, name in enumerate(self.names)}
         self._features = self.store["features"]
 
     @property

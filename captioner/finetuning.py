@@ -132,8 +132,7 @@ def frozen_activations(
     Training then runs only the unfrozen layers each step, which is what makes fine-tuning cost
     little more than a frozen encoder (a Lite0 image through every layer costs ~10× its last block).
     """
-    name_of = {row: name for name, row in cached.row_of.items()}
-    paths = [images / name_of[row] for row in dict.fromkeys(rows)]
+    paths = [images / cached.names[row] for row in dict.fromkeys(rows)]
     return _written_by(split.frozen, cached, encoder, paths, batch_size, f"train: frozen layers of {encoder.name}")
 
 
@@ -165,7 +164,6 @@ def image_caption_batches(
 ) -> tuple[dict[str, ImageCaptionBatches], int]:
     """``ImageCaptionBatches`` of frozen-layer activations per split, from ``training.encode_captions`` output
     (rows of the ``cached`` features), about ``batch_size`` captions a step; and the caption rows per image."""
-    name_of = {row: name for name, row in cached.row_of.items()}
     grouped = {split: captions_by_image(rows, sequences) for split, (rows, sequences) in encoded.items()}
     # Every image contributes this many caption rows per step (empty, fully masked rows where it has fewer).
     per_image = max(len(captions) for _, groups in grouped.values() for captions in groups)
@@ -174,7 +172,7 @@ def image_caption_batches(
         split: ImageCaptionBatches(
             read,
             activations.item_shape,
-            np.array([activations.row_of[name_of[row]] for row in image_rows]),
+            np.array([activations.row_of[cached.names[row]] for row in image_rows]),
             groups,
             per_image,
             max(1, batch_size // per_image),
