@@ -18,6 +18,7 @@ one-time cost of the frozen layers per image.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import time
 
@@ -80,11 +81,12 @@ def main() -> None:
     }
     methods = {}
     for name, table in inputs.items():
+        read = table.__getitem__
+        if name == "frozen encoder":  # the decoder alone reads each image's features once per caption
+            read = functools.partial(lambda picked, table: np.repeat(table[picked], per_image, axis=0), table=table)
         batches = training.ImageCaptionBatches(
-            table.__getitem__, table.shape[1:], np.arange(len(table)), groups, per_image, images_per_step, seed=0
+            read, table.shape[1:], np.arange(len(table)), groups, per_image, images_per_step, seed=0
         )
-        if name == "frozen encoder":  # the decoder reads each image's features once per caption
-            batches.read = lambda picked, table=table: np.repeat(table[picked], per_image, axis=0)
         model = models.get(name, decoder_model)
         trainer = training.Trainer(model, 1e-3, 5.0, spec["attention_reg"], encoder_lr=settings["encoder_lr"])
         step = trainer.step_for(True, batches.element_spec)
