@@ -11,6 +11,46 @@ from captioner.decoder import Stepper
 from captioner.text import Vocabulary
 
 
+def _decode(
+    stepper: Stepper,
+    features,
+    start_id: int,
+    end_id: int,
+    max_len: int,
+    choose: Callable[[object], np.ndarray],
+    attention: list | None = None,
+) -> np.ndarray:
+    """Token ids (N × max_len) for one batch of ``features``, each step's tokens picked by ``choose(logits)``;
+    a row stops changing (holds ``end_id``) once it has emitted ``end_id``."""
+    import tensorflow as tf
+
+    generated = np.full((len(features), max_len), end_id, dtype=np.int32)
+    states = stepper.start(tf.constant(features))
+    tokens = np.full(len(features), start_id, dtype=np.int32)
+    finished = np.zeros(len(features), dtype=bool)
+    steps = []
+    for position in range(max_len):
+        logits, states, alpha = stepper.step(tf.constant(tokens), states)
+        tokens = choose(logits)
+        generated[:, position] = np.where(finished, end_id, tokens)
+        finished |= tokens == end_id
+        if alpha is not None:
+            steps.append(alpha.numpy())
+        if finished.all():
+            break
+    if attention is not None and steps:
+        padded = np.zeros((len(features), max_len, steps[0].shape[-1]), dtype=np.float32)
+        padded[:, : len(steps)] = np.stack(steps, axis=1)
+        attention.extend(padded)
+    return generated
+
+
+def _most_likely(logits) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
+
+
 def greedy(
     stepper: Stepper,
     read: Callable[[np.ndarray], np.ndarray],
@@ -27,33 +67,36 @@ def greedy(
     ``end_id``. For an attention decoder, pass a list as ``attention`` to receive each image's
     weights over the grid at every step (max_len × H·W).
     """
+    batches = [
+        _decode(stepper, read(np.asarray(rows[begin : begin + batch_size])), start_id, end_id, max_len,
+                _most_likely, attention)
+        for begin in range(0, len(rows), batch_size)
+    ]  # fmt: skip
+    return np.concatenate(batches) if batches else np.full((0, max_len), end_id, dtype=np.int32)
+
+
+def sample(
+    stepper: Stepper,
+    features: np.ndarray,
+    start_id: int,
+    end_id: int,
+    max_len: int,
+    rng: np.random.Generator,
+    never: tuple[int, ...] = (Vocabulary.pad_id,),
+) -> np.ndarray:
+    """Token ids (N × max_len), each word drawn from the model's distribution given the words before;
+    ``end_id`` after a row's first ``end_id``. Tokens in ``never`` are not drawn (the pad id would read
+    as the end of the caption in training)."""
     import tensorflow as tf
 
-    generated = np.full((len(rows), max_len), end_id, dtype=np.int32)
-    maps = []
-    for begin in range(0, len(rows), batch_size):
-        features = tf.constant(read(np.asarray(rows[begin : begin + batch_size])))
-        states = stepper.start(features)
-        tokens = tf.fill([len(features)], start_id)
-        finished = np.zeros(len(features), dtype=bool)
-        steps = []
-        for position in range(max_len):
-            logits, states, alpha = stepper.step(tokens, states)
-            tokens = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            chosen = tokens.numpy()
-            generated[begin : begin + len(features), position] = np.where(finished, end_id, chosen)
-            finished |= chosen == end_id
-            if alpha is not None:
-                steps.append(alpha.numpy())
-            if finished.all():
-                break
-        if attention is not None and steps:
-            padded = np.zeros((len(features), max_len, steps[0].shape[-1]), dtype=np.float32)
-            padded[:, : len(steps)] = np.stack(steps, axis=1)
-            maps.extend(padded)
-    if attention is not None:
-        attention.extend(maps)
-    return generated
+    def draw(logits) -> np.ndarray:
+        probabilities = tf.nn.softmax(logits).numpy().astype(np.float64)
+        probabilities[:, list(never)] = 0.0
+        cumulative = probabilities.cumsum(axis=1)
+        thresholds = rng.random((len(cumulative), 1)) * cumulative[:, -1:]
+        return np.minimum((cumulative <= thresholds).sum(axis=1), cumulative.shape[1] - 1).astype(np.int32)
+
+    return _decode(stepper, features, start_id, end_id, max_len, draw)
 
 
 def greedy_bleu4(

@@ -134,9 +134,10 @@ class ImageCaptionBatches(CaptionBatches):
         return pad([caption for i in picked for caption in (self.sequences[i] + missing)[: self.per_image]])
 
 
-def forced_outputs(model, features, tokens, training: bool = False) -> tuple[dict, tuple[tf.Tensor, ...]]:
+def forced_outputs(model, features, tokens, training: bool = False, weights=None) -> tuple[dict, tuple[tf.Tensor, ...]]:
     """``model`` fed the true previous words: its outputs and (summed cross-entropy, correct predictions,
-    real tokens) over the next words, padding excluded.
+    real tokens) over the next words, padding excluded. With ``weights`` (one per caption), each
+    caption's cross-entropy counts that many times: self-critical training's advantages.
 
     The vocabulary projection, a step's largest matmul, runs only at real positions: the model's
     ``hidden`` output is gathered there and projected by its ``logits`` layer. The full-width
@@ -148,6 +149,8 @@ def forced_outputs(model, features, tokens, training: bool = False) -> tuple[dic
     targets = tf.boolean_mask(targets, real)
     logits = parts(model)[1].get_layer("logits")(tf.boolean_mask(outputs["hidden"], real))
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    if weights is not None:
+        cross_entropy *= tf.boolean_mask(tf.broadcast_to(weights[:, None], tf.shape(real)), real)
     correct = tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32) == targets, tf.float32)
     count = tf.cast(tf.size(targets), tf.float32)
     return outputs, (tf.reduce_sum(cross_entropy), tf.reduce_sum(correct), count)
@@ -239,32 +242,61 @@ class Trainer:
                 optimizer.build(variables)
         replicas = self.strategy.num_replicas_in_sync
 
-        def train_replica(features, tokens):
-            with tf.GradientTape() as tape:
-                outputs, (loss_sum, correct, count) = forced_outputs(model, features, tokens, training=True)
-                batch_count = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
-                loss = loss_sum / batch_count
-                if attention_reg and "attention" in outputs:
-                    loss += attention_reg * attention_penalty(tokens[:, 1:], outputs["attention"]) / replicas
+        def descend(tape, loss):
             for optimizer, variables, gradients in zip(
                 self.optimizers, groups, tape.gradient(loss, groups), strict=True
             ):
                 optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
+        def whole_batch(count):
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
+
+        def train_replica(features, tokens):
+            with tf.GradientTape() as tape:
+                outputs, (loss_sum, correct, count) = forced_outputs(model, features, tokens, training=True)
+                loss = loss_sum / whole_batch(count)
+                if attention_reg and "attention" in outputs:
+                    loss += attention_reg * attention_penalty(tokens[:, 1:], outputs["attention"]) / replicas
+            descend(tape, loss)
             return loss_sum, correct, count
 
-        self._replica_steps = {True: train_replica, False: functools.partial(forced_sums, model)}
+        def policy_replica(features, tokens, advantages):
+            # No dropout: the gradient must be that of the policy the captions were sampled from.
+            with tf.GradientTape() as tape:
+                _, (loss_sum, correct, count) = forced_outputs(model, features, tokens, weights=advantages)
+                loss = loss_sum / whole_batch(count)
+            descend(tape, loss)
+            return loss_sum, correct, count
+
+        self._replica_steps = {
+            True: train_replica,
+            False: functools.partial(forced_sums, model),
+            "policy": policy_replica,
+        }
         self._compiled = {}
 
-    def step_for(self, training: bool, element_spec):
-        """The compiled train (or dev) step for batches of ``element_spec``: (features, tokens) → summed
-        (loss, correct tokens, real tokens). Compiled once per mode; the spec's None time dimension
-        keeps per-batch widths from retracing."""
+    def restart(self, learning_rate: float) -> None:
+        """Every optimizer afresh (no step count, zero moments) at ``learning_rate``: for a new loss whose
+        gradients the old moments do not describe."""
+        for optimizer in self.optimizers:
+            for variable in optimizer.variables:
+                variable.assign(tf.zeros_like(variable))
+            optimizer.learning_rate.assign(learning_rate)
+
+    def step_for(self, training: bool | str, element_spec):
+        """The compiled train (True), dev (False) or ``"policy"`` step for batches of ``element_spec``:
+        (features, tokens[, advantages]) → summed (loss, correct tokens, real tokens). Compiled once per
+        mode; the spec's None dimensions keep per-batch sizes from retracing.
+
+        ``"policy"`` is self-critical training's step: it descends the advantage-weighted cross-entropy
+        of sampled captions, without dropout.
+        """
         if training not in self._compiled:
             replica_step = self._replica_steps[training]
 
             @tf.function(input_signature=element_spec)
-            def step(features, tokens):
-                sums = self.strategy.run(replica_step, args=(features, tokens))
+            def step(*batch):
+                sums = self.strategy.run(replica_step, args=batch)
                 return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in sums]
 
             self._compiled[training] = step

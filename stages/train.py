@@ -12,6 +12,7 @@ from captioner import decoder, decoding, encoders, finetuning, text, training
 from captioner.captioning import write_card
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
+from captioner.self_critical import SelfCritical
 from captioner.stage import Layout, Params, StageError, atomic_path, choice, run
 from captioner.text import Vocabulary, references_by_image
 
@@ -22,6 +23,8 @@ def main(params: Params) -> None:
     choice(spec["arch"], decoder.ARCHS, "decoder.arch")
     choice(settings["select_by"], training.SELECT_BY, "train.select_by")
     strategy = training.strategy_named(choice(settings["strategy"], training.STRATEGIES, "train.strategy"))
+    if settings["self_critical_epochs"]:
+        check_self_critical(settings, strategy)  # now, not after the teacher-forced epochs
     keras.utils.set_random_seed(settings["seed"])
     tf.config.experimental.enable_op_determinism()
 
@@ -111,13 +114,53 @@ def main(params: Params) -> None:
                 lr_factor=settings["lr_factor"],
                 dev_bleu4=dev_bleu4,
             )
+            if settings["self_critical_epochs"]:
+                dev_bleu4 = dev_bleu4 or greedy_dev_bleu4(model, store, read, vocab)
+                start_bleu4 = summary["best_dev_bleu4"] if "best_dev_bleu4" in summary else dev_bleu4()
+                summary |= self_critical(trainer, store, read, feature_shape, vocab, settings).fit(
+                    settings["self_critical_epochs"], settings["patience"], settings["self_critical_lr"],
+                    live, dev_bleu4, start_bleu4,
+                )  # fmt: skip
             live.summary.update({key: round(value, 4) for key, value in summary.items()})
         with atomic_path(Layout.models) as directory:
             directory.mkdir()
             saved.save(directory / Layout.model.name)
             write_card(directory, store.attrs, vocab, finetune_from)
     best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"
+    if summary.get("self_critical_best_epoch"):
+        best = f"kept self-critical epoch {summary['self_critical_best_epoch']} (teacher-forced: {best})"
     print(f"train: {best}; saved {Layout.models}/")
+
+
+def check_self_critical(settings: dict, strategy: tf.distribute.Strategy) -> None:
+    if settings["finetune_from"] is not None:
+        raise StageError("train.self_critical_epochs needs a frozen encoder: set train.finetune_from to null")
+    if strategy.num_replicas_in_sync > 1:
+        raise StageError("train.self_critical_epochs runs on one device: set train.strategy to default")
+    if settings["self_critical_samples"] < 2:
+        raise StageError(
+            f"train.self_critical_samples is {settings['self_critical_samples']}: each sample's baseline is the "
+            "others' mean reward, so it needs 2 or more"
+        )
+
+
+def self_critical(
+    trainer: training.Trainer,
+    features: FeatureFile,
+    read: Callable[[np.ndarray], np.ndarray],
+    feature_shape: tuple[int, ...],
+    vocab: Vocabulary,
+    settings: dict,
+) -> SelfCritical:
+    """Self-critical training on the train images, rewarded against all their references."""
+    references = references_by_image(read_captions(Layout.split_captions("train")), features.row_of)
+    rows = np.array([features.row_of[image] for image in references])
+    samples = settings["self_critical_samples"]
+    print(f"train: self-critical training on {len(rows)} images, {samples} sampled captions each")
+    return SelfCritical(
+        trainer, read, feature_shape, rows, list(references.values()), vocab,
+        samples, max(1, settings["batch_size"] // samples), settings["seed"],
+    )  # fmt: skip
 
 
 def greedy_dev_bleu4(

@@ -50,6 +50,27 @@ def test_nltk_bleu_agrees_with_coco_caption_bleu(seed):
         assert ours[key] == pytest.approx(coco[key], abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_cider_d_with_the_scored_images_references_equals_pycocoevalcap_per_image(seed):
+    from pycocoevalcap.cider.cider import Cider
+
+    references, hypotheses = random_corpus(seed)
+    hypotheses[0] = []  # an empty caption scores 0 in both
+    _, coco = Cider().compute_score(*metrics._coco_format(references, hypotheses))
+    cider = metrics.CiderD(references)
+    ours = [cider.score(image, words) for image, words in enumerate(hypotheses)]
+    assert np.std(coco) > 0.05
+    np.testing.assert_allclose(ours, coco, rtol=1e-9, atol=1e-12)
+
+
+def test_cider_d_document_frequencies_come_from_the_given_corpus_not_the_scored_captions():
+    references, _ = random_corpus(0)
+    whole, first = metrics.CiderD(references), metrics.CiderD(references[:5])
+    caption = references[2][0]
+    assert whole.score(2, caption) != pytest.approx(first.score(2, caption))
+    assert whole.score(2, caption) > whole.score(3, caption)  # its own image's references reward it most
+
+
 def test_coco_scores_rank_a_better_corpus_higher():
     references, hypotheses = random_corpus(0)
     perfect, _ = metrics.coco_scores(references, [refs[0] for refs in references])

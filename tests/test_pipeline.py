@@ -181,6 +181,36 @@ def test_finetuning_reruns_train_and_evaluate_and_scores_record_it(repo):
     dvc(repo, "exp", "run", "-S", "train.finetune_from=null", "-S", "train.select_by=dev_loss")  # back to defaults
 
 
+def test_self_critical_training_follows_teacher_forcing_and_refuses_what_it_cannot_do_before_training(repo):
+    repo, _ = repo
+    pinned = ("-S", "decoder.arch=inject", "-S", "features.pooling=avg", "-S", "train.select_by=dev_loss")
+    output = dvc(repo, "exp", "run", *pinned, "-S", "train.self_critical_epochs=2")
+    assert ran(output) == {"train", "evaluate"}
+    assert "self-critical epoch 2: mean sampled CIDEr-D" in output
+    summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
+    plots = repo / "metrics" / "train" / "plots" / "metrics"
+    rewards = (plots / "self_critical" / "reward.tsv").read_text().splitlines()[1:]
+    scores = [float(line.split("\t")[1]) for line in (plots / "dev" / "bleu4.tsv").read_text().splitlines()[1:]]
+    assert summary["self_critical_epochs_run"] == len(rewards) == len(scores) == 2
+    assert summary["best_dev_bleu4"] >= max(scores)  # a self-critical epoch, or the teacher-forced weights
+    for settings, error in (
+        (["train.finetune_from=_blocks.15._expand_conv"], "train.self_critical_epochs needs a frozen encoder"),
+        (["train.finetune_from=null", "train.self_critical_samples=1"], "train.self_critical_samples is 1: each"),
+    ):
+        bad = subprocess.run(
+            ["dvc", "exp", "run", *pinned, *(arg for setting in settings for arg in ("-S", setting))],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
+        )
+        assert bad.returncode != 0
+        assert f"error: {error}" in bad.stderr + bad.stdout
+        assert "train: epoch 1" not in bad.stdout + bad.stderr  # refused before any training
+    back = ("train.finetune_from=null", "train.self_critical_samples=5", "train.self_critical_epochs=0")
+    dvc(repo, "exp", "run", *(arg for setting in back for arg in ("-S", setting)))
+
+
 def assert_selected_by_dev_bleu4(repo) -> None:
     summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
     logged = (repo / "metrics" / "train" / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text().splitlines()
