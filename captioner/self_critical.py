@@ -83,12 +83,11 @@ class SelfCritical:
 
     def run_epoch(self, description: str) -> float:
         """One pass over the images in a new random order; the mean reward of the captions sampled."""
-        order = self.rng.permutation(len(self.rows))
+        order, vocab = self.rng.permutation(len(self.rows)), self.vocab
         total = 0.0
         for begin in progress(range(0, len(order), self.images_per_step), desc=description, unit="step", leave=False):
             images = order[begin : begin + self.images_per_step]
             features = np.repeat(self.read(self.rows[images]), self.samples, axis=0)
-            vocab = self.vocab
             sampled = decoding.sample(self.stepper, features, vocab.start_id, vocab.end_id, vocab.max_length, self.rng)
             rewards = self.rewards(np.repeat(images, self.samples), sampled).reshape(len(images), self.samples)
             self.step(
