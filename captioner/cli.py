@@ -16,15 +16,22 @@ import sys
 from pathlib import Path
 
 
+def positive(value: str) -> int:
+    """An argparse type: a whole number ≥ 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, not {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caption", description="Caption images with a trained captioner.")
     parser.add_argument("images", nargs="+", type=Path, help="JPEG or PNG files, any size")
     parser.add_argument(
         "--model-dir", type=Path, default=Path("models"), help="the train stage's output (default: models)"
     )
-    parser.add_argument("--beam", type=int, default=3, help="beam width; 1 is greedy (default: 3)")
+    parser.add_argument("--beam", type=positive, default=3, help="beam width; 1 is greedy (default: 3)")
     parser.add_argument(
-        "--max-len", type=int, default=None, help="longest caption in tokens (default: the vocabulary's)"
+        "--max-len", type=positive, default=None, help="longest caption in tokens (default: the vocabulary's)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line: image, caption")
     arguments = parser.parse_args(argv)

@@ -19,11 +19,53 @@ from captioner.stage import StageError, atomic_path, progress
 POOLINGS = ("avg", "grid")
 
 
-def load_image(path, size: int, preprocess):
-    """Decode (JPEG, PNG, …), resize to size×size and preprocess: the one way an image enters an encoder."""
+def exif_orientation(encoded: bytes) -> int:
+    """The EXIF orientation (1–8) of an encoded image; 1 (upright) when it has none or does not parse."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+ORIENTATION_TAG = 0x0112
+
+
+def upright(image, orientation):
+    """``image`` (H×W×C) turned as its EXIF ``orientation`` says, as ``PIL.ImageOps.exif_transpose`` turns it."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    def transpose(x):
+        return tf.transpose(x, (1, 0, 2))
+
+    turns = [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),  # 2: mirrored left-right
+        lambda: tf.image.rot90(image, 2),  # 3: upside down
+        lambda: tf.reverse(image, [0]),  # 4: mirrored top-bottom
+        lambda: transpose(image),  # 5
+        lambda: tf.image.rot90(image, 3),  # 6: phone held upright, stored turned left
+        lambda: tf.image.rot90(transpose(image), 2),  # 7
+        lambda: tf.image.rot90(image, 1),  # 8
+    ]
+    return tf.switch_case(orientation - 1, turns)
+
+
+def load_image(path, size: int, preprocess):
+    """Decode (JPEG, PNG, …), turn upright by its EXIF orientation, resize to size×size and preprocess: the one
+    way an image enters an encoder (extraction, fine-tuning and the caption command alike)."""
+    import tensorflow as tf
+
+    encoded = tf.io.read_file(path)
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    # Phone photos are stored as the sensor saw them; only the EXIF tag says which way is up.
+    orientation = tf.reshape(tf.py_function(lambda raw: exif_orientation(raw.numpy()), [encoded], tf.int32), ())
+    image = upright(image, orientation)
     return preprocess(tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True))
 
 

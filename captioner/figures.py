@@ -26,10 +26,10 @@ def _save(figure, path: Path) -> None:
 
 
 def _image(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))  # upright, as the encoder saw it
 
 
 def samples(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
+
+from captioner import params as param_rules
 
 
 class Layout:
@@ -68,7 +71,8 @@ def _lookup(tree: dict, dotted: str):
 
 
 def declared_params(stage: str, root: Path = Path(".")) -> Params:
-    """The values from params.yaml of the params dvc.yaml lists for ``stage``."""
+    """The values from params.yaml of the params dvc.yaml lists for ``stage``, each checked against its rule
+    in ``captioner.params`` (a StageError naming the first that breaks it)."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
     values = yaml.safe_load((root / "params.yaml").read_text())
     names = pipeline["stages"][stage].get("params", [])
@@ -78,6 +82,10 @@ def declared_params(stage: str, root: Path = Path(".")) -> Params:
         for part in target[:-1]:
             node = node.setdefault(part, Params())
         leaf = _lookup(values, name)
+        try:
+            param_rules.check(name, leaf)
+        except param_rules.ParamError as err:
+            raise StageError(str(err)) from None
         node[target[-1]] = Params(leaf) if isinstance(leaf, dict) else leaf
     return params
 
@@ -93,11 +101,13 @@ def choice(value: str, allowed, what: str) -> str:
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling of ``target`` to write (a file or a folder); rename it into place on success.
 
-    On any failure the temporary is removed, so a half-written output never sits where DVC looks.
+    On any failure the temporary is removed, so a half-written output never sits where DVC looks; one
+    that a killed run (kill -9, power loss) could not remove goes at the next write of the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_scratch(target)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     temporary = scratch / target.name
     try:
         yield temporary
@@ -108,12 +118,56 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def remove_stale_scratch(target: Path) -> None:
+    """Remove temporaries of ``target`` that ``atomic_path`` made in a process no longer running."""
+    for scratch in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        owner = scratch.name[len(target.name) + 2 :].split(".")[0]
+        if owner.isdigit() and _running(int(owner)):
+            continue  # another live process is writing it
+        if scratch.is_dir() and not scratch.is_symlink():
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            scratch.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def text_lines(path: Path | str) -> Iterator[str]:
+    """The lines of a UTF-8 text file, without line ends; a byte-order mark is ignored. Streams, so a GloVe
+    file of a gigabyte costs one line of memory. A byte that is not UTF-8 is a StageError naming file and line."""
+    if not Path(path).is_file():
+        raise StageError(f"{path} is missing")
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise StageError(
+                    f"{path}:{number}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not UTF-8; "
+                    "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            yield line.rstrip("\r\n")
+
+
+def read_text(path: Path | str) -> str:
+    """A whole UTF-8 text file as ``text_lines`` reads it, lines joined by newlines."""
+    return "\n".join(text_lines(path))
 
 
 def write_text(target: Path | str, text: str) -> None:

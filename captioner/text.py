@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Container, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from captioner.stage import StageError, write_text
+from captioner.stage import StageError, read_text, text_lines, write_text
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD must stay 0 (the mask value)
@@ -18,9 +19,21 @@ SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD mu
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
+def _fold(character: str) -> str:
+    """Accents off (é → e), punctuation of any script removed, as ASCII punctuation is."""
+    if unicodedata.category(character).startswith("P"):
+        return ""
+    return "".join(part for part in unicodedata.normalize("NFKD", character) if not unicodedata.combining(part))
+
+
 def clean(caption: str) -> list[str]:
-    """The seeds' rules: lowercase, strip punctuation, keep alphabetic tokens."""
-    return [word for word in caption.lower().translate(_PUNCTUATION).split() if word.isalpha()]
+    """The seeds' rules: lowercase, strip punctuation, keep alphabetic tokens. Beyond ASCII (the one rule for
+    other characters): accents are removed (``café`` is ``cafe``), punctuation of any script (“ ” — ¿) is
+    removed like ASCII punctuation, and letters of other scripts are letters."""
+    lowered = caption.lower().translate(_PUNCTUATION)
+    if not lowered.isascii():
+        lowered = "".join(map(_fold, lowered))
+    return [word for word in lowered.split() if word.isalpha()]
 
 
 def wrap(words: list[str]) -> list[str]:
@@ -62,6 +75,7 @@ class Vocabulary:
         """Words seen at least ``min_count`` times in the captions (wrapped token lists) it accepts.
 
         Captions longer than ``max_length`` tokens are left out of the counts, as training drops them.
+        No caption left, or no word, is a StageError: nothing could be trained on it.
         """
         counts: Counter[str] = Counter()
         longest = 0
@@ -69,7 +83,11 @@ class Vocabulary:
             if len(tokens) <= max_length:
                 counts.update(token for token in tokens if token not in SPECIAL_TOKENS)
                 longest = max(longest, len(tokens))
+        if not longest:
+            raise StageError(f"no train caption fits in vocab.max_length {max_length} tokens (<start> and <end> count)")
         words = sorted(word for word, count in counts.items() if count >= min_count)
+        if not words:
+            raise StageError(f"no train word occurs vocab.min_count {min_count} times: the vocabulary would be empty")
         return cls(words, max_length=longest)
 
     @property
@@ -92,7 +110,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path) -> Vocabulary:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_text(path))
         if tuple(data["tokens"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"{path}: special tokens differ from this version's {SPECIAL_TOKENS}")
         return cls(data["tokens"][len(SPECIAL_TOKENS) :], max_length=data["max_length"])
@@ -110,17 +128,16 @@ def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, in
         raise StageError(f"GloVe file {path} does not exist")
     found: dict[str, np.ndarray] = {}
     dimension = None
-    with open(path, encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
-            word, *values = line.rstrip().split(" ")
-            dimension = dimension or len(values)
-            if len(values) != dimension or not values:
-                raise StageError(f"{path}:{number}: expected a word and {dimension} numbers")
-            if word in vocab.ids:
-                try:
-                    found[word] = np.asarray(values, dtype=np.float32)
-                except ValueError as err:
-                    raise StageError(f"{path}:{number}: {err}") from err
+    for number, line in enumerate(text_lines(path), start=1):
+        word, *values = line.rstrip().split(" ")
+        dimension = dimension or len(values)
+        if len(values) != dimension or not values:
+            raise StageError(f"{path}:{number}: expected a word and {dimension} numbers")
+        if word in vocab.ids:
+            try:
+                found[word] = np.asarray(values, dtype=np.float32)
+            except ValueError as err:
+                raise StageError(f"{path}:{number}: {err}") from err
     if dimension is None:
         raise StageError(f"GloVe file {path} is empty")
     scale = float(np.std(np.stack(list(found.values())))) if found else 0.1

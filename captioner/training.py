@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from captioner.decoder import parts
-from captioner.stage import progress
+from captioner.stage import StageError, progress
 from captioner.text import Vocabulary
 
 
@@ -182,6 +182,8 @@ def _accumulate(step, batches: Iterable, description: str) -> EpochStats:
     totals = np.zeros(3)
     for features, tokens in progress(batches, desc=description, unit="batch", leave=False):
         totals += [float(value) for value in step(features, tokens)]
+    if not totals[2]:  # no batch: no loss, rather than a division warning
+        return EpochStats(loss=float("nan"), accuracy=float("nan"))
     return EpochStats(loss=totals[0] / totals[2], accuracy=totals[1] / totals[2])
 
 
@@ -337,6 +339,13 @@ class Trainer:
             dev_stats = self.run_epoch(dev, False, "train: dev loss")
             bleu4 = dev_bleu4() if dev_bleu4 is not None else None
             seconds = time.perf_counter() - started
+            for split, stats in (("train", train_stats), ("dev", dev_stats)):
+                if not np.isfinite(stats.loss):
+                    # NaN compares false, so no epoch would beat the start: the untrained weights would be kept.
+                    raise StageError(
+                        f"the {split} loss is {stats.loss} at epoch {epoch}: training diverged or the {split} "
+                        "batches are empty; no model saved (a lower train.learning_rate may help)"
+                    )
             for split, stats in (("train", train_stats), ("dev", dev_stats)):
                 live.log_metric(f"{split}/loss", round(stats.loss, 4))
                 live.log_metric(f"{split}/token_accuracy", round(stats.accuracy, 4))

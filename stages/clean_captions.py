@@ -5,11 +5,13 @@ from captioner.stage import SPLITS, Layout, Params, run
 
 
 def main(params: Params) -> None:
-    cleaned, skipped = clean_release(Layout.raw)
+    release = clean_release(Layout.raw)
+    for warning in release.warnings:
+        print(f"clean_captions: warning: {warning}")
     for split in SPLITS:
-        write_captions(Layout.split_captions(split), cleaned[split])
-    kept = ", ".join(f"{split} {len(cleaned[split])}" for split in SPLITS)
-    dropped = ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items())) or "none"
+        write_captions(Layout.split_captions(split), release.captions[split])
+    kept = ", ".join(f"{split} {len(release.captions[split])}" for split in SPLITS)
+    dropped = ", ".join(f"{count} {reason}" for reason, count in sorted(release.skipped.items())) or "none"
     print(f"clean_captions: kept {kept}; skipped {dropped}")
 
 

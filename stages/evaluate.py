@@ -10,7 +10,7 @@ from captioner.captioning import load_trained
 from captioner.datasets import read_captions
 from captioner.decoder import Stepper, architecture
 from captioner.features import FeatureFile
-from captioner.stage import Layout, Params, run, write_text
+from captioner.stage import Layout, Params, StageError, run, write_text
 from captioner.text import Vocabulary, references_by_image, strip_special
 
 SAMPLE_IMAGES, ATTENTION_IMAGES = 12, 3
@@ -19,14 +19,16 @@ SAMPLE_IMAGES, ATTENTION_IMAGES = 12, 3
 def main(params: Params) -> None:
     settings = params["evaluate"]
     vocab = Vocabulary.load(Layout.vocab)
-    card, encoder_model, model = load_trained(Layout.models)
-    finetune_from = card.get("finetune_from")  # cards before fine-tuning lack it
-    stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
     test = read_captions(Layout.split_captions("test"))
     with contextlib.ExitStack() as stack:
         cached = stack.enter_context(FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]))
         references = references_by_image(test, cached.row_of)
         images = list(references)
+        if not images:
+            raise StageError(f"no test image has both captions and features in {cached.path}; nothing to score")
+        card, encoder_model, model = load_trained(Layout.models)
+        finetune_from = card.get("finetune_from")  # cards before fine-tuning lack it
+        stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
         store = stack.enter_context(
             finetuning.features_seen_by(
                 encoder_model,

@@ -49,6 +49,11 @@ def main(params: Params) -> None:
             )
             encoded[split] = rows, sequences
             print(f"train: {split}: {len(rows)} captions ({dropped} dropped: too long or image unreadable)")
+            if not len(rows):
+                raise StageError(
+                    f"no {split} caption is usable ({dropped} longer than the vocabulary's "
+                    f"{vocab.max_length} tokens or of images without features); nothing saved"
+                )
         seeds, batch_size = {"train": settings["seed"], "dev": None}, settings["batch_size"]
 
         print(f"train: {strategy.num_replicas_in_sync} replica(s), {settings['batch_size']} captions per step in all")
@@ -137,11 +142,6 @@ def check_self_critical(settings: dict, strategy: tf.distribute.Strategy) -> Non
         raise StageError("train.self_critical_epochs needs a frozen encoder: set train.finetune_from to null")
     if strategy.num_replicas_in_sync > 1:
         raise StageError("train.self_critical_epochs runs on one device: set train.strategy to default")
-    if settings["self_critical_samples"] < 2:
-        raise StageError(
-            f"train.self_critical_samples is {settings['self_critical_samples']}: each sample's baseline is the "
-            "others' mean reward, so it needs 2 or more"
-        )
 
 
 def self_critical(

@@ -74,3 +74,48 @@ def test_reader_refuses_a_file_of_another_encoder(lite0, shapes_raw, tmp_path):
         features.FeatureFile(tmp_path / "f.h5", "vgg16")
     with pytest.raises(StageError, match="missing; run the extract_features stage"):
         features.FeatureFile(tmp_path / "none.h5", "efficientnet_lite0")
+
+
+def _with_orientation(pixels: np.ndarray, orientation: int, path, **save):
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[features.ORIENTATION_TAG] = orientation
+    image.save(path, exif=exif, **save)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_turned_upright_as_pillow_does(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    path = _with_orientation(pixels, orientation, tmp_path / "photo.png")  # lossless: compare exactly
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"), dtype=np.float32)
+    size = max(expected.shape[:2])
+    loaded = features.load_image(str(path), size, lambda image: image).numpy()
+    resized_expected = features.load_image(str(_with_orientation(expected.astype(np.uint8), 1, tmp_path / "up.png")),
+                                           size, lambda image: image).numpy()  # fmt: skip
+    np.testing.assert_array_equal(loaded, resized_expected)
+    assert (orientation in (5, 6, 7, 8)) == (expected.shape[:2] == (20, 12))
+
+
+def test_a_phone_photo_stored_turned_gets_the_features_of_the_upright_photo(lite0, tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 (as phones save portrait photos), through extraction and
+    through the caption command's path (``Extractor.features``), gives the features of the photo upright."""
+    upright = np.zeros((96, 64, 3), dtype=np.uint8)
+    upright[:32] = (230, 30, 30)  # red on top: wrong side up, the encoder would see another picture
+    upright[32:] = (30, 90, 220)
+    stored = np.rot90(upright, 1).copy()  # how the sensor wrote it; orientation 6 turns it back
+    sideways = _with_orientation(stored, 6, tmp_path / "phone.jpg", quality=95)
+    straight = _with_orientation(upright, 1, tmp_path / "straight.jpg", quality=95)
+    extractor = features.Extractor(lite0, "avg")
+    values, failures = extractor.features([sideways, straight])
+    assert failures == {}
+    cosine = values[0] @ values[1] / np.linalg.norm(values[0]) / np.linalg.norm(values[1])
+    assert cosine > 0.99
+    target = tmp_path / "lite0.h5"
+    extractor.write([sideways, straight], target, batch_size=2)
+    with h5py.File(target) as store:
+        np.testing.assert_allclose(store["features"][0], values[0], atol=0.05)

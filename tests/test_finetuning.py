@@ -58,7 +58,7 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
     shapes_raw, tmp_path
 ):
     keras.utils.set_random_seed(0)
-    captions = clean_release(shapes_raw)[0]["train"]
+    captions = clean_release(shapes_raw).captions["train"]
     vocab = Vocabulary.build([tokens for _, tokens in captions], min_count=1, max_length=60)
     images = shapes_raw / "Flicker8k_Dataset"
     names = sorted({image for image, _ in captions})

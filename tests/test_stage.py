@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from captioner.stage import StageError, atomic_path, choice, declared_params
+from captioner.stage import SPLITS, StageError, atomic_path, choice, declared_params
 from tests.conftest import run_stage
 
 
@@ -69,3 +69,99 @@ def test_unknown_param_value_is_one_line_and_exit_1(project, stage, param, value
     assert result.stderr.strip().startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (project / "data" / "raw").exists()
+
+
+def test_a_killed_run_leaves_scratch_that_the_next_write_of_the_same_target_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "data" / "raw"
+    writer = (
+        "import sys, time; from pathlib import Path; from captioner.stage import atomic_path\n"
+        "with atomic_path(Path(sys.argv[1])) as temporary:\n"
+        "    temporary.mkdir(); (temporary / 'half.bin').write_bytes(b'x' * 1000); print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    killed = subprocess.Popen([sys.executable, "-c", writer, str(target)], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline() == "writing\n"
+    live = subprocess.Popen([sys.executable, "-c", writer, str(target)], stdout=subprocess.PIPE, text=True)
+    assert live.stdout.readline() == "writing\n"
+    killed.send_signal(signal.SIGKILL)  # no finally clause runs: its scratch stays
+    killed.wait()
+    (target.parent / ".raw.tmp4x2_.tmp").mkdir()  # the name an earlier version gave its scratch
+    scratch = sorted(p.name for p in target.parent.iterdir())
+    assert len(scratch) == 3 and all(name.startswith(".raw.") for name in scratch)
+    live_scratch = [name for name in scratch if name.startswith(f".raw.{live.pid}.")]
+    assert len(live_scratch) == 1
+    try:
+        with atomic_path(target) as temporary:
+            temporary.write_text("whole")
+        assert sorted(p.name for p in target.parent.iterdir()) == [*live_scratch, "raw"]  # a live writer's stays
+        assert target.read_text() == "whole"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_text_lines_skip_a_byte_order_mark_and_name_the_line_of_a_byte_that_is_not_utf8(tmp_path):
+    from captioner.stage import read_text, text_lines
+
+    path = tmp_path / "list.txt"
+    path.write_bytes("\ufeffa.jpg\r\nb.jpg\nc\u00e9.jpg\n".encode())
+    assert list(text_lines(path)) == ["a.jpg", "b.jpg", "c\u00e9.jpg"]
+    assert read_text(path) == "a.jpg\nb.jpg\nc\u00e9.jpg"
+    path.write_bytes(b"a.jpg\nb.jpg\ncaf\xe9 au lait\n")  # latin-1
+    with pytest.raises(StageError, match=r"list.txt:3: byte 0xe9 at column 4 is not UTF-8; save the file as UTF-8"):
+        list(text_lines(path))
+    with pytest.raises(StageError, match="gone.txt is missing"):
+        list(text_lines(tmp_path / "gone.txt"))
+
+
+def test_clean_captions_with_an_empty_dev_list_exits_1_writing_nothing(project, shapes_raw):
+    import shutil
+
+    shutil.copytree(shapes_raw, project / "data" / "raw")
+    (project / "data" / "raw" / "Flickr_8k.devImages.txt").write_text("\n")
+    result = run_stage(project, "clean_captions")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: the dev split has no usable captions (0 images listed in Flickr_8k.devImages.txt, "
+        "0 caption lines skipped); every split needs some"
+    )
+    assert not (project / "data" / "captions").exists()
+
+
+def _features_of(project, images, channels=8):
+    """A features file for ``images`` as extract_features writes it (pooled), without running an encoder."""
+    import h5py
+    import numpy as np
+
+    path = project / "data" / "features" / "efficientnet_lite0.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as store:
+        store["features"] = np.ones((len(images), channels), dtype=np.float16)
+        store.create_dataset("image_ids", data=np.array(images, dtype=object), dtype=h5py.string_dtype())
+        store.attrs.update(encoder="efficientnet_lite0", weights="test", weights_param="imagenet", input_size=224,
+                           pooling="avg", preprocessing="test")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stage", "without", "message"),
+    [
+        ("train", "dev", "error: no dev caption is usable (30 longer than the vocabulary's"),
+        ("evaluate", "test", "error: no test image has both captions and features in data/features/efficient"),
+    ],
+)
+def test_train_and_evaluate_refuse_a_split_whose_images_have_no_features(project, shapes_raw, stage, without, message):
+    import shutil
+
+    shutil.copytree(shapes_raw, project / "data" / "raw")
+    for prepare in ("clean_captions", "build_vocab"):
+        assert run_stage(project, prepare).returncode == 0
+    names = {split: (shapes_raw / f"Flickr_8k.{split}Images.txt").read_text().split() for split in SPLITS}
+    _features_of(project, [name for split in SPLITS if split != without for name in names[split]])
+    result = run_stage(project, stage)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (project / "models").exists() and not (project / "metrics").exists()

@@ -72,3 +72,15 @@ def test_glove_loader_names_the_bad_line(tmp_path, content, message):
     (tmp_path / "glove.txt").write_text(content)
     with pytest.raises(StageError, match=message):
         text.load_glove(tmp_path / "glove.txt", Vocabulary(["dog", "cat"], max_length=3), seed=0)
+
+
+def test_clean_folds_accents_and_drops_punctuation_of_any_script():
+    assert text.clean("A “café” — naïve ¿qué? dog’s 日本") == ["a", "cafe", "naive", "que", "dogs", "日本"]
+
+
+def test_a_vocabulary_without_captions_or_words_is_an_error():
+    captions = [text.wrap("a dog runs".split()), text.wrap("a cat".split())]
+    with pytest.raises(StageError, match="no train caption fits in vocab.max_length 3 tokens"):
+        Vocabulary.build(captions, min_count=1, max_length=3)
+    with pytest.raises(StageError, match="no train word occurs vocab.min_count 5 times"):
+        Vocabulary.build(captions, min_count=5, max_length=10)

@@ -173,6 +173,23 @@ def test_early_stopping_restores_the_best_weights_and_the_learning_rate_drops_on
     assert rates[0] == pytest.approx(0.05) and rates[-1] == pytest.approx(0.025)
 
 
+@pytest.mark.parametrize("broken", ["empty dev batches", "features with a NaN"])
+def test_a_loss_that_is_not_finite_stops_training_instead_of_keeping_the_untrained_weights(broken):
+    from captioner.stage import StageError
+
+    features, captions, vocab = toy_problem()
+    if broken == "features with a NaN":
+        features[3, 0, 0] = np.nan
+    train = toy_batches(features, captions, vocab, "inject")
+    dev = toy_batches(features, captions[:0] if broken == "empty dev batches" else captions, vocab, "inject")
+    model = toy_model(vocab, features, "inject")
+    trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0)
+    expected = "dev" if broken == "empty dev batches" else "train"
+    expected = rf"the {expected} loss is nan at epoch 1: training diverged or .*; no model saved"
+    with pytest.raises(StageError, match=expected):
+        trainer.fit(train, dev, epochs=5, patience=5, live=NullLive())
+
+
 def test_dev_bleu4_picks_the_weights_kept_while_the_dev_loss_paces_training():
     features, captions, vocab = toy_problem()
     data = toy_batches(features, captions, vocab, "inject")

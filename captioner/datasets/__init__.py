@@ -7,10 +7,11 @@ The layout (see ``captioner.stage.Layout``): an image folder, ``Flickr8k.token.t
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from captioner import text
-from captioner.stage import SPLITS, Layout, StageError
+from captioner.stage import SPLITS, Layout, StageError, text_lines
 
 DATASETS = ("shapes", "flickr8k")
 
@@ -18,7 +19,7 @@ DATASETS = ("shapes", "flickr8k")
 def read_split_list(path: Path) -> list[str]:
     if not path.exists():
         raise StageError(f"split list {path} is missing")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in text_lines(path) if line.strip()]
 
 
 def parse_caption_line(line: str) -> tuple[str, str]:
@@ -30,45 +31,83 @@ def parse_caption_line(line: str) -> tuple[str, str]:
     return image, caption
 
 
-def clean_release(raw: Path) -> tuple[dict[str, list[tuple[str, list[str]]]], Counter[str]]:
-    """Cleaned, start/end-wrapped captions per split, and counts of what was skipped and why.
+SHOWN = 3  # image names quoted in a warning before "…"
+
+
+@dataclass
+class CleanedRelease:
+    """Cleaned, start/end-wrapped captions per split, with counts of what was skipped and why, and warnings."""
+
+    captions: dict[str, list[tuple[str, list[str]]]]
+    skipped: Counter[str]
+    warnings: list[str]
+
+
+def _named(images: list[str]) -> str:
+    return ", ".join(images[:SHOWN]) + (", …" if len(images) > SHOWN else "")
+
+
+def _split_of_images(raw: Path, present: set[str], warnings: list[str]) -> dict[str, str]:
+    """Each listed image's split. An image listed in two splits stays in the later of train, dev, test (so a
+    test image never trains); a listed image without a file is named. Both are warnings."""
+    split_of: dict[str, str] = {}
+    for split in SPLITS:
+        listed = read_split_list(raw / Layout.split_list(split).relative_to(Layout.raw))
+        moved = sorted({image for image in listed if split_of.get(image, split) != split})
+        if moved:
+            earlier = sorted({split_of[image] for image in moved})
+            also = " and ".join(earlier)
+            warnings.append(f"{len(moved)} {split} images are listed in {also} too; kept in {split}: {_named(moved)}")
+        missing = sorted({image for image in listed if image not in present})
+        if missing:
+            warnings.append(f"{len(missing)} {split} images have no file: {_named(missing)}")
+        split_of |= dict.fromkeys(listed, split)
+    return split_of
+
+
+def clean_release(raw: Path) -> CleanedRelease:
+    """Cleaned, start/end-wrapped captions per split, what was skipped, and warnings about the split lists.
 
     Dirty lines are skipped, not fatal: a caption whose image file is missing (the real release
     has one: ``2258277193_586949ec62.jpg.1``), one with no words left after cleaning, and a line
     that is not ``<image>#<n>\\t<caption>``. Captions of images in no split are left out silently.
+    A split left with no caption at all is a StageError: nothing useful trains or scores on it.
     """
     images = raw / Layout.images.relative_to(Layout.raw)
     captions_file = raw / Layout.captions_file.relative_to(Layout.raw)
     if not captions_file.exists():
         raise StageError(f"caption file {captions_file} is missing")
-    split_of = {}
-    for split in SPLITS:
-        for image in read_split_list(raw / Layout.split_list(split).relative_to(Layout.raw)):
-            split_of[image] = split
     present = {path.name for path in images.iterdir()} if images.is_dir() else set()
+    warnings: list[str] = []
+    split_of = _split_of_images(raw, present, warnings)
     cleaned: dict[str, list[tuple[str, list[str]]]] = {split: [] for split in SPLITS}
     skipped: Counter[str] = Counter()
-    with open(captions_file, encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            try:
-                image, caption = parse_caption_line(line)
-            except ValueError:
-                skipped["malformed"] += 1
-                continue
-            if image not in present:
-                skipped["missing image"] += 1
-                continue
-            if image not in split_of:
-                continue
-            words = text.clean(caption)
-            if not words:
-                skipped["empty"] += 1
-                continue
-            cleaned[split_of[image]].append((image, text.wrap(words)))
-    return cleaned, skipped
+    for line in text_lines(captions_file):
+        if not line.strip():
+            continue
+        try:
+            image, caption = parse_caption_line(line)
+        except ValueError:
+            skipped["malformed"] += 1
+            continue
+        if image not in present:
+            skipped["missing image"] += 1
+            continue
+        if image not in split_of:
+            continue
+        words = text.clean(caption)
+        if not words:
+            skipped["empty"] += 1
+            continue
+        cleaned[split_of[image]].append((image, text.wrap(words)))
+    for split, pairs in cleaned.items():
+        if not pairs:
+            listed = sum(1 for kept_in in split_of.values() if kept_in == split)
+            raise StageError(
+                f"the {split} split has no usable captions ({listed} images listed in {Layout.split_list(split).name}"
+                f", {sum(skipped.values())} caption lines skipped); every split needs some"
+            )
+    return CleanedRelease(cleaned, skipped, warnings)
 
 
 def write_captions(path: Path, captions: list[tuple[str, list[str]]]) -> None:
@@ -82,7 +121,7 @@ def read_captions(path: Path) -> list[tuple[str, list[str]]]:
     if not Path(path).exists():
         raise StageError(f"captions file {path} is missing; run the clean_captions stage")
     pairs = []
-    for line in Path(path).read_text().splitlines():
+    for line in text_lines(path):
         image, _, caption = line.partition("\t")
         pairs.append((image, caption.split()))
     return pairs

@@ -12,9 +12,10 @@ import shutil
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from captioner.stage import SPLITS, Layout, StageError, progress, sha256_of
+from captioner.stage import SPLITS, Layout, StageError, progress, sha256_of, text_lines
 
 IMAGES_FOLDER_IN_ZIP = "Flicker8k_Dataset"  # the release's own spelling
 TEXT_FILES = ("Flickr8k.token.txt", *(Layout.split_list(split).name for split in SPLITS))
@@ -129,6 +130,19 @@ def kaggle_split(image: str) -> str:
     return "dev" if bucket == 0 else "test" if bucket == 1 else "train"
 
 
+def kaggle_rows(captions: Path) -> Iterator[tuple[str, str]]:
+    """(image, caption) of each row of a Kaggle ``captions.txt`` (header ``image,caption``). A quoted caption is
+    read as CSV; an unquoted one is everything after the first comma, commas included (Kaggle's copy has
+    many such lines). Rows without an image name are left out; clean_captions counts what they leave."""
+    lines = text_lines(captions)
+    header = next(lines, "")
+    if [field.strip() for field in header.split(",")] != ["image", "caption"]:
+        raise StageError(f"{captions}:1: expected the header image,caption, found {header[:60]!r}")
+    for row in csv.reader(lines):
+        if row and row[0].strip():
+            yield row[0].strip(), ",".join(row[1:])
+
+
 def install_kaggle(folder: Path, target: Path) -> None:
     """Rewrite a Kaggle-layout folder (``Images/``, ``captions.txt`` with ``image,caption``) as the release layout."""
     images, captions = folder / "Images", folder / "captions.txt"
@@ -139,16 +153,12 @@ def install_kaggle(folder: Path, target: Path) -> None:
     shutil.copytree(images, image_dir)
     numbers: dict[str, int] = {}
     lines, splits = [], {split: [] for split in SPLITS}
-    with open(captions, newline="", encoding="utf-8") as stream:
-        for row in csv.DictReader(stream):
-            image, caption = row.get("image"), row.get("caption")
-            if not image or caption is None:
-                continue  # clean_captions counts what is left as malformed; a row without fields has nothing to keep
-            number = numbers.setdefault(image, 0)
-            numbers[image] += 1
-            lines.append(f"{image}#{number}\t{caption}\n")
-            if number == 0:
-                splits[kaggle_split(image)].append(image)
+    for image, caption in kaggle_rows(captions):
+        number = numbers.setdefault(image, 0)
+        numbers[image] += 1
+        lines.append(f"{image}#{number}\t{' '.join(caption.split())}\n")  # no tab or newline inside
+        if number == 0:
+            splits[kaggle_split(image)].append(image)
     (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines))
     for split in SPLITS:
         (target / Layout.split_list(split).relative_to(Layout.raw)).write_text(

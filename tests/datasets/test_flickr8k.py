@@ -147,3 +147,31 @@ def test_kaggle_layout_becomes_the_release_layout(tmp_path):
 def test_folder_not_in_kaggle_layout_is_refused(tmp_path):
     with pytest.raises(StageError, match="captions.txt is missing|Images is missing"):
         flickr8k.install_kaggle(tmp_path, tmp_path / "raw")
+
+
+def test_kaggle_captions_with_a_byte_order_mark_and_unquoted_commas_keep_every_row(tmp_path):
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "Images").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (kaggle / "Images" / name).write_bytes(b"jpeg")
+    rows = (
+        "image,caption\r\n"
+        "a.jpg,A dog , a cat , and a bird play .\r\n"  # unquoted: everything after the first comma
+        'a.jpg,"A dog, quoted ."\r\n'
+        'b.jpg,A man says "hi" , waving .\r\n'
+        ",no image\r\n"
+    )
+    (kaggle / "captions.txt").write_bytes("\ufeff".encode() + rows.encode())  # as Excel saves CSV
+    flickr8k.install_kaggle(kaggle, tmp_path / "raw")
+    assert (tmp_path / "raw" / "Flickr8k.token.txt").read_text().splitlines() == [
+        "a.jpg#0\tA dog , a cat , and a bird play .",
+        "a.jpg#1\tA dog, quoted .",
+        'b.jpg#0\tA man says "hi" , waving .',
+    ]
+
+
+def test_kaggle_captions_without_the_header_are_refused_naming_the_file(tmp_path):
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "captions.txt").write_text("a.jpg,A dog .\n")
+    with pytest.raises(StageError, match=r"captions.txt:1: expected the header image,caption, found 'a.jpg,A dog .'"):
+        flickr8k.install_kaggle(tmp_path, tmp_path / "raw")

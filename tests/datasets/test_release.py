@@ -17,7 +17,8 @@ def test_parse_caption_line():
 
 
 def test_clean_release_splits_and_wraps_captions(shapes_raw):
-    cleaned, skipped = clean_release(shapes_raw)
+    release = clean_release(shapes_raw)
+    cleaned, skipped = release.captions, release.skipped
     assert sum(skipped.values()) == 0
     assert [len(cleaned[split]) for split in SPLITS] == [12 * 5, 6 * 5, 6 * 5]
     image, tokens = cleaned["train"][0]
@@ -34,7 +35,8 @@ def test_dirty_lines_are_skipped_and_counted(shapes_raw, tmp_path):
         captions.write(f"{other_image}#5\t?! 42 ...\n")  # nothing alphabetic left
         captions.write("no tab or hash here\n")
     (raw / "Flicker8k_Dataset" / train_image).unlink()  # its five captions now lack an image
-    cleaned, skipped = clean_release(raw)
+    release = clean_release(raw)
+    cleaned, skipped = release.captions, release.skipped
     assert skipped == {"missing image": 6, "empty": 1, "malformed": 1}
     assert train_image not in {image for image, _ in cleaned["train"]}
 
@@ -60,7 +62,50 @@ def test_real_release_text_is_cleaned_with_its_defect_skipped(shared_flickr8k, t
     listed = {name for split in SPLITS for name in (raw / f"Flickr_8k.{split}Images.txt").read_text().split()}
     for name in listed:  # stand-in image files: this test is about the captions
         (raw / "Flicker8k_Dataset" / name).touch()
-    cleaned, skipped = clean_release(raw)
+    release = clean_release(raw)
+    cleaned, skipped = release.captions, release.skipped
     assert [len({image for image, _ in cleaned[split]}) for split in SPLITS] == [5000, 1000, 1000]
     assert skipped["malformed"] == 0
     assert skipped["missing image"] >= 5  # 2258277193_586949ec62.jpg.1, and captions of withheld images
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_a_split_without_usable_captions_is_an_error_naming_it(shapes_raw, tmp_path, split):
+    raw = tmp_path / "raw"
+    shutil.copytree(shapes_raw, raw)
+    (raw / f"Flickr_8k.{split}Images.txt").write_text("")
+    with pytest.raises(StageError, match=rf"the {split} split has no usable captions \(0 images listed in "):
+        clean_release(raw)
+
+
+def test_split_lists_with_a_byte_order_mark_lose_no_image(shapes_raw, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(shapes_raw, raw)
+    for split in SPLITS:
+        listed = raw / f"Flickr_8k.{split}Images.txt"
+        listed.write_bytes("\ufeff".encode() + listed.read_text().replace("\n", "\r\n").encode())
+    assert [len(clean_release(raw).captions[split]) for split in SPLITS] == [12 * 5, 6 * 5, 6 * 5]
+
+
+def test_images_listed_twice_or_without_a_file_are_named_in_warnings(shapes_raw, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(shapes_raw, raw)
+    train_list, test_list = raw / "Flickr_8k.trainImages.txt", raw / "Flickr_8k.testImages.txt"
+    both = train_list.read_text().split()[0]
+    test_list.write_text(test_list.read_text() + f"{both}\nghost_1.jpg\nghost_2.jpg\n")
+    release = clean_release(raw)
+    assert release.warnings == [
+        f"1 test images are listed in train too; kept in test: {both}",
+        "2 test images have no file: ghost_1.jpg, ghost_2.jpg",
+    ]
+    assert both in {image for image, _ in release.captions["test"]}
+    assert both not in {image for image, _ in release.captions["train"]}
+
+
+def test_a_caption_file_with_a_latin1_byte_is_an_error_naming_file_and_line(shapes_raw, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(shapes_raw, raw)
+    with open(raw / "Flickr8k.token.txt", "ab") as captions:
+        captions.write(b"shapes_000000.jpg#9\tA caf\xe9 .\n")
+    with pytest.raises(StageError, match=r"Flickr8k.token.txt:121: byte 0xe9 at column 26 is not UTF-8"):
+        clean_release(raw)

@@ -1,0 +1,159 @@
+"""What each param in params.yaml may hold: one declarative rule per param, checked when a stage reads it.
+
+A bad value stops the stage before any work with one line naming the param, the value and what is
+allowed (``captioner.stage.run`` prints it as ``error: …``). Choices that a library module defines
+(decoder architectures, encoders, …) are named as ``"module:ATTRIBUTE"`` and looked up only when a
+stage that reads the param checks it, so each list of choices has one home.
+"""
+
+from __future__ import annotations
+
+import importlib
+import numbers
+import re
+from dataclasses import dataclass
+
+
+class ParamError(ValueError):
+    """A param value outside its rule; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # "integer" | "number" | "text" | "flag" | "choice"
+    low: float | None = None  # inclusive
+    high: float | None = None  # inclusive
+    above: float | None = None  # exclusive lower bound
+    below: float | None = None  # exclusive upper bound
+    choices: tuple[str, ...] | str = ()  # the values, or "module:ATTRIBUTE" holding them
+    pattern: str | None = None  # for text: a regular expression the whole value must match
+    optional: bool = False  # null (None) allowed
+    why: str = ""  # the reason for the bound, when it is worth knowing
+
+    def allowed(self) -> str:
+        if self.kind == "choice":
+            text = "one of: " + ", ".join(sorted(self.resolved_choices()))
+        elif self.kind in ("integer", "number"):
+            bounds = [
+                f"{sign} {value:g}"
+                for sign, value in (("≥", self.low), (">", self.above), ("≤", self.high), ("<", self.below))
+                if value is not None
+            ]
+            text = f"{'an integer' if self.kind == 'integer' else 'a number'} {' and '.join(bounds)}".strip()
+        elif self.kind == "flag":
+            text = "true or false"
+        else:
+            text = "text" + (f" matching {self.pattern}" if self.pattern else "")
+        return text + (" or null" if self.optional else "")
+
+    def resolved_choices(self) -> tuple[str, ...]:
+        if isinstance(self.choices, str):
+            module, attribute = self.choices.split(":")
+            return tuple(getattr(importlib.import_module(module), attribute))
+        return self.choices
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind == "flag":
+            return isinstance(value, bool)
+        if self.kind == "text":
+            matches = self.pattern is None or re.fullmatch(self.pattern, str(value))
+            return isinstance(value, str) and value != "" and bool(matches)
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.resolved_choices()
+        wanted = numbers.Integral if self.kind == "integer" else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            return False
+        return (
+            (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+            and (self.above is None or value > self.above)
+            and (self.below is None or value < self.below)
+        )
+
+
+def integer(low: int | None = 1, high: int | None = None, **kw) -> Rule:
+    return Rule("integer", low=low, high=high, **kw)
+
+
+def number(**kw) -> Rule:
+    return Rule("number", **kw)
+
+
+def one_of(choices: tuple[str, ...] | str, **kw) -> Rule:
+    return Rule("choice", choices=choices, **kw)
+
+
+def text(**kw) -> Rule:
+    return Rule("text", **kw)
+
+
+FLAG, SEED, FRACTION = Rule("flag"), integer(low=0), number(above=0, below=1)
+SHA256 = text(pattern="[0-9a-fA-F]{64}", optional=True)
+
+RULES: dict[str, Rule] = {
+    "dataset": one_of("captioner.datasets:DATASETS"),
+    "encoder": one_of("captioner.encoders:REGISTRY"),
+    "shapes.num_images": integer(low=10),
+    "shapes.image_size": integer(low=16),
+    "shapes.dev_fraction": FRACTION,
+    "shapes.test_fraction": FRACTION,
+    "shapes.seed": SEED,
+    "flickr8k.images_url": text(),
+    "flickr8k.images_sha256": SHA256,
+    "flickr8k.text_url": text(),
+    "flickr8k.text_sha256": SHA256,
+    "flickr8k.kaggle_dir": text(optional=True),
+    "features.weights": text(),  # imagenet | none | a file: captioner.encoders checks which
+    "features.image_size": integer(low=32, optional=True),
+    "features.pooling": one_of("captioner.features:POOLINGS"),
+    "features.batch_size": integer(),
+    "vocab.min_count": integer(),
+    "vocab.max_length": integer(low=3, why="<start>, one word and <end>"),
+    "decoder.rnn": one_of("captioner.decoder:RNNS"),
+    "decoder.arch": one_of("captioner.decoder:ARCHS"),
+    "decoder.units": integer(),
+    "decoder.embedding_dim": integer(),
+    "decoder.dropout": number(low=0, below=1),
+    "decoder.embeddings": text(),  # learned | a GloVe file: captioner.text checks which
+    "decoder.train_embeddings": FLAG,
+    "decoder.attention_units": integer(),
+    "decoder.attention_reg": number(low=0),
+    "train.batch_size": integer(),
+    "train.epochs": integer(),
+    "train.learning_rate": number(above=0),
+    "train.clipnorm": number(above=0),
+    "train.select_by": one_of("captioner.training:SELECT_BY"),
+    "train.patience": integer(),
+    "train.lr_patience": integer(low=0),
+    "train.lr_factor": number(above=0, high=1),
+    "train.seed": SEED,
+    "train.strategy": one_of("captioner.training:STRATEGIES"),
+    "train.finetune_from": text(optional=True),
+    "train.encoder_lr": number(above=0),
+    "train.self_critical_epochs": integer(low=0),
+    "train.self_critical_lr": number(above=0),
+    "train.self_critical_samples": integer(low=2, why="each sample's baseline is the others' mean reward"),
+    "evaluate.beam_size": integer(),
+    "evaluate.length_penalty": number(low=0),
+    "evaluate.max_len": integer(),
+    "evaluate.batch_size": integer(),
+}
+
+
+def check(name: str, value) -> None:
+    """ParamError unless ``value`` fits the rule of param ``name`` (a dotted leaf name) or, for a section,
+    every leaf under it fits its rule and the section holds no param without one (a typo)."""
+    if isinstance(value, dict):
+        for key, leaf in value.items():
+            check(f"{name}.{key}", leaf)
+        return
+    if name not in RULES:
+        raise ParamError(f"params.yaml has {name}, which is no param of this pipeline (a typo?)")
+    rule = RULES[name]
+    if rule.accepts(value):
+        return
+    if rule.kind == "choice" and value is not None:  # the wording of captioner.stage.choice
+        raise ParamError(f"unknown {name} {value!r}; choose {rule.allowed()}")
+    raise ParamError(f"{name} is {value!r}{': ' + rule.why if rule.why else ''}; it must be {rule.allowed()}")

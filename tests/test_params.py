@@ -1,0 +1,61 @@
+"""The param rules (captioner.params): every param has one, and a bad value is one line naming it."""
+
+import pytest
+import yaml
+
+from captioner.params import RULES, ParamError, check
+from tests.conftest import PROJECT, run_stage
+from tests.test_project import flatten
+
+
+def test_every_param_has_a_rule_and_every_rule_a_param_and_the_defaults_pass():
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert set(flatten(params)) == set(RULES)
+    for section, value in params.items():
+        check(section, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("train.batch_size", 0, "train.batch_size is 0; it must be an integer ≥ 1"),
+        ("decoder.units", -3, "decoder.units is -3; it must be an integer ≥ 1"),
+        ("decoder.units", "big", "decoder.units is 'big'; it must be an integer ≥ 1"),
+        ("decoder.units", 12.5, "decoder.units is 12.5; it must be an integer ≥ 1"),
+        ("decoder.train_embeddings", "yes", "decoder.train_embeddings is 'yes'; it must be true or false"),
+        ("decoder.dropout", 1.0, "decoder.dropout is 1.0; it must be a number ≥ 0 and < 1"),
+        ("decoder.dropout", True, "decoder.dropout is True; it must be a number ≥ 0 and < 1"),
+        ("train.learning_rate", 0, "train.learning_rate is 0; it must be a number > 0"),
+        ("evaluate.beam_size", 0, "evaluate.beam_size is 0; it must be an integer ≥ 1"),
+        ("features.image_size", 8, "features.image_size is 8; it must be an integer ≥ 32 or null"),
+        ("flickr8k.text_sha256", "abc", "flickr8k.text_sha256 is 'abc'; it must be text matching"),
+        ("train.self_critical_samples", 1, "train.self_critical_samples is 1: each sample's baseline is the others'"),
+        ("dataset", "coco", "unknown dataset 'coco'; choose one of: flickr8k, shapes"),
+        ("train", {"bach_size": 8}, "params.yaml has train.bach_size, which is no param of this pipeline (a typo?)"),
+    ],
+)
+def test_a_value_outside_its_rule_names_the_param_the_value_and_what_is_allowed(name, value, message):
+    with pytest.raises(ParamError) as caught:
+        check(name, value)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("stage", "section", "key", "value", "message"),
+    [
+        ("train", "train", "batch_size", 0, "error: train.batch_size is 0; it must be an integer ≥ 1"),
+        ("train", "decoder", "units", -512, "error: decoder.units is -512; it must be an integer ≥ 1"),
+        ("train", "decoder", "units", "many", "error: decoder.units is 'many'; it must be an integer ≥ 1"),
+        ("evaluate", "evaluate", "beam_size", 0, "error: evaluate.beam_size is 0; it must be an integer ≥ 1"),
+        ("download", "shapes", "dev_fraction", 0, "error: shapes.dev_fraction is 0; it must be a number > 0 and < 1"),
+    ],
+)
+def test_a_stage_refuses_a_bad_param_before_any_work_with_one_line(project, stage, section, key, value, message):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(project, stage)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.stderr
+    assert not (project / "metrics").exists() and not (project / "data").exists() and not (project / "models").exists()
