@@ -18,9 +18,9 @@ import time
 import numpy as np
 
 from captioner import decoding
-from captioner.captioning import load_trained
+from captioner.captioning import Trained
 from captioner.datasets import read_captions
-from captioner.decoder import Stepper, architecture
+from captioner.decoder import Stepper
 from captioner.features import FeatureFile
 from captioner.stage import Layout, declared_params
 from captioner.text import Vocabulary
@@ -57,20 +57,22 @@ def main() -> None:
 
     encoder, max_len = declared_params("evaluate")["encoder"], declared_params("evaluate")["evaluate"]["max_len"]
     vocab = Vocabulary.load(Layout.vocab)
-    _, _, model = load_trained(Layout.models)  # timing needs only the decoder
-    stepper, pooled = Stepper(model), architecture(model)[1] != "attention"
+    trained = Trained.load(Layout.models)  # timing needs only the decoder
+    stepper, pooled = Stepper(trained.decoder, trained.spec), not trained.spec.reads_grid
     with FeatureFile(Layout.features_file(encoder), encoder) as store:
         images = sorted({image for image, _ in read_captions(Layout.split_captions("test"))} & set(store.row_of))
         images = images[: arguments.images]
         features = store.read(np.array([store.row_of[image] for image in images]), pooled)
     rows, ids = np.arange(len(images)), (vocab.start_id, vocab.end_id, max_len)
-    print(f"{architecture(model)}, {len(images)} test images, max_len {max_len}")
+    print(f"{trained.spec.rnn} {trained.spec.arch}, {len(images)} test images, max_len {max_len}")
 
     decoding.greedy(stepper, features.__getitem__, rows[:8], *ids)  # trace the step functions first
     decoding.beam_search(stepper, features.__getitem__, rows[:8], *ids, beam_size=3)
-    seed_loop(model, features[:2], vocab, max_len)
+    seed_loop(trained.decoder, features[:2], vocab, max_len)
 
-    seeds = rate(lambda: seed_loop(model, features[: arguments.seed_images], vocab, max_len), arguments.seed_images)
+    seeds = rate(
+        lambda: seed_loop(trained.decoder, features[: arguments.seed_images], vocab, max_len), arguments.seed_images
+    )
     greedy = rate(lambda: decoding.greedy(stepper, features.__getitem__, rows, *ids), len(rows))
     beam = rate(lambda: decoding.beam_search(stepper, features.__getitem__, rows, *ids, beam_size=3), len(rows))
     print(f"seeds' per-image, per-token predict loop (greedy): {seeds:.1f} captions/s")

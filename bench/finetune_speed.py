@@ -26,14 +26,14 @@ import keras
 import numpy as np
 from train_speed import timed_side_by_side
 
-from captioner import decoder, encoders, finetuning, training
+from captioner import batching, decoder, encoders, finetuning, training
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile, load_image
 from captioner.stage import Layout, declared_params
 from captioner.text import Vocabulary
 
 
-def endless(batches: training.CaptionBatches):
+def endless(batches: batching.CaptionBatches):
     return (batch for _ in itertools.count() for batch in batches)
 
 
@@ -52,8 +52,8 @@ def main() -> None:
     pooled = spec["arch"] != "attention"
     with FeatureFile(Layout.features_file(encoder.name), encoder.name) as store:
         captions = read_captions(Layout.split_captions("train"))
-        rows, sequences, _ = training.encode_captions(captions, store.row_of, vocab)
-        image_rows, groups = training.captions_by_image(rows, sequences)
+        rows, sequences, _ = batching.encode_captions(captions, store.row_of, vocab)
+        image_rows, groups = batching.captions_by_image(rows, sequences)
         train_images = len(image_rows)
         image_rows, groups = image_rows[: arguments.images], groups[: arguments.images]
         names, size, weights = store.names, int(store.attrs["input_size"]), str(store.attrs["weights_param"])
@@ -68,10 +68,7 @@ def main() -> None:
     features = np.concatenate([split.full.predict_on_batch(images[i : i + 32]) for i in range(0, len(images), 32)])
     features = features.reshape(len(images), *feature_shape)
 
-    decoder_model = decoder.build(
-        len(vocab), feature_shape, spec["rnn"], spec["arch"], spec["units"], spec["embedding_dim"], spec["dropout"],
-        attention_units=spec["attention_units"],
-    )  # fmt: skip
+    decoder_model = decoder.build(len(vocab), feature_shape, decoder.DecoderSpec.from_params(spec))
     per_image = max(map(len, groups))
     images_per_step = max(1, settings["batch_size"] // per_image)
     inputs = {"whole encoder": images, "cached activations": activations, "frozen encoder": features}
@@ -84,12 +81,12 @@ def main() -> None:
         read = table.__getitem__
         if name == "frozen encoder":  # the decoder alone reads each image's features once per caption
             read = functools.partial(lambda picked, table: np.repeat(table[picked], per_image, axis=0), table=table)
-        batches = training.ImageCaptionBatches(
+        batches = batching.ImageCaptionBatches(
             read, table.shape[1:], np.arange(len(table)), groups, per_image, images_per_step, seed=0
         )
         model = models.get(name, decoder_model)
         trainer = training.Trainer(model, 1e-3, 5.0, spec["attention_reg"], encoder_lr=settings["encoder_lr"])
-        step = trainer.step_for(True, batches.element_spec)
+        step = trainer.step_for("train", batches.element_spec)
         methods[name] = (step, endless(batches), arguments.batches)
 
     print(

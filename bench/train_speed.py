@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from captioner import decoder, training
+from captioner import batching, decoder, training
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
 from captioner.stage import Layout, declared_params
@@ -111,7 +111,7 @@ def main() -> None:
     with FeatureFile(Layout.features_file(encoder), encoder) as store:
         table = store.reader(pooled=True)(np.arange(len(store.row_of)))
         splits = {
-            split: training.encode_captions(read_captions(Layout.split_captions(split)), store.row_of, vocab)[:2]
+            split: batching.encode_captions(read_captions(Layout.split_captions(split)), store.row_of, vocab)[:2]
             for split in ("train", "dev")
         }
     rows, sequences = splits["train"]
@@ -126,12 +126,12 @@ def main() -> None:
     seed_batches = prefix_batches(table, rows, sequences, len(vocab), max_len, np.random.default_rng(0))
     seed_step = seeds.train_on_batch
 
-    ours = decoder.build(len(vocab), table.shape[1:], "lstm", "merge", SIZE, SIZE, dropout=0.5)
+    ours = decoder.build(len(vocab), table.shape[1:], decoder.DecoderSpec("lstm", "merge", SIZE, SIZE, dropout=0.5))
     trainer = training.Trainer(ours, learning_rate=1e-3, clipnorm=5.0)
 
     def our_batches(batch_size: int):
-        data = training.CaptionBatches(table.__getitem__, table.shape[1:], rows, sequences, batch_size, seed=0)
-        return trainer.step_for(True, data.element_spec), (batch for _ in itertools.count() for batch in data)
+        data = batching.CaptionBatches(table.__getitem__, table.shape[1:], rows, sequences, batch_size, seed=0)
+        return trainer.step_for("train", data.element_spec), (batch for _ in itertools.count() for batch in data)
 
     # Ours at the seeds' batch size (the like-for-like figure) and at the Flickr8k preset's 128.
     ours_at = {size: our_batches(size) for size in (BATCH, 2 * BATCH)}
@@ -154,10 +154,10 @@ def main() -> None:
     our_step, batches = ours_at[BATCH]
     seed_done = train_for(seed_step, seed_batches, arguments.budget)
     our_done = train_for(our_step, batches, arguments.budget)
-    dev = training.CaptionBatches(table.__getitem__, table.shape[1:], dev_rows, dev_sequences, 256)
+    dev = batching.CaptionBatches(table.__getitem__, table.shape[1:], dev_rows, dev_sequences, 256)
     print(f"after {arguments.budget:.0f} s of training each (+ the timed batches):")
     print(f"  seeds: {seed_done} batches, dev loss {seed_dev_loss(seeds, table, dev_rows, dev_sequences, max_len):.3f}")
-    print(f"  ours:  {our_done} batches, dev loss {trainer.run_epoch(dev, False, 'dev').loss:.3f}")
+    print(f"  ours:  {our_done} batches, dev loss {trainer.run_epoch(dev, 'dev', 'dev').loss:.3f}")
 
 
 if __name__ == "__main__":

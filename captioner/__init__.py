@@ -1,1 +1,6 @@
 """CNN-encoder → RNN-decoder image captioning: the logic behind the DVC stages in ``stages/``."""
+
+
+class CaptionerError(Exception):
+    """A problem with the user's input, params or files, reported as one line (``error: …``) by every stage
+    and the caption command, never as a traceback."""

@@ -2,71 +2,109 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from captioner.stage import StageError
+from captioner import CaptionerError
+from captioner.decoder import DecoderSpec, parts
+from captioner.encoders import Encoder
+from captioner.features import FeatureFile, written_by
+from captioner.stage import atomic_path
 from captioner.text import Vocabulary
 
 MODEL_FILE, CARD_FILE = "captioner.keras", "captioner.json"
 
 
-def write_card(directory: Path, features_attrs: dict, vocab: Vocabulary, finetune_from: str | None = None) -> None:
-    """What the caption command needs besides the weights: the encoder setup and the vocabulary.
+def write_card(
+    directory: Path, features_attrs: dict, vocab: Vocabulary, spec: DecoderSpec, finetune_from: str | None = None
+) -> None:
+    """What decoding needs besides the weights: the encoder setup, the decoder spec and the vocabulary.
 
     With ``finetune_from`` the model file holds its own fine-tuned encoder; the card says from where.
     """
-    card = {
-        key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size", "pooling")
-    }
-    card |= {"finetune_from": finetune_from, "vocabulary": vocab.words, "max_length": vocab.max_length}
+    card = {key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size")}
+    card |= {"decoder": asdict(spec), "finetune_from": finetune_from}
+    card |= {"vocabulary": vocab.words, "max_length": vocab.max_length}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
+
+
+def save(
+    directory: Path, model, features_attrs: dict, vocab: Vocabulary, spec: DecoderSpec, finetune_from: str | None
+) -> None:
+    """The trained captioner ``model`` and its card into ``directory``, all or nothing."""
+    with atomic_path(directory) as temporary:
+        temporary.mkdir()
+        model.save(temporary / MODEL_FILE)
+        write_card(temporary, features_attrs, vocab, spec, finetune_from)
 
 
 def read_card(directory: Path) -> dict:
     card_file = Path(directory) / CARD_FILE
     if not card_file.exists():
-        raise StageError(f"{card_file} is missing; run `dvc repro` (the train stage) first")
+        raise CaptionerError(f"{card_file} is missing; run `dvc repro` (the train stage) first")
     return json.loads(card_file.read_text())
 
 
-def load_trained(directory: Path) -> tuple[dict, object, object]:
-    """(card, fine-tuned encoder or None, decoder) of a trained captioner directory, with a clear error if absent."""
-    import keras
+@dataclass
+class Trained:
+    """A trained captioner as the train stage saved it: its card, decoder spec, fine-tuned encoder (or None)
+    and decoder."""
 
-    from captioner.decoder import parts
+    card: dict
+    spec: DecoderSpec
+    encoder: object | None
+    decoder: object
 
-    card, model_file = read_card(directory), Path(directory) / MODEL_FILE
-    if not model_file.exists():
-        raise StageError(f"{model_file} is missing; run `dvc repro` (the train stage) first")
-    return card, *parts(keras.saving.load_model(model_file))
+    @property
+    def vocab(self) -> Vocabulary:
+        return Vocabulary(self.card["vocabulary"], self.card["max_length"])
+
+    @classmethod
+    def load(cls, directory: Path) -> Trained:
+        """The model directory's contents, with a clear error if the model, its card or the spec is absent."""
+        import keras
+
+        card, model_file = read_card(directory), Path(directory) / MODEL_FILE
+        spec = DecoderSpec.from_card(card, str(Path(directory) / CARD_FILE))
+        if not model_file.exists():
+            raise CaptionerError(f"{model_file} is missing; run `dvc repro` (the train stage) first")
+        return cls(card, spec, *parts(keras.saving.load_model(model_file)))
 
 
 def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def features_seen_by(
+    trained: Trained, cached: FeatureFile, encoder: Encoder, paths: list[Path], batch_size: int
+) -> contextlib.AbstractContextManager[FeatureFile]:
+    """The features the decoder of ``trained`` reads for the images at ``paths``: the cached file when its
+    encoder was frozen, else a temporary file its fine-tuned encoder writes, read like the cached one."""
+    if trained.encoder is None:
+        return contextlib.nullcontext(cached)
+    return written_by(trained.encoder, cached, encoder, paths, batch_size, f"{encoder.name} (fine-tuned)")
+
+
 @dataclass
 class Captioner:
-    model: object
-    vocab: Vocabulary
+    trained: Trained
     extractor: object
 
     @classmethod
     def load(cls, directory: Path) -> Captioner:
         from captioner import encoders
-        from captioner.decoder import architecture
         from captioner.features import Extractor
 
-        card, encoder_model, model = load_trained(directory)
-        pooling = "grid" if architecture(model)[1] == "attention" else "avg"
+        trained = Trained.load(directory)
+        card, pooling = trained.card, "grid" if trained.spec.reads_grid else "avg"
         extractor = Extractor(
-            encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=encoder_model
+            encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=trained.encoder
         )
-        return cls(model, Vocabulary(card["vocabulary"], card["max_length"]), extractor)
+        return cls(trained, extractor)
 
     def caption(
         self, paths: list[Path], beam_size: int = 3, max_len: int | None = None
@@ -81,13 +119,14 @@ class Captioner:
         readable = [path for path in paths if path not in failures]
         if not readable:
             return {}, failures
+        vocab = self.trained.vocab
         ids, _ = decoding.beam_search(
-            Stepper(self.model),
+            Stepper(self.trained.decoder, self.trained.spec),
             features.__getitem__,
             np.arange(len(readable)),
-            self.vocab.start_id,
-            self.vocab.end_id,
-            max_len or self.vocab.max_length,
+            vocab.start_id,
+            vocab.end_id,
+            max_len or vocab.max_length,
             beam_size,
         )
-        return {path: " ".join(self.vocab.decode(row)) for path, row in zip(readable, ids, strict=True)}, failures
+        return {path: " ".join(vocab.decode(row)) for path, row in zip(readable, ids, strict=True)}, failures

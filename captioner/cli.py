@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    from captioner import CaptionerError
     from captioner.captioning import Captioner
-    from captioner.stage import StageError
 
     try:
         captioner = Captioner.load(arguments.model_dir)
-    except StageError as err:
+    except CaptionerError as err:
         print(f"caption: error: {err}", file=sys.stderr)
         return 2
     captions, failures = captioner.caption(arguments.images, beam_size=arguments.beam, max_len=arguments.max_len)

@@ -4,17 +4,21 @@
 logits at every position, the ``hidden`` vectors they are projected from (and, for attention, the
 attention weights). ``Stepper`` runs the same layers one token at a time for decoding.
 
-- merge (seed 001): the RNN reads only words; the projected image is added to its outputs.
-- inject (seed 003): the projected image is the RNN's initial state.
+- merge: the RNN reads only words; the projected image is added to its outputs.
+- init-inject (``inject``): the projected image is the RNN's initial state.
 - attention (Show, Attend and Tell): at every step a gated, Bahdanau-scored context vector over
   the H×W feature grid joins the word input; the initial state comes from the mean feature.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import keras
 import numpy as np
 from keras import layers, ops
+
+from captioner import CaptionerError
 
 ARCHS = ("merge", "inject", "attention")
 RNNS = {"gru": (layers.GRU, layers.GRUCell, 1), "lstm": (layers.LSTM, layers.LSTMCell, 2)}  # layer, cell, states
@@ -94,24 +98,54 @@ class AttentionRNN(layers.Layer):
         }
 
 
+@dataclass(frozen=True)
+class DecoderSpec:
+    """A decoder's architecture as data: built from the ``decoder`` params, saved in the model card, read back
+    on load. Training-only settings (initial embeddings, the attention penalty's weight) are not part of it."""
+
+    rnn: str  # gru | lstm
+    arch: str  # merge | inject | attention
+    units: int
+    embedding_dim: int
+    dropout: float
+    attention_units: int = 256
+    train_embeddings: bool = True
+
+    @property
+    def reads_grid(self) -> bool:
+        """Whether the decoder reads the H×W feature grid (attention) rather than the pooled vector."""
+        return self.arch == "attention"
+
+    @property
+    def num_states(self) -> int:
+        return RNNS[self.rnn][2]
+
+    @classmethod
+    def from_params(cls, params: dict) -> DecoderSpec:
+        return cls(**{field.name: params[field.name] for field in fields(cls)})
+
+    @classmethod
+    def from_card(cls, card: dict, source: str) -> DecoderSpec:
+        """The spec a model card holds under ``decoder``; a CaptionerError naming what is missing."""
+        saved = card.get("decoder")
+        if not isinstance(saved, dict):
+            raise CaptionerError(f"{source} has no decoder spec (saved by an earlier version); retrain: dvc repro")
+        missing = [field.name for field in fields(cls) if field.name not in saved]
+        if missing:
+            raise CaptionerError(f"{source}: the decoder spec lacks {', '.join(missing)}; retrain: dvc repro")
+        return cls(**{field.name: saved[field.name] for field in fields(cls)})
+
+
 def build(
-    vocab_size: int,
-    feature_shape: tuple[int, ...],
-    rnn: str,
-    arch: str,
-    units: int,
-    embedding_dim: int,
-    dropout: float,
-    attention_units: int = 256,
-    embeddings: np.ndarray | None = None,
-    train_embeddings: bool = True,
+    vocab_size: int, feature_shape: tuple[int, ...], spec: DecoderSpec, embeddings: np.ndarray | None = None
 ) -> keras.Model:
     """The training model. ``feature_shape`` is (C,) for merge/inject and (H·W, C) for attention."""
-    rnn_layer, _, num_states = RNNS[rnn]
+    rnn, arch, units, embedding_dim, dropout = spec.rnn, spec.arch, spec.units, spec.embedding_dim, spec.dropout
+    rnn_layer, num_states = RNNS[rnn][0], spec.num_states
     features = keras.Input(feature_shape, name="features")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     embedding = layers.Embedding(
-        vocab_size, embedding_dim, mask_zero=True, trainable=train_embeddings, name="embedding"
+        vocab_size, embedding_dim, mask_zero=True, trainable=spec.train_embeddings, name="embedding"
     )
     words = layers.Dropout(dropout, name="embedding_dropout")(embedding(tokens))
     outputs = {}
@@ -137,7 +171,7 @@ def build(
         states = [layers.Dense(units, activation="tanh", name=f"init_state_{i}")(mean) for i in range(num_states)]
         # Attending over a projection rather than the raw channels keeps the per-step work small.
         memory = layers.Dense(units, name="memory_projection")(grid)
-        attend = AttentionRNN(rnn, units, attention_units, embedding_dim, units, name="attention_rnn")
+        attend = AttentionRNN(rnn, units, spec.attention_units, embedding_dim, units, name="attention_rnn")
         sequence, contexts, outputs["attention"] = attend(words, memory, states)
         # Show-Attend-Tell's deep output: tanh(L_h h + L_z z + E y) before the vocabulary projection.
         deep_hidden = layers.Dense(embedding_dim, name="deep_hidden")(sequence)
@@ -145,28 +179,20 @@ def build(
         hidden = layers.Dropout(dropout, name="output_dropout")(ops.tanh(deep_hidden + deep_context + words))
     # ``hidden`` too, so training can project only the real (non-padding) positions onto the vocabulary.
     outputs["hidden"], outputs["logits"] = hidden, layers.Dense(vocab_size, name="logits")(hidden)
-    model = keras.Model([features, tokens], outputs, name=f"{rnn}_{arch}_captioner")
+    model = keras.Model([features, tokens], outputs, name=DECODER)
     if embeddings is not None:
         model.get_layer("embedding").set_weights([embeddings])
     return model
 
 
-ENCODER = "encoder"  # the name of a fine-tuned encoder inside a captioner model
+DECODER, ENCODER = "decoder", "encoder"  # the names of the parts inside a captioner model
 
 
 def parts(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
     """(fine-tuned encoder or None, decoder) of a captioner model: a ``build`` model, or one joined to its encoder."""
-    names = {layer.name for layer in model.layers}
-    if ENCODER not in names:
+    if ENCODER not in {layer.name for layer in model.layers}:
         return None, model
-    decoder_model = next(layer for layer in model.layers if layer.name.endswith("_captioner"))
-    return model.get_layer(ENCODER), decoder_model
-
-
-def architecture(model: keras.Model) -> tuple[str, str]:
-    """(rnn, arch) of a model made by ``build``."""
-    rnn, arch, _ = model.name.split("_", 2)
-    return rnn, arch
+    return model.get_layer(ENCODER), model.get_layer(DECODER)
 
 
 class Stepper:
@@ -175,11 +201,10 @@ class Stepper:
     ``step`` returns (logits, new states, attention weights or None).
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, spec: DecoderSpec):
         import tensorflow as tf
 
-        rnn_name, self.arch = architecture(model)
-        num_states = RNNS[rnn_name][2]
+        self.arch, num_states = spec.arch, spec.num_states
         embedding, head = model.get_layer("embedding"), model.get_layer("logits")
 
         if self.arch == "attention":

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner import efficientnet_lite
-from captioner.stage import StageError, choice, sha256_of
+from captioner import CaptionerError, efficientnet_lite
+from captioner.stage import choice, sha256_of
 
 WEIGHTS_CHOICES = "imagenet | none | <path to a Keras .weights.h5 file>"
 
@@ -20,7 +20,7 @@ WEIGHTS_CHOICES = "imagenet | none | <path to a Keras .weights.h5 file>"
 @dataclass(frozen=True)
 class Encoder:
     name: str
-    input_size: int  # default square input, in pixels (the seeds' choice, else the network's natural size)
+    input_size: int  # default square input, in pixels (the usual captioning choice, else the network's natural size)
     grid: int  # side of the feature grid at input_size
     channels: int
     preprocessing: str  # human-readable, recorded in the features file
@@ -42,7 +42,7 @@ class Encoder:
         if weights == "none":
             keras.utils.set_random_seed(0)  # random but repeatable, so features files compare across runs
         elif weights != "imagenet" and not Path(weights).is_file():
-            raise StageError(f"features.weights {weights!r} is neither imagenet, none, nor an existing file")
+            raise CaptionerError(f"features.weights {weights!r} is neither imagenet, none, nor an existing file")
         if self.application is None:
             pretrained = weights == "imagenet"
             model = (efficientnet_lite.pretrained if pretrained else efficientnet_lite.build)(input_size=size)
@@ -55,7 +55,7 @@ class Encoder:
             except Exception as err:
                 if "URL fetch failure" not in str(err):
                     raise
-                raise StageError(
+                raise CaptionerError(
                     f"cannot download the ImageNet weights of {self.name} (offline?); set features.weights to a local "
                     f"Keras weights file or to none, or use encoder efficientnet_lite0, whose weights ship with pip"
                 ) from err
@@ -63,7 +63,7 @@ class Encoder:
             try:
                 model.load_weights(weights)
             except (ValueError, OSError) as err:
-                raise StageError(f"{weights}: not Keras weights for {self.name} ({err})") from err
+                raise CaptionerError(f"{weights}: not Keras weights for {self.name} ({err})") from err
         model.trainable = False
         return model
 
@@ -102,5 +102,5 @@ REGISTRY: dict[str, Encoder] = {
 
 
 def get(name: str) -> Encoder:
-    """The registry entry for ``name``; a StageError listing the known encoders otherwise."""
+    """The registry entry for ``name``; a CaptionerError listing the known encoders otherwise."""
     return REGISTRY[choice(name, REGISTRY, "encoder")]

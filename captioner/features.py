@@ -7,14 +7,17 @@ pooling and preprocessing, so a reader can refuse a file made for other params.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from captioner import CaptionerError
 from captioner.encoders import Encoder
-from captioner.stage import StageError, atomic_path, progress
+from captioner.stage import atomic_path, progress
 
 POOLINGS = ("avg", "grid")
 
@@ -180,11 +183,12 @@ class FeatureFile:
 
     def __init__(self, path: Path, encoder: str):
         if not Path(path).exists():
-            raise StageError(f"features file {path} is missing; run the extract_features stage")
+            raise CaptionerError(f"features file {path} is missing; run the extract_features stage")
         self.path = Path(path)
         self.store = h5py.File(path, "r")
         if self.store.attrs["encoder"] != encoder:
-            raise StageError(f"{path} holds {self.store.attrs['encoder']} features, but params say encoder {encoder}")
+            held = self.store.attrs["encoder"]
+            raise CaptionerError(f"{path} holds {held} features, but params say encoder {encoder}")
         self.attrs = dict(self.store.attrs)
         self.pooling = str(self.attrs["pooling"])
         self.names = list(self.store["image_ids"].asstr()[:])  # image file name of each row
@@ -206,7 +210,7 @@ class FeatureFile:
 
     def require_grid(self) -> None:
         if self._features.ndim != 4:
-            raise StageError(
+            raise CaptionerError(
                 f"attention needs the feature grid, but {self.path} holds {self.pooling}-pooled features: "
                 "set features.pooling to grid"
             )
@@ -237,3 +241,20 @@ class FeatureFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def written_by(
+    model, cached: FeatureFile, encoder: Encoder, paths: list[Path], batch_size: int, label: str
+) -> Iterator[FeatureFile]:
+    """What ``model`` (images → features or activations) makes of the images at ``paths``, sized and weighted as
+    the ``cached`` features record, in a temporary file read like a features file."""
+    pooling = "avg" if len(model.output.shape) == 2 else "grid"
+    extractor = Extractor(encoder, pooling, str(cached.attrs["weights_param"]), int(cached.attrs["input_size"]), model)
+    with tempfile.TemporaryDirectory(prefix="captioner-") as directory:
+        target = Path(directory) / f"{encoder.name}.h5"
+        unreadable = extractor.write(paths, target, batch_size, label)
+        if unreadable:  # the cache read them, so the images changed under the run
+            raise CaptionerError(f"{unreadable[0]} no longer decodes, though {cached.path} holds its features")
+        with FeatureFile(target, encoder.name) as store:
+            yield store

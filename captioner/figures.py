@@ -35,7 +35,7 @@ def _image(path: Path) -> np.ndarray:
 def samples(
     images: list[Path], generated: list[str], references: list[list[str]], path: Path, columns: int = 4
 ) -> None:
-    """A grid of test images, each with its generated caption and two references (seed 003's view)."""
+    """A grid of test images, each with its generated caption and two references."""
     plt = _pyplot()
     rows = -(-len(images) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 5.8 * rows), squeeze=False)

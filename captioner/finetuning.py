@@ -13,7 +13,6 @@ they use a frozen-encoder captioner.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from captioner.decoder import ENCODER
+from captioner import CaptionerError
+from captioner.batching import ImageCaptionBatches, captions_by_image
+from captioner.decoder import ENCODER, DecoderSpec
 from captioner.encoders import Encoder
-from captioner.features import Extractor, FeatureFile
-from captioner.stage import StageError
-from captioner.training import ImageCaptionBatches, captions_by_image
+from captioner.features import FeatureFile, written_by
+from captioner.training import TrainingRun
 
 
 @dataclass
@@ -56,7 +56,7 @@ def finetunable_encoder(
     names = [layer.name for layer in backbone.layers]
     convolutions = [layer.name for layer in backbone.layers if isinstance(layer, layers.Conv2D)]
     if finetune_from not in names:
-        raise StageError(
+        raise CaptionerError(
             f"train.finetune_from {finetune_from!r} is not a layer of {encoder.name}; "
             f"layers near the end are e.g. {', '.join(convolutions[-4:])}"
         )
@@ -75,7 +75,7 @@ def finetunable_encoder(
     try:
         trainable = keras.Model(split_at, pool(backbone.output), name=ENCODER)
     except ValueError:  # a skip connection crosses the split: the later layers read more than its input
-        raise StageError(
+        raise CaptionerError(
             f"train.finetune_from {finetune_from!r} splits a residual block of {encoder.name}; "
             f"name a layer that starts one, e.g. {', '.join(convolutions[-4:])}"
         ) from None
@@ -92,35 +92,7 @@ def joint_model(encoder_model: keras.Model, decoder_model: keras.Model, captions
         features = layers.Reshape((-1, features.shape[-1]), name="flatten_grid")(features)
     features = ops.repeat(features, captions_per_image, axis=0)
     outputs = decoder_model([features, tokens])
-    return keras.Model([inputs, tokens], outputs, name=decoder_model.name.replace("_captioner", "_finetuned"))
-
-
-@contextlib.contextmanager
-def _written_by(
-    model: keras.Model, cached: FeatureFile, encoder: Encoder, paths: list[Path], batch_size: int, label: str
-) -> Iterator[FeatureFile]:
-    """What ``model`` makes of the images at ``paths`` (sized and weighted as the cache records), in a temporary
-    file read like a features file."""
-    pooling = "avg" if len(model.output.shape) == 2 else "grid"
-    extractor = Extractor(encoder, pooling, str(cached.attrs["weights_param"]), int(cached.attrs["input_size"]), model)
-    with tempfile.TemporaryDirectory(prefix="captioner-") as directory:
-        target = Path(directory) / f"{encoder.name}.h5"
-        unreadable = extractor.write(paths, target, batch_size, label)
-        if unreadable:  # the cache read them, so the images changed under the run
-            raise StageError(f"{unreadable[0]} no longer decodes, though {cached.path} holds its features")
-        with FeatureFile(target, encoder.name) as store:
-            yield store
-
-
-def features_seen_by(
-    encoder_model: keras.Model | None, cached: FeatureFile, encoder: Encoder, paths: list[Path], batch_size: int
-) -> contextlib.AbstractContextManager[FeatureFile]:
-    """The features the decoder of a captioner reads for the images at ``paths``: the cached file when
-    its encoder was frozen (``encoder_model`` None), else a temporary file the fine-tuned encoder
-    writes, read like the cached one."""
-    if encoder_model is None:
-        return contextlib.nullcontext(cached)
-    return _written_by(encoder_model, cached, encoder, paths, batch_size, f"{encoder.name} (fine-tuned)")
+    return keras.Model([inputs, tokens], outputs, name="captioner")
 
 
 def frozen_activations(
@@ -133,7 +105,7 @@ def frozen_activations(
     little more than a frozen encoder (a Lite0 image through every layer costs ~10× its last block).
     """
     paths = [images / cached.names[row] for row in dict.fromkeys(rows)]
-    return _written_by(split.frozen, cached, encoder, paths, batch_size, f"train: frozen layers of {encoder.name}")
+    return written_by(split.frozen, cached, encoder, paths, batch_size, f"train: frozen layers of {encoder.name}")
 
 
 def activations_reader(activations: FeatureFile) -> Callable[[np.ndarray], np.ndarray]:
@@ -181,3 +153,36 @@ def image_caption_batches(
         for split, (image_rows, groups) in grouped.items()
     }
     return batches, per_image
+
+
+@contextlib.contextmanager
+def training_run(
+    model: keras.Model,
+    spec: DecoderSpec,
+    cached: FeatureFile,
+    encoded: dict[str, tuple[np.ndarray, list[list[int]]]],
+    encoder: Encoder,
+    images: Path,
+    finetune_from: str,
+    batch_size: int,
+    seed: int,
+    strategy: tf.distribute.Strategy,
+) -> Iterator[TrainingRun]:
+    """What fine-tuning from ``finetune_from`` trains: ``encoder``'s unfrozen layers joined to the decoder
+    ``model`` (built from ``spec``), on image-grouped batches of the frozen layers' activations (computed
+    once, into a temporary file that lives as long as the run). Encoder weights and input size are those
+    the ``cached`` features were made with; ``encoded`` holds each split's caption rows of ``cached``."""
+    pooling = "grid" if spec.reads_grid else "avg"
+    with strategy.scope():
+        split = finetunable_encoder(
+            encoder, str(cached.attrs["weights_param"]), int(cached.attrs["input_size"]), pooling, finetune_from
+        )
+    print(f"train: fine-tuning {encoder.name} from layer {finetune_from}")
+    image_rows = [row for rows, _ in encoded.values() for row in rows]
+    with frozen_activations(split, cached, encoder, images, image_rows, batch_size) as activations:
+        seeds = {"train": seed, "dev": None}
+        batches, per_image = image_caption_batches(encoded, cached, activations, batch_size, seeds)
+        with strategy.scope():
+            trained = joint_model(split.trainable, model, per_image)
+        saved = joint_model(split.full, model, per_image)
+        yield TrainingRun(trained, saved, batches, activations, features_reader(split.trainable, activations))

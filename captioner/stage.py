@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from captioner import CaptionerError
 from captioner import params as param_rules
 
 
@@ -50,10 +51,6 @@ class Layout:
 SPLITS = ("train", "dev", "test")
 
 
-class StageError(Exception):
-    """A problem with the stage's input or params, reported to the user as one line."""
-
-
 class Params(dict):
     """The params a stage declared in dvc.yaml, and only those: reading another is a bug."""
 
@@ -65,14 +62,14 @@ def _lookup(tree: dict, dotted: str):
     node = tree
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise StageError(f"params.yaml has no {dotted!r}")
+            raise CaptionerError(f"params.yaml has no {dotted!r}")
         node = node[part]
     return node
 
 
 def declared_params(stage: str, root: Path = Path(".")) -> Params:
     """The values from params.yaml of the params dvc.yaml lists for ``stage``, each checked against its rule
-    in ``captioner.params`` (a StageError naming the first that breaks it)."""
+    in ``captioner.params`` (a CaptionerError naming the first that breaks it)."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
     values = yaml.safe_load((root / "params.yaml").read_text())
     names = pipeline["stages"][stage].get("params", [])
@@ -85,15 +82,15 @@ def declared_params(stage: str, root: Path = Path(".")) -> Params:
         try:
             param_rules.check(name, leaf)
         except param_rules.ParamError as err:
-            raise StageError(str(err)) from None
+            raise CaptionerError(str(err)) from None
         node[target[-1]] = Params(leaf) if isinstance(leaf, dict) else leaf
     return params
 
 
 def choice(value: str, allowed, what: str) -> str:
-    """``value`` if it is one of ``allowed``, else a StageError listing them."""
+    """``value`` if it is one of ``allowed``, else a CaptionerError listing them."""
     if value not in allowed:
-        raise StageError(f"unknown {what} {value!r}; choose one of: {', '.join(sorted(allowed))}")
+        raise CaptionerError(f"unknown {what} {value!r}; choose one of: {', '.join(sorted(allowed))}")
     return value
 
 
@@ -150,15 +147,15 @@ def sha256_of(path: Path) -> str:
 
 def text_lines(path: Path | str) -> Iterator[str]:
     """The lines of a UTF-8 text file, without line ends; a byte-order mark is ignored. Streams, so a GloVe
-    file of a gigabyte costs one line of memory. A byte that is not UTF-8 is a StageError naming file and line."""
+    file of a gigabyte costs one line of memory. A byte that is not UTF-8 is a CaptionerError naming file and line."""
     if not Path(path).is_file():
-        raise StageError(f"{path} is missing")
+        raise CaptionerError(f"{path} is missing")
     with open(path, "rb") as stream:
         for number, raw in enumerate(stream, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                raise StageError(
+                raise CaptionerError(
                     f"{path}:{number}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not UTF-8; "
                     "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
                 ) from None
@@ -178,14 +175,14 @@ def write_text(target: Path | str, text: str) -> None:
 def run(main: Callable[[Params], None]) -> None:
     """Run a stage script's ``main`` with its declared params, from the project root.
 
-    The stage is named after its script (``stages/train.py`` is stage ``train``); a StageError
+    The stage is named after its script (``stages/train.py`` is stage ``train``); a CaptionerError
     becomes one line on stderr and exit status 1.
     """
     script = Path(sys.modules["__main__"].__file__).resolve()
     os.chdir(script.parent.parent)
     try:
         main(declared_params(script.stem))
-    except StageError as err:
+    except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.stage import StageError, read_text, text_lines, write_text
+from captioner import CaptionerError
+from captioner.stage import read_text, text_lines, write_text
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD must stay 0 (the mask value)
@@ -27,7 +28,7 @@ def _fold(character: str) -> str:
 
 
 def clean(caption: str) -> list[str]:
-    """The seeds' rules: lowercase, strip punctuation, keep alphabetic tokens. Beyond ASCII (the one rule for
+    """The usual Flickr8k cleaning: lowercase, strip punctuation, keep alphabetic tokens. Beyond ASCII (the one rule for
     other characters): accents are removed (``café`` is ``cafe``), punctuation of any script (“ ” — ¿) is
     removed like ASCII punctuation, and letters of other scripts are letters."""
     lowered = caption.lower().translate(_PUNCTUATION)
@@ -75,7 +76,7 @@ class Vocabulary:
         """Words seen at least ``min_count`` times in the captions (wrapped token lists) it accepts.
 
         Captions longer than ``max_length`` tokens are left out of the counts, as training drops them.
-        No caption left, or no word, is a StageError: nothing could be trained on it.
+        No caption left, or no word, is a CaptionerError: nothing could be trained on it.
         """
         counts: Counter[str] = Counter()
         longest = 0
@@ -84,10 +85,14 @@ class Vocabulary:
                 counts.update(token for token in tokens if token not in SPECIAL_TOKENS)
                 longest = max(longest, len(tokens))
         if not longest:
-            raise StageError(f"no train caption fits in vocab.max_length {max_length} tokens (<start> and <end> count)")
+            raise CaptionerError(
+                f"no train caption fits in vocab.max_length {max_length} tokens (<start> and <end> count)"
+            )
         words = sorted(word for word, count in counts.items() if count >= min_count)
         if not words:
-            raise StageError(f"no train word occurs vocab.min_count {min_count} times: the vocabulary would be empty")
+            raise CaptionerError(
+                f"no train word occurs vocab.min_count {min_count} times: the vocabulary would be empty"
+            )
         return cls(words, max_length=longest)
 
     @property
@@ -125,21 +130,21 @@ def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, in
     """
     path = Path(path)
     if not path.is_file():
-        raise StageError(f"GloVe file {path} does not exist")
+        raise CaptionerError(f"GloVe file {path} does not exist")
     found: dict[str, np.ndarray] = {}
     dimension = None
     for number, line in enumerate(text_lines(path), start=1):
         word, *values = line.rstrip().split(" ")
         dimension = dimension or len(values)
         if len(values) != dimension or not values:
-            raise StageError(f"{path}:{number}: expected a word and {dimension} numbers")
+            raise CaptionerError(f"{path}:{number}: expected a word and {dimension} numbers")
         if word in vocab.ids:
             try:
                 found[word] = np.asarray(values, dtype=np.float32)
             except ValueError as err:
-                raise StageError(f"{path}:{number}: {err}") from err
+                raise CaptionerError(f"{path}:{number}: {err}") from err
     if dimension is None:
-        raise StageError(f"GloVe file {path} is empty")
+        raise CaptionerError(f"GloVe file {path} is empty")
     scale = float(np.std(np.stack(list(found.values())))) if found else 0.1
     matrix = np.random.default_rng(seed).normal(0.0, scale, size=(len(vocab), dimension)).astype(np.float32)
     for word, vector in found.items():
@@ -147,3 +152,15 @@ def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, in
     matrix[vocab.pad_id] = 0.0
     missing = sum(1 for word in vocab.words if word not in found)
     return matrix, missing
+
+
+def initial_embeddings(name: str, embedding_dim: int, vocab: Vocabulary, seed: int) -> np.ndarray | None:
+    """The decoder's initial word vectors for ``decoder.embeddings``: None for ``learned``, else a GloVe file's
+    (see ``load_glove``), whose dimension must be ``embedding_dim``."""
+    if name == "learned":
+        return None
+    embeddings, missing = load_glove(name, vocab, seed=seed)
+    if embeddings.shape[1] != embedding_dim:
+        raise CaptionerError(f"{name} holds {embeddings.shape[1]}-d vectors; set decoder.embedding_dim to match")
+    print(f"train: GloVe vectors for {len(vocab.words) - missing} words, {missing} initialised randomly")
+    return embeddings

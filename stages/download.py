@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from captioner.datasets import DATASETS, flickr8k, shapes
-from captioner.stage import Layout, Params, atomic_path, choice, run
+from captioner.datasets import flickr8k, shapes
+from captioner.stage import Layout, Params, atomic_path, run
 
 
 def main(params: Params) -> None:
-    dataset = choice(params["dataset"], DATASETS, "dataset")
+    dataset = params["dataset"]
     with atomic_path(Layout.raw) as raw:
         if dataset == "shapes":
             shapes.generate(raw, **params["shapes"])

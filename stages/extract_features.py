@@ -2,12 +2,12 @@
 
 from captioner import encoders, features
 from captioner.datasets import read_split_list
-from captioner.stage import SPLITS, Layout, Params, choice, run
+from captioner.stage import SPLITS, Layout, Params, run
 
 
 def main(params: Params) -> None:
     encoder = encoders.get(params["encoder"])
-    pooling = choice(params["features"]["pooling"], features.POOLINGS, "features.pooling")
+    pooling = params["features"]["pooling"]
     names = sorted({name for split in SPLITS for name in read_split_list(Layout.split_list(split))})
     paths = [Layout.images / name for name in names if (Layout.images / name).exists()]
     target = Layout.features_file(encoder.name)

@@ -6,7 +6,7 @@ import pytest
 
 from captioner import decoder, decoding, training
 from captioner.decoder import Stepper
-from tests.test_training import NullLive, toy_batches, toy_model, toy_problem
+from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
 
 
 @pytest.mark.parametrize("arch", decoder.ARCHS)
@@ -19,7 +19,9 @@ def test_greedy_captions_a_trained_model_and_agrees_with_teacher_forcing(arch):
 
     table = features if arch == "attention" else features.mean(axis=1)
     rows = np.arange(16)
-    generated = decoding.greedy(Stepper(model), table.__getitem__, rows, vocab.start_id, vocab.end_id, 8, batch_size=5)
+    generated = decoding.greedy(
+        Stepper(model, toy_spec(arch, "lstm")), table.__getitem__, rows, vocab.start_id, vocab.end_id, 8, batch_size=5
+    )
     assert generated.shape == (16, 8)
     decoded = [vocab.decode(ids) for ids in generated]
     assert sum(words == tokens[1:-1] for words, (_, tokens) in zip(decoded, captions, strict=True)) >= 13
@@ -34,12 +36,13 @@ def test_greedy_captions_a_trained_model_and_agrees_with_teacher_forcing(arch):
 
 
 def test_a_model_that_never_ends_yields_max_len_tokens():
-    model = decoder.build(6, (4,), "gru", "inject", units=8, embedding_dim=4, dropout=0.0)
+    spec = decoder.DecoderSpec("gru", "inject", units=8, embedding_dim=4, dropout=0.0)
+    model = decoder.build(6, (4,), spec)
     head = model.get_layer("logits")
     kernel, _ = head.get_weights()
     head.set_weights([np.zeros_like(kernel), np.eye(6)[5] * 10.0])  # always the word with id 5
     table = np.ones((3, 4), np.float32)
-    generated = decoding.greedy(Stepper(model), table.__getitem__, np.arange(3), start_id=1, end_id=2, max_len=7)
+    generated = decoding.greedy(Stepper(model, spec), table.__getitem__, np.arange(3), start_id=1, end_id=2, max_len=7)
     assert generated.shape == (3, 7) and (generated == 5).all()
 
 
@@ -50,7 +53,7 @@ def trained_inject():
     data = toy_batches(features, captions, vocab, "inject")
     model = toy_model(vocab, features, "inject")
     training.Trainer(model, learning_rate=0.01, clipnorm=5.0).fit(data, data, epochs=8, patience=8, live=NullLive())
-    return Stepper(model), features.mean(axis=1), vocab
+    return Stepper(model, toy_spec("inject")), features.mean(axis=1), vocab
 
 
 def test_beam_of_one_is_greedy(trained_inject):
@@ -76,10 +79,13 @@ def test_wider_beams_find_sequences_at_least_as_likely_as_greedy(trained_inject)
 
 
 def test_beam_search_on_a_model_that_never_ends_takes_the_best_unfinished_beam():
-    model = decoder.build(6, (4,), "gru", "inject", units=8, embedding_dim=4, dropout=0.0)
+    spec = decoder.DecoderSpec("gru", "inject", units=8, embedding_dim=4, dropout=0.0)
+    model = decoder.build(6, (4,), spec)
     head = model.get_layer("logits")
     kernel, _ = head.get_weights()
     head.set_weights([np.zeros_like(kernel), np.array([0, 0, -5.0, 0, 3.0, 4.0])])  # <end> (id 2) never wins
     table = np.ones((3, 4), np.float32)
-    beam, scores = decoding.beam_search(Stepper(model), table.__getitem__, np.arange(3), 1, 2, max_len=7, beam_size=3)
+    beam, scores = decoding.beam_search(
+        Stepper(model, spec), table.__getitem__, np.arange(3), 1, 2, max_len=7, beam_size=3
+    )
     assert beam.shape == (3, 7) and (beam == 5).all() and np.isfinite(scores).all()

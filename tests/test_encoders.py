@@ -3,8 +3,7 @@
 import h5py
 import pytest
 
-from captioner import encoders, features
-from captioner.stage import StageError
+from captioner import CaptionerError, encoders, features
 
 
 def test_seed_input_sizes():
@@ -42,7 +41,7 @@ def test_offline_imagenet_fails_with_one_sentence_saying_what_to_do(monkeypatch)
 
     monkeypatch.setattr(file_utils, "urlretrieve", offline)
     monkeypatch.setenv("KERAS_HOME", "/nonexistent-keras-home")  # no cached weights either
-    with pytest.raises(StageError) as caught:
+    with pytest.raises(CaptionerError) as caught:
         encoders.get("vgg16").build("imagenet")
     message = str(caught.value)
     assert "\n" not in message and "ImageNet weights of vgg16" in message
@@ -56,8 +55,8 @@ def test_weights_from_a_keras_file_and_bad_weights_values(tmp_path):
     loaded = encoder.build(str(tmp_path / "mine.weights.h5"), 96)
     assert all((a == b).all() for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True))
     assert "mine.weights.h5 sha256:" in encoder.weights_identity(str(tmp_path / "mine.weights.h5"))
-    with pytest.raises(StageError, match="neither imagenet, none, nor an existing file"):
+    with pytest.raises(CaptionerError, match="neither imagenet, none, nor an existing file"):
         encoder.build("imagenet21k")
     (tmp_path / "junk.weights.h5").write_text("junk")
-    with pytest.raises(StageError, match="junk.weights.h5: not Keras weights for mobilenet_v2"):
+    with pytest.raises(CaptionerError, match="junk.weights.h5: not Keras weights for mobilenet_v2"):
         encoder.build(str(tmp_path / "junk.weights.h5"), 96)

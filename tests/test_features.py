@@ -6,8 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from captioner import encoders, features
-from captioner.stage import StageError
+from captioner import CaptionerError, encoders, features
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +15,7 @@ def lite0():
 
 
 def test_unknown_encoder_lists_the_known_ones():
-    with pytest.raises(StageError, match="unknown encoder 'vgg17'; choose one of: efficientnet_lite0"):
+    with pytest.raises(CaptionerError, match="unknown encoder 'vgg17'; choose one of: efficientnet_lite0"):
         encoders.get("vgg17")
 
 
@@ -62,7 +61,7 @@ def test_grid_features_pool_to_the_avg_features(lite0, shapes_raw, tmp_path):
     with features.FeatureFile(tmp_path / "avg.h5", "efficientnet_lite0") as avg:
         from_avg = avg.read(rows, pooled=True)
         assert avg.row_of == {p.name: i for i, p in enumerate(paths)}
-        with pytest.raises(StageError, match="attention needs the feature grid.*set features.pooling to grid"):
+        with pytest.raises(CaptionerError, match="attention needs the feature grid.*set features.pooling to grid"):
             avg.shape(pooled=False)
     np.testing.assert_allclose(from_grid, from_avg, atol=2e-2, rtol=2e-2)
 
@@ -70,9 +69,9 @@ def test_grid_features_pool_to_the_avg_features(lite0, shapes_raw, tmp_path):
 def test_reader_refuses_a_file_of_another_encoder(lite0, shapes_raw, tmp_path):
     paths = sorted((shapes_raw / "Flicker8k_Dataset").iterdir())[:1]
     features.extract(lite0, paths, tmp_path / "f.h5", pooling="avg", batch_size=1)
-    with pytest.raises(StageError, match="holds efficientnet_lite0 features, but params say encoder vgg16"):
+    with pytest.raises(CaptionerError, match="holds efficientnet_lite0 features, but params say encoder vgg16"):
         features.FeatureFile(tmp_path / "f.h5", "vgg16")
-    with pytest.raises(StageError, match="missing; run the extract_features stage"):
+    with pytest.raises(CaptionerError, match="missing; run the extract_features stage"):
         features.FeatureFile(tmp_path / "none.h5", "efficientnet_lite0")
 
 

@@ -4,11 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from captioner import decoder, encoders, features, finetuning, training
+from captioner import CaptionerError, batching, decoder, encoders, features, finetuning, training
 from captioner.captioning import Captioner, write_card
 from captioner.datasets import clean_release
 from captioner.features import load_image
-from captioner.stage import StageError
 from captioner.text import Vocabulary
 from tests.test_training import NullLive
 
@@ -23,7 +22,7 @@ LITE0, SIZE, LAST_BLOCK = encoders.get("efficientnet_lite0"), 64, "_blocks.15._e
     ],
 )
 def test_a_layer_that_cannot_start_fine_tuning_fails_with_one_line_naming_valid_ones(layer, reason):
-    with pytest.raises(StageError) as error:
+    with pytest.raises(CaptionerError) as error:
         finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", layer)
     message = str(error.value)
     assert reason in message and "_conv_head" in message
@@ -64,12 +63,13 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
     names = sorted({image for image, _ in captions})
     features.extract(LITE0, [images / name for name in names], tmp_path / "lite0.h5", "avg", 8, "imagenet", SIZE)
     split = finetuning.finetunable_encoder(LITE0, "imagenet", SIZE, "avg", LAST_BLOCK)
-    decoder_model = decoder.build(len(vocab), (1280,), "gru", "inject", units=16, embedding_dim=8, dropout=0.0)
+    spec = decoder.DecoderSpec("gru", "inject", units=16, embedding_dim=8, dropout=0.0)
+    decoder_model = decoder.build(len(vocab), (1280,), spec)
     with (
         features.FeatureFile(tmp_path / "lite0.h5", LITE0.name) as cached,
         finetuning.frozen_activations(split, cached, LITE0, images, list(cached.row_of.values()), 8) as activations,
     ):
-        rows, sequences, _ = training.encode_captions(captions, cached.row_of, vocab)
+        rows, sequences, _ = batching.encode_captions(captions, cached.row_of, vocab)
         batches, per_image = finetuning.image_caption_batches(
             {"train": (rows, sequences)}, cached, activations, 20, {"train": 0}
         )
@@ -103,7 +103,7 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
     saved = finetuning.joint_model(split.full, decoder_model, per_image)
     saved.save(directory / "captioner.keras")
     attrs = {"encoder": LITE0.name, "weights": "w", "weights_param": "imagenet", "input_size": SIZE, "pooling": "avg"}
-    write_card(directory, attrs, vocab, LAST_BLOCK)
+    write_card(directory, attrs, vocab, spec, LAST_BLOCK)
     reloaded = keras.saving.load_model(directory / "captioner.keras", safe_mode=True)
     tokens = np.array([vocab.encode(captions[0][1])] * per_image, dtype=np.int32)
     np.testing.assert_allclose(saved([image, tokens])["logits"], reloaded([image, tokens])["logits"], atol=1e-5)
@@ -124,7 +124,7 @@ def test_an_image_that_no_longer_decodes_fails_with_one_line_naming_it(shapes_ra
     features.extract(LITE0, [images / name for name in names], tmp_path / "lite0.h5", "avg", 8, "none", SIZE)
     (images / names[1]).write_bytes(b"not an image")
     split = finetuning.finetunable_encoder(LITE0, "none", SIZE, "avg", LAST_BLOCK)
-    with features.FeatureFile(tmp_path / "lite0.h5", LITE0.name) as cached, pytest.raises(StageError) as error:
+    with features.FeatureFile(tmp_path / "lite0.h5", LITE0.name) as cached, pytest.raises(CaptionerError) as error:
         with finetuning.frozen_activations(split, cached, LITE0, images, [0, 1, 2], 8):
             pass
     assert str(error.value) == f"{names[1]} no longer decodes, though {tmp_path / 'lite0.h5'} holds its features"

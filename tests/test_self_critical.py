@@ -8,7 +8,7 @@ import tensorflow as tf
 from captioner import decoder, decoding, training
 from captioner.self_critical import SelfCritical, advantages, caption_tokens
 from captioner.text import strip_special
-from tests.test_training import NullLive, toy_batches, toy_model, toy_problem
+from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
 
 
 def test_caption_tokens_start_the_caption_stop_at_its_first_end_and_pad_the_rest():
@@ -27,13 +27,13 @@ def toy_self_critical(arch="attention", samples=4, seed=0, dropout=0.0, learning
     features, captions, vocab = toy_problem(num_images=24)
     shape = features.shape[1:] if arch == "attention" else features.shape[2:]
     keras.utils.set_random_seed(seed)
-    model = decoder.build(len(vocab), shape, "gru", arch, units=32, embedding_dim=16, dropout=dropout,
-                          attention_units=16)  # fmt: skip
+    spec = toy_spec(arch, dropout=dropout)
+    model = decoder.build(len(vocab), shape, spec)
     table = features if arch == "attention" else features.mean(axis=1)
     references = [[strip_special(tokens)] for _, tokens in captions]
     trainer = training.Trainer(model, learning_rate=learning_rate, clipnorm=5.0)
     rows = np.arange(len(features))
-    scst = SelfCritical(trainer, table.__getitem__, shape, rows, references, vocab, samples, 8, seed=seed)
+    scst = SelfCritical(trainer, spec, table.__getitem__, shape, rows, references, vocab, samples, 8, seed=seed)
     return scst, table, rows, vocab
 
 
@@ -115,7 +115,7 @@ def test_self_critical_training_starts_adam_afresh_as_if_the_teacher_forced_step
     features, captions, vocab = toy_problem()
     batches = toy_batches(features, captions, vocab, "inject")
     forced = training.Trainer(toy_model(vocab, features, "inject"), learning_rate=0.01, clipnorm=5.0)
-    forced.run_epoch(batches, True, "teacher forcing")
+    forced.run_epoch(batches, "train", "teacher forcing")
     fresh_model = toy_model(vocab, features, "inject")
     fresh_model.set_weights(forced.model.get_weights())
     fresh = training.Trainer(fresh_model, learning_rate=0.002, clipnorm=5.0)

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from captioner.stage import SPLITS, StageError, atomic_path, choice, declared_params
+from captioner import CaptionerError
+from captioner.stage import SPLITS, atomic_path, choice, declared_params
 from tests.conftest import run_stage
 
 
@@ -16,12 +17,12 @@ def test_declared_params_holds_only_what_dvc_yaml_lists(project):
 def test_every_stage_param_exists_in_params_yaml(project):
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage in stages:
-        declared_params(stage, project)  # raises StageError on a name params.yaml lacks
+        declared_params(stage, project)  # raises CaptionerError on a name params.yaml lacks
 
 
 def test_choice_names_the_bad_value_and_the_options():
     assert choice("gru", ("gru", "lstm"), "decoder.rnn") == "gru"
-    with pytest.raises(StageError, match=r"unknown decoder.rnn 'rnn'; choose one of: gru, lstm"):
+    with pytest.raises(CaptionerError, match=r"unknown decoder.rnn 'rnn'; choose one of: gru, lstm"):
         choice("rnn", ("gru", "lstm"), "decoder.rnn")
 
 
@@ -112,9 +113,9 @@ def test_text_lines_skip_a_byte_order_mark_and_name_the_line_of_a_byte_that_is_n
     assert list(text_lines(path)) == ["a.jpg", "b.jpg", "c\u00e9.jpg"]
     assert read_text(path) == "a.jpg\nb.jpg\nc\u00e9.jpg"
     path.write_bytes(b"a.jpg\nb.jpg\ncaf\xe9 au lait\n")  # latin-1
-    with pytest.raises(StageError, match=r"list.txt:3: byte 0xe9 at column 4 is not UTF-8; save the file as UTF-8"):
+    with pytest.raises(CaptionerError, match=r"list.txt:3: byte 0xe9 at column 4 is not UTF-8; save the file as UTF-8"):
         list(text_lines(path))
-    with pytest.raises(StageError, match="gone.txt is missing"):
+    with pytest.raises(CaptionerError, match="gone.txt is missing"):
         list(text_lines(tmp_path / "gone.txt"))
 
 

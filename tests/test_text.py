@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from captioner import text
-from captioner.stage import StageError
+from captioner import CaptionerError, text
 from captioner.text import Vocabulary
 
 
@@ -70,7 +69,7 @@ def test_glove_loader_takes_known_vectors_and_counts_the_rest(tmp_path):
 )
 def test_glove_loader_names_the_bad_line(tmp_path, content, message):
     (tmp_path / "glove.txt").write_text(content)
-    with pytest.raises(StageError, match=message):
+    with pytest.raises(CaptionerError, match=message):
         text.load_glove(tmp_path / "glove.txt", Vocabulary(["dog", "cat"], max_length=3), seed=0)
 
 
@@ -80,7 +79,7 @@ def test_clean_folds_accents_and_drops_punctuation_of_any_script():
 
 def test_a_vocabulary_without_captions_or_words_is_an_error():
     captions = [text.wrap("a dog runs".split()), text.wrap("a cat".split())]
-    with pytest.raises(StageError, match="no train caption fits in vocab.max_length 3 tokens"):
+    with pytest.raises(CaptionerError, match="no train caption fits in vocab.max_length 3 tokens"):
         Vocabulary.build(captions, min_count=1, max_length=3)
-    with pytest.raises(StageError, match="no train word occurs vocab.min_count 5 times"):
+    with pytest.raises(CaptionerError, match="no train word occurs vocab.min_count 5 times"):
         Vocabulary.build(captions, min_count=5, max_length=10)

@@ -10,15 +10,17 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner import text
-from captioner.stage import SPLITS, Layout, StageError, text_lines
+import numpy as np
+
+from captioner import CaptionerError, text
+from captioner.stage import SPLITS, Layout, text_lines
 
 DATASETS = ("shapes", "flickr8k")
 
 
 def read_split_list(path: Path) -> list[str]:
     if not path.exists():
-        raise StageError(f"split list {path} is missing")
+        raise CaptionerError(f"split list {path} is missing")
     return [line.strip() for line in text_lines(path) if line.strip()]
 
 
@@ -71,12 +73,12 @@ def clean_release(raw: Path) -> CleanedRelease:
     Dirty lines are skipped, not fatal: a caption whose image file is missing (the real release
     has one: ``2258277193_586949ec62.jpg.1``), one with no words left after cleaning, and a line
     that is not ``<image>#<n>\\t<caption>``. Captions of images in no split are left out silently.
-    A split left with no caption at all is a StageError: nothing useful trains or scores on it.
+    A split left with no caption at all is a CaptionerError: nothing useful trains or scores on it.
     """
     images = raw / Layout.images.relative_to(Layout.raw)
     captions_file = raw / Layout.captions_file.relative_to(Layout.raw)
     if not captions_file.exists():
-        raise StageError(f"caption file {captions_file} is missing")
+        raise CaptionerError(f"caption file {captions_file} is missing")
     present = {path.name for path in images.iterdir()} if images.is_dir() else set()
     warnings: list[str] = []
     split_of = _split_of_images(raw, present, warnings)
@@ -103,11 +105,21 @@ def clean_release(raw: Path) -> CleanedRelease:
     for split, pairs in cleaned.items():
         if not pairs:
             listed = sum(1 for kept_in in split_of.values() if kept_in == split)
-            raise StageError(
+            raise CaptionerError(
                 f"the {split} split has no usable captions ({listed} images listed in {Layout.split_list(split).name}"
                 f", {sum(skipped.values())} caption lines skipped); every split needs some"
             )
     return CleanedRelease(cleaned, skipped, warnings)
+
+
+def split_references(
+    captions: list[tuple[str, list[str]]], row_of: dict[str, int]
+) -> tuple[list[str], np.ndarray, list[list[list[str]]]]:
+    """The images of a split's captions that have feature rows (first-seen order), those rows, and each
+    image's reference captions as word lists."""
+    references = text.references_by_image(captions, row_of)
+    images = list(references)
+    return images, np.array([row_of[image] for image in images], dtype=np.int64), list(references.values())
 
 
 def write_captions(path: Path, captions: list[tuple[str, list[str]]]) -> None:
@@ -119,7 +131,7 @@ def write_captions(path: Path, captions: list[tuple[str, list[str]]]) -> None:
 def read_captions(path: Path) -> list[tuple[str, list[str]]]:
     """``(image, tokens)`` pairs from a file written by ``write_captions``."""
     if not Path(path).exists():
-        raise StageError(f"captions file {path} is missing; run the clean_captions stage")
+        raise CaptionerError(f"captions file {path} is missing; run the clean_captions stage")
     pairs = []
     for line in text_lines(path):
         image, _, caption = line.partition("\t")

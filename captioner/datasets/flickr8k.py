@@ -15,7 +15,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from captioner.stage import SPLITS, Layout, StageError, progress, sha256_of, text_lines
+from captioner import CaptionerError
+from captioner.stage import SPLITS, Layout, progress, sha256_of, text_lines
 
 IMAGES_FOLDER_IN_ZIP = "Flicker8k_Dataset"  # the release's own spelling
 TEXT_FILES = ("Flickr8k.token.txt", *(Layout.split_list(split).name for split in SPLITS))
@@ -39,7 +40,7 @@ def _download(url: str, target: Path) -> None:
     try:
         response = urllib.request.urlopen(request, timeout=60)
     except OSError as err:
-        raise StageError(f"cannot download {url}: {err}") from err
+        raise CaptionerError(f"cannot download {url}: {err}") from err
     with response:
         if done and response.status != 206:  # the server ignored the range: start over
             done = 0
@@ -59,7 +60,7 @@ def fetch(url: str, sha256: str | None, downloads: Path) -> Path:
     local = _local_path(url)
     if local is not None:
         if not local.is_file():
-            raise StageError(f"{local} does not exist (from {url!r})")
+            raise CaptionerError(f"{local} does not exist (from {url!r})")
         path = local
     else:
         path = downloads / PurePosixPath(urllib.parse.urlparse(url).path).name
@@ -71,7 +72,7 @@ def fetch(url: str, sha256: str | None, downloads: Path) -> Path:
     elif actual != sha256.lower():
         if local is None:
             path.unlink()  # a bad download must not be reused next time
-        raise StageError(f"{path}: sha256 {actual} does not match the expected {sha256}")
+        raise CaptionerError(f"{path}: sha256 {actual} does not match the expected {sha256}")
     return path
 
 
@@ -80,7 +81,9 @@ def _safe_members(archive: zipfile.ZipFile, path: Path) -> list[zipfile.ZipInfo]
     for info in archive.infolist():
         name = PurePosixPath(info.filename.replace("\\", "/"))
         if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
-            raise StageError(f"{path}: member {info.filename!r} would escape the target folder; refusing to extract")
+            raise CaptionerError(
+                f"{path}: member {info.filename!r} would escape the target folder; refusing to extract"
+            )
         if name.parts and name.parts[0] != "__MACOSX" and not info.is_dir():
             members.append(info)
     return members
@@ -98,7 +101,7 @@ def _extract(zip_path: Path, target: Path, keep) -> int:
                 with archive.open(info) as source, open(destination, "wb") as sink:
                     shutil.copyfileobj(source, sink)
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as err:
-        raise StageError(f"{zip_path} is not a readable zip (truncated or corrupt?): {err}") from err
+        raise CaptionerError(f"{zip_path} is not a readable zip (truncated or corrupt?): {err}") from err
     return len(members)
 
 
@@ -117,11 +120,11 @@ def install_release(images_zip: Path, text_zip: Path, target: Path) -> None:
         return name.name if name.name in TEXT_FILES else None
 
     if _extract(images_zip, target, image) == 0:
-        raise StageError(f"{images_zip} holds no {IMAGES_FOLDER_IN_ZIP}/*.jpg images")
+        raise CaptionerError(f"{images_zip} holds no {IMAGES_FOLDER_IN_ZIP}/*.jpg images")
     _extract(text_zip, target, text_file)
     missing = [name for name in TEXT_FILES if not (target / name).exists()]
     if missing:
-        raise StageError(f"{text_zip} lacks {', '.join(missing)}")
+        raise CaptionerError(f"{text_zip} lacks {', '.join(missing)}")
 
 
 def kaggle_split(image: str) -> str:
@@ -137,7 +140,7 @@ def kaggle_rows(captions: Path) -> Iterator[tuple[str, str]]:
     lines = text_lines(captions)
     header = next(lines, "")
     if [field.strip() for field in header.split(",")] != ["image", "caption"]:
-        raise StageError(f"{captions}:1: expected the header image,caption, found {header[:60]!r}")
+        raise CaptionerError(f"{captions}:1: expected the header image,caption, found {header[:60]!r}")
     for row in csv.reader(lines):
         if row and row[0].strip():
             yield row[0].strip(), ",".join(row[1:])
@@ -148,7 +151,7 @@ def install_kaggle(folder: Path, target: Path) -> None:
     images, captions = folder / "Images", folder / "captions.txt"
     for needed in (images, captions):
         if not needed.exists():
-            raise StageError(f"{folder} is not in the Kaggle layout: {needed.name} is missing")
+            raise CaptionerError(f"{folder} is not in the Kaggle layout: {needed.name} is missing")
     image_dir = target / Layout.images.relative_to(Layout.raw)
     shutil.copytree(images, image_dir)
     numbers: dict[str, int] = {}

@@ -7,8 +7,9 @@ import zipfile
 
 import pytest
 
+from captioner import CaptionerError
 from captioner.datasets import flickr8k
-from captioner.stage import SPLITS, StageError, sha256_of
+from captioner.stage import SPLITS, sha256_of
 
 
 def make_release(folder, images=("a.jpg", "b.jpg", "c.jpg")):
@@ -36,12 +37,12 @@ def test_local_path_and_file_url_are_verified_in_place(tmp_path):
 
 def test_wrong_checksum_names_the_file(tmp_path):
     images, _ = make_release(tmp_path)
-    with pytest.raises(StageError, match=r"images.zip: sha256 [0-9a-f]{64} does not match the expected 00ff"):
+    with pytest.raises(CaptionerError, match=r"images.zip: sha256 [0-9a-f]{64} does not match the expected 00ff"):
         flickr8k.fetch(str(images), "00ff", tmp_path / "downloads")
 
 
 def test_missing_local_file_is_one_clear_error(tmp_path):
-    with pytest.raises(StageError, match="nothing.zip does not exist"):
+    with pytest.raises(CaptionerError, match="nothing.zip does not exist"):
         flickr8k.fetch(str(tmp_path / "nothing.zip"), None, tmp_path / "downloads")
 
 
@@ -95,7 +96,7 @@ def test_bad_http_download_is_removed_so_it_is_not_reused(tmp_path):
     server = http.server.HTTPServer(("127.0.0.1", 0), RangeHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with pytest.raises(StageError, match="does not match"):
+        with pytest.raises(CaptionerError, match="does not match"):
             flickr8k.fetch(f"http://127.0.0.1:{server.server_port}/x.zip", "0" * 64, tmp_path)
     finally:
         server.shutdown()
@@ -113,7 +114,7 @@ def test_truncated_zip_is_reported_by_name(tmp_path):
     images, text = make_release(tmp_path / "zips")
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(images.read_bytes()[:-60])
-    with pytest.raises(StageError, match="truncated.zip is not a readable zip"):
+    with pytest.raises(CaptionerError, match="truncated.zip is not a readable zip"):
         flickr8k.install_release(truncated, text, tmp_path / "raw")
 
 
@@ -124,7 +125,7 @@ def test_member_escaping_the_folder_is_refused_before_anything_is_written(tmp_pa
     images, text = make_release(tmp_path / "zips")
     with zipfile.ZipFile(images, "a") as archive:
         archive.writestr(evil, b"payload")
-    with pytest.raises(StageError, match="would escape the target folder"):
+    with pytest.raises(CaptionerError, match="would escape the target folder"):
         flickr8k.install_release(images, text, tmp_path / "raw")
     assert not (tmp_path / "raw").exists() and not (tmp_path / "escape.txt").exists()
 
@@ -145,7 +146,7 @@ def test_kaggle_layout_becomes_the_release_layout(tmp_path):
 
 
 def test_folder_not_in_kaggle_layout_is_refused(tmp_path):
-    with pytest.raises(StageError, match="captions.txt is missing|Images is missing"):
+    with pytest.raises(CaptionerError, match="captions.txt is missing|Images is missing"):
         flickr8k.install_kaggle(tmp_path, tmp_path / "raw")
 
 
@@ -173,5 +174,5 @@ def test_kaggle_captions_with_a_byte_order_mark_and_unquoted_commas_keep_every_r
 def test_kaggle_captions_without_the_header_are_refused_naming_the_file(tmp_path):
     (tmp_path / "Images").mkdir()
     (tmp_path / "captions.txt").write_text("a.jpg,A dog .\n")
-    with pytest.raises(StageError, match=r"captions.txt:1: expected the header image,caption, found 'a.jpg,A dog .'"):
+    with pytest.raises(CaptionerError, match=r"captions.txt:1: expected the header image,caption, found 'a.jpg,A dog"):
         flickr8k.install_kaggle(tmp_path, tmp_path / "raw")

@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
+from captioner import CaptionerError
 from captioner.datasets import clean_release, parse_caption_line, read_captions, write_captions
-from captioner.stage import SPLITS, StageError
+from captioner.stage import SPLITS
 from captioner.text import END, START
 
 
@@ -42,7 +43,7 @@ def test_dirty_lines_are_skipped_and_counted(shapes_raw, tmp_path):
 
 
 def test_missing_caption_file_is_a_stage_error(tmp_path):
-    with pytest.raises(StageError, match="Flickr8k.token.txt is missing"):
+    with pytest.raises(CaptionerError, match="Flickr8k.token.txt is missing"):
         clean_release(tmp_path)
 
 
@@ -74,7 +75,7 @@ def test_a_split_without_usable_captions_is_an_error_naming_it(shapes_raw, tmp_p
     raw = tmp_path / "raw"
     shutil.copytree(shapes_raw, raw)
     (raw / f"Flickr_8k.{split}Images.txt").write_text("")
-    with pytest.raises(StageError, match=rf"the {split} split has no usable captions \(0 images listed in "):
+    with pytest.raises(CaptionerError, match=rf"the {split} split has no usable captions \(0 images listed in "):
         clean_release(raw)
 
 
@@ -107,5 +108,5 @@ def test_a_caption_file_with_a_latin1_byte_is_an_error_naming_file_and_line(shap
     shutil.copytree(shapes_raw, raw)
     with open(raw / "Flickr8k.token.txt", "ab") as captions:
         captions.write(b"shapes_000000.jpg#9\tA caf\xe9 .\n")
-    with pytest.raises(StageError, match=r"Flickr8k.token.txt:121: byte 0xe9 at column 26 is not UTF-8"):
+    with pytest.raises(CaptionerError, match=r"Flickr8k.token.txt:121: byte 0xe9 at column 26 is not UTF-8"):
         clean_release(raw)
