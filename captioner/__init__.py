@@ -1,5 +1,9 @@
 """CNN-encoder → RNN-decoder image captioning: the logic behind the DVC stages in ``stages/``."""
 
+from captioner.console import quiet_tensorflow
+
+quiet_tensorflow()  # first, before any module here imports TensorFlow
+
 
 class CaptionerError(Exception):
     """A problem with the user's input, params or files, reported as one line (``error: …``) by every stage

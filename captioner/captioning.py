@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,26 +22,59 @@ MODEL_FILE, CARD_FILE = "captioner.keras", "captioner.json"
 
 
 def write_card(
-    directory: Path, features_attrs: dict, vocab: Vocabulary, spec: DecoderSpec, finetune_from: str | None = None
+    directory: Path,
+    features_attrs: dict,
+    vocab: Vocabulary,
+    spec: DecoderSpec,
+    finetune_from: str | None = None,
+    dataset: str | None = None,
 ) -> None:
-    """What decoding needs besides the weights: the encoder setup, the decoder spec and the vocabulary.
+    """What decoding needs besides the weights: the encoder setup, the decoder spec and the vocabulary; and
+    the dataset the model learnt from, so the caption command can say when that was a toy one.
 
     With ``finetune_from`` the model file holds its own fine-tuned encoder; the card says from where.
     """
-    card = {key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size")}
-    card |= {"decoder": asdict(spec), "finetune_from": finetune_from}
+    card = {"dataset": dataset}
+    card |= {key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size")}
+    card |= {"decoder": asdict(spec), "finetune_from": finetune_from, "vocabulary_size": len(vocab)}
     card |= {"vocabulary": vocab.words, "max_length": vocab.max_length}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
 
 
-def save(
-    directory: Path, model, features_attrs: dict, vocab: Vocabulary, spec: DecoderSpec, finetune_from: str | None
-) -> None:
-    """The trained captioner ``model`` and its card into ``directory``, all or nothing."""
+def save(directory: Path, model, features_attrs: dict, vocab: Vocabulary, spec: DecoderSpec, **card) -> None:
+    """The trained captioner ``model`` and its card (``write_card``; ``card`` its keyword arguments) into
+    ``directory``, all or nothing, byte-identical when the weights are (so DVC sees no change)."""
     with atomic_path(directory) as temporary:
         temporary.mkdir()
         model.save(temporary / MODEL_FILE)
-        write_card(temporary, features_attrs, vocab, spec, finetune_from)
+        _without_timestamps(temporary / MODEL_FILE)
+        write_card(temporary, features_attrs, vocab, spec, **card)
+
+
+def _without_timestamps(path: Path) -> None:
+    """A Keras archive rewritten so the same weights give the same bytes: Keras stamps each member with the
+    time, its metadata with the save date, and its config with ``id()``s of shared objects (numbered here in
+    order instead); each made every retraining a new DVC output."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    rewritten = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members:
+            if name == "metadata.json":
+                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "date_saved"}).encode()
+            elif name == "config.json":
+                data = _numbered_shared_objects(data.decode()).encode()
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    rewritten.replace(path)
+
+
+def _numbered_shared_objects(config: str) -> str:
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match) -> str:
+        return f'"shared_object_id": {numbers.setdefault(match.group(1), len(numbers) + 1)}'
+
+    return re.sub(r'"shared_object_id": (\d+)', number, config)
 
 
 def read_card(directory: Path) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line: image, caption")
     arguments = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from captioner import CaptionerError
     from captioner.captioning import Captioner
@@ -45,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except CaptionerError as err:
         print(f"caption: error: {err}", file=sys.stderr)
         return 2
+    if captioner.trained.card.get("dataset") == "shapes":
+        print(f"caption: note: {arguments.model_dir} was trained on generated shapes and describes only coloured "
+              "shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
+              file=sys.stderr)  # fmt: skip
     captions, failures = captioner.caption(arguments.images, beam_size=arguments.beam, max_len=arguments.max_len)
     for path in arguments.images:
         if path in failures:

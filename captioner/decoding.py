@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from captioner import metrics
 from captioner.decoder import Stepper
+from captioner.stage import progress
 from captioner.text import Vocabulary
 
 
@@ -45,6 +46,14 @@ def _decode(
     return generated
 
 
+def batch_starts(count: int, batch_size: int, description: str) -> Iterator[int]:
+    """The first index of each batch, behind a progress bar counting images (on a terminal, for long runs)."""
+    with progress(total=count, desc=description, unit="image", leave=False) as bar:
+        for begin in range(0, count, batch_size):
+            yield begin
+            bar.update(min(batch_size, count - begin))
+
+
 def _most_likely(logits) -> np.ndarray:
     import tensorflow as tf
 
@@ -70,7 +79,7 @@ def greedy(
     batches = [
         _decode(stepper, read(np.asarray(rows[begin : begin + batch_size])), start_id, end_id, max_len,
                 _most_likely, attention)
-        for begin in range(0, len(rows), batch_size)
+        for begin in batch_starts(len(rows), batch_size, "greedy decoding")
     ]  # fmt: skip
     return np.concatenate(batches) if batches else np.full((0, max_len), end_id, dtype=np.int32)
 
@@ -134,7 +143,7 @@ def beam_search(
 
     best = np.full((len(rows), max_len), end_id, dtype=np.int32)
     best_scores = np.zeros(len(rows), dtype=np.float32)
-    for begin in range(0, len(rows), batch_size):
+    for begin in batch_starts(len(rows), batch_size, f"beam search (beam {beam_size})"):
         features = read(np.asarray(rows[begin : begin + batch_size]))
         count, width = len(features), beam_size
         states = stepper.start(tf.constant(np.repeat(features, width, axis=0)))  # (count·width, …)

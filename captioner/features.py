@@ -68,8 +68,8 @@ def load_image(path, size: int, preprocess):
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     # Phone photos are stored as the sensor saw them; only the EXIF tag says which way is up.
     orientation = tf.reshape(tf.py_function(lambda raw: exif_orientation(raw.numpy()), [encoded], tf.int32), ())
-    image = upright(image, orientation)
-    return preprocess(tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True))
+    image = upright(tf.cast(image, tf.float32), orientation)  # float32: oneDNN warns about uint8 transposes
+    return preprocess(tf.image.resize(image, (size, size), antialias=True))
 
 
 def _image_dataset(paths: list[Path], size: int, preprocess, batch_size: int):

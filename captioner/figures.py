@@ -19,9 +19,9 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure, path: Path, dpi: int = 110) -> None:
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
+        figure.savefig(temporary, dpi=dpi, bbox_inches="tight", format="png")
     _pyplot().close(figure)
 
 
@@ -35,20 +35,23 @@ def _image(path: Path) -> np.ndarray:
 def samples(
     images: list[Path], generated: list[str], references: list[list[str]], path: Path, columns: int = 4
 ) -> None:
-    """A grid of test images, each with its generated caption and two references."""
+    """A grid of test images, each with its generated caption and two references beneath (about 1000 px wide,
+    so `dvc plots diff` can put two experiments' side by side)."""
     plt = _pyplot()
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 5.8 * rows), squeeze=False)
-    figure.subplots_adjust(hspace=0.55, wspace=0.08)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.5 * columns, 3.5 * rows), squeeze=False, layout="constrained")
     for axis in axes.flat:
-        axis.axis("off")
+        axis.set_axis_off()
     for axis, image, caption, refs in zip(axes.flat, images, generated, references, strict=False):
+        axis.set_axis_on()  # for the label beneath; no ticks, no frame
+        axis.set_xticks([]), axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
         axis.imshow(_image(image))
-        axis.set_title(image.name, fontsize=8)
-        lines = [textwrap.fill(f"ours: {caption}", 48)] + [textwrap.fill(f"ref: {ref}", 48) for ref in refs[:2]]
-        axis.text(0.0, -0.03, "\n".join(lines), transform=axis.transAxes, va="top", fontsize=8)
-    figure.suptitle("Generated captions (ours) next to two human references", fontsize=13, y=0.995)
-    _save(figure, path)
+        axis.set_title(image.name, fontsize=7)
+        lines = [textwrap.fill(f"ours: {caption}", 38)] + [textwrap.fill(f"ref: {ref}", 38) for ref in refs[:2]]
+        axis.set_xlabel("\n".join(lines), fontsize=7, loc="left")
+    _save(figure, path, dpi=100)
 
 
 def histogram(values: np.ndarray, path: Path, what: str) -> None:

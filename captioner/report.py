@@ -1,41 +1,105 @@
-"""`caption-diff [REV]`: the metrics and params of the workspace against REV, as Markdown.
+"""What reviewers read: `caption-diff [REV]` (metrics and params against REV, as Markdown) and `caption-exps`
+(every experiment's changed params and headline scores, one table).
 
-The pull-request workflow posts exactly this text as a comment, so a local run shows what a
-reviewer will see.
+The pull-request workflow posts exactly the `caption-diff` text as a comment, so a local run shows what a
+reviewer will see: the test scores first, then the training summary, then the params.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
+SCORES, TRAINING = "metrics/scores.json", "metrics/train/metrics.json"
+HEADLINE = ("bleu4", "cider", "meteor", "rouge_l")  # the scores an experiments table shows
+WIDEST_VALUE = 22  # characters of a param value shown in the experiments table
 
-def _dvc_markdown(kind: str, base: str) -> str:
-    command = ["dvc", kind, "diff", "--md", base]
-    if kind == "metrics":
-        command += ["--precision", "4"]
+
+def _dvc(*args: str) -> str:
+    command = ["dvc", *args]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip().splitlines()[-1:]}")
-    table = result.stdout.strip()
-    return table if len(table.splitlines()) > 2 else f"No {kind} changed."  # a header alone says nothing
+    return result.stdout.strip()
+
+
+def _changed(table: str, what: str) -> str:
+    return table if len(table.splitlines()) > 2 else f"No {what} changed."  # a header alone says nothing
 
 
 def diff_report(base: str) -> str:
-    """Markdown with a metrics table and a params table, each ``base`` → workspace."""
+    """Markdown: test scores, training summary and params, each ``base`` → workspace."""
+    scores = _dvc("metrics", "diff", "--md", "--precision", "4", "--targets", SCORES, "--", base)
+    training = _dvc("metrics", "diff", "--md", "--precision", "4", "--targets", TRAINING, "--", base)
+    params = _dvc("params", "diff", "--md", base)
     return "\n\n".join(
         [
-            f"## Metrics: `{base}` → this change",
-            _dvc_markdown("metrics", base),
+            f"## Test scores: `{base}` → this change",
+            _changed(scores, "test score"),
+            f"## Training: `{base}` → this change",
+            _changed(training, "training summary value"),
             f"## Params: `{base}` → this change",
-            _dvc_markdown("params", base),
+            _changed(params, "param"),
         ]
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="caption-diff", description=__doc__.splitlines()[0])
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _experiments(show: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(name, params, scores) of the workspace, each commit and each experiment in `dvc exp show --json`."""
+    rows = []
+
+    def add(name: str, data: dict | None) -> None:
+        if not data:
+            return
+        params = _flat(data.get("params", {}).get("params.yaml", {}).get("data", {}))
+        scores = data.get("metrics", {}).get(SCORES, {}).get("data", {})
+        rows.append((name, params, scores))
+
+    for commit in show:
+        add(commit.get("name") or commit["rev"][:7], commit.get("data"))
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment.get("revs", []):
+                add(revision.get("name") or experiment.get("name") or revision["rev"][:7], revision.get("data"))
+    return rows
+
+
+def _cell(value) -> str:
+    text = f"{value:.4f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+    return text if len(text) <= WIDEST_VALUE else text[: WIDEST_VALUE - 1] + "…"
+
+
+def experiments_table(show: list[dict]) -> str:
+    """A Markdown table: one row per experiment, a column per param whose value differs between them, then
+    the headline test scores."""
+    rows = _experiments(show)
+    names = sorted({name for _, params, _ in rows for name in params})
+    changed = [name for name in names if len({repr(params.get(name)) for _, params, _ in rows}) > 1]
+    header = ["Experiment", *changed, *HEADLINE]
+    body = [
+        [name, *(_cell(p.get(k, "")) for k in changed), *(_cell(s.get(k, "")) for k in HEADLINE)] for name, p, s in rows
+    ]
+    widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
+    lines = [header, ["-" * width for width in widths], *body]
+    return "\n".join(
+        "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |" for line in lines
+    )
+
+
+def diff_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caption-diff", description="Test scores, training summary and params "
+                                     "of the workspace against a git revision, as Markdown.")  # fmt: skip
     parser.add_argument("base", nargs="?", default="main", help="git revision to compare with (default: main)")
     args = parser.parse_args(argv)
     try:
@@ -46,5 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def experiments_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caption-exps", description="Every experiment (dvc exp show): the params "
+                                     "that differ between them and the headline test scores.")  # fmt: skip
+    parser.parse_args(argv)
+    try:
+        print(experiments_table(json.loads(_dvc("exp", "show", "--json", "--no-fetch"))))
+    except (RuntimeError, FileNotFoundError, json.JSONDecodeError) as error:
+        print(f"caption-exps: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(diff_main())

@@ -30,7 +30,8 @@ class Layout:
     features = Path("data/features")
     models = Path("models")  # the trained decoder and its card (see captioner.captioning)
     model = models / "captioner.keras"
-    train_log = Path("metrics/train")
+    train_log = Path("metrics/train")  # DVCLive's folder: plots/ per epoch, metrics.json the training summary
+    timings = Path("logs/train_epochs.tsv")  # seconds per epoch: outside git, they change every run
     scores = Path("metrics/scores.json")
     test_captions = Path("metrics/test_captions.tsv")
     figures = Path("metrics/figures")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -14,6 +16,7 @@ from captioner import CaptionerError
 from captioner.batching import CaptionBatches
 from captioner.decoder import parts
 from captioner.features import FeatureFile
+from captioner.stage import write_text
 from captioner.teacher_forcing import EpochStats, accumulate, attention_penalty, forced_outputs, forced_sums
 
 
@@ -228,7 +231,7 @@ class Trainer:
     def log_epoch(
         self, live, epoch: int, stats: dict[str, EpochStats], bleu4: float | None, rates: list[float], seconds: float
     ) -> None:
-        """One epoch's values into the DVCLive plots."""
+        """One epoch's values into the training log (see ``EpochLog``)."""
         for split, split_stats in stats.items():
             if not np.isfinite(split_stats.loss):
                 # NaN compares false, so no epoch would beat the start: the untrained weights would be kept.
@@ -238,7 +241,6 @@ class Trainer:
                 )
             live.log_metric(f"{split}/loss", round(split_stats.loss, 4))
             live.log_metric(f"{split}/token_accuracy", round(split_stats.accuracy, 4))
-            live.log_metric(f"{split}/perplexity", round(split_stats.perplexity, 3))
         if bleu4 is not None:
             live.log_metric("dev/bleu4", round(bleu4, 4))
         live.log_metric("learning_rate", float(f"{rates[0]:.3g}"))
@@ -246,6 +248,56 @@ class Trainer:
             live.log_metric("encoder_learning_rate", float(f"{rates[1]:.3g}"))
         live.log_metric("epoch_seconds", round(seconds, 1))
         live.next_step()
+
+
+class EpochLog:
+    """Per-epoch values, each where it belongs: what describes the model goes to DVCLive's plots (tracked in
+    git, so byte-identical when the model is); wall-clock timings go to a TSV outside git, since they change
+    every run and a reviewer should not read machine load as a result. Epochs count from 1, as printed.
+
+    Set ``summary`` before leaving the ``with`` block: it becomes DVCLive's ``metrics.json``, alone (not the
+    last epoch's values nor a step count)."""
+
+    UNTRACKED = ("epoch_seconds",)
+    # Plotted when logged (dvc.yaml draws them); an unlogged one is a header-only file, which DVC skips quietly.
+    OPTIONAL = ("dev/bleu4", "self_critical/reward")
+
+    def __init__(self, folder: Path, timings: Path):
+        self.folder, self.timings = Path(folder), Path(timings)
+        self.row: dict[str, float] = {}
+        self.summary: dict[str, float] = {}
+
+    def __enter__(self) -> EpochLog:
+        from dvclive import Live
+
+        self.live = Live(dir=str(self.folder), save_dvc_exp=False, dvcyaml=False, report=None)
+        self.live.step = 1
+        self.timings.parent.mkdir(parents=True, exist_ok=True)
+        self.timings.write_text("epoch\tepoch_seconds\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.end()
+        for name in self.OPTIONAL:
+            series = Path(self.live.plots_dir) / "metrics" / f"{name}.tsv"
+            if not series.exists():
+                series.parent.mkdir(parents=True, exist_ok=True)
+                series.write_text(f"step\t{name.split('/')[-1]}\n")
+        if exc[0] is None:
+            rounded = {key: round(value, 4) for key, value in self.summary.items()}
+            write_text(self.folder / "metrics.json", json.dumps(rounded, indent=2) + "\n")
+
+    def log_metric(self, name: str, value: float) -> None:
+        if name in self.UNTRACKED:
+            self.row[name] = value
+        else:
+            self.live.log_metric(name, value)
+
+    def next_step(self) -> None:
+        with open(self.timings, "a") as out:
+            out.write(f"{self.live.step}\t{self.row.get('epoch_seconds', '')}\n")
+        self.row = {}
+        self.live.next_step()
 
 
 class KeepBest:

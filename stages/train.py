@@ -3,8 +3,6 @@
 import functools
 from contextlib import ExitStack
 
-from dvclive import Live
-
 from captioner import captioning, decoding, encoders, finetuning, self_critical, training
 from captioner.batching import encode_split
 from captioner.datasets import read_captions, split_references
@@ -44,7 +42,7 @@ def main(params: Params) -> None:
         dev_bleu4 = functools.partial(
             decoding.greedy_bleu4, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length
         )
-        with Live(dir=str(Layout.train_log), save_dvc_exp=False, dvcyaml=False, report=None) as live:
+        with training.EpochLog(Layout.train_log, Layout.timings) as live:
             select_by_bleu4 = dev_bleu4 if settings["select_by"] == "dev_bleu4" else None
             summary = trainer.fit(
                 on.batches["train"], on.batches["dev"], settings["epochs"], settings["patience"], live,
@@ -55,8 +53,9 @@ def main(params: Params) -> None:
                 summary |= self_critical.after_teacher_forcing(
                     trainer, spec, on.read, store, captions["train"], vocab, settings, live, dev_bleu4, start_bleu4
                 )
-            live.summary.update({key: round(value, 4) for key, value in summary.items()})
-        captioning.save(Layout.models, on.saved, store.attrs, vocab, spec, settings["finetune_from"])
+            live.summary = summary  # the tracked metrics: what describes the model, not the machine
+        captioning.save(Layout.models, on.saved, store.attrs, vocab, spec, finetune_from=settings["finetune_from"],
+                        dataset=params["dataset"])  # fmt: skip
     best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"
     if summary.get("self_critical_best_epoch"):
         best = f"kept self-critical epoch {summary['self_critical_best_epoch']} (teacher-forced: {best})"

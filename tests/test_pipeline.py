@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -50,7 +51,7 @@ def repo(tmp_path_factory):
     for section, values in TINY.items():
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("/data/\n/models/\n__pycache__/\n")
+    shutil.copy(PROJECT / ".gitignore", repo / ".gitignore")  # data, models and logs stay out of git
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
         subprocess.run(command, cwd=repo, check=True)
     subprocess.run(["git", "commit", "-qm", "tiny"], cwd=repo, check=True, env=ENVIRONMENT)
@@ -83,6 +84,31 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     assert "Data and pipelines are up to date" in dvc(repo, "status")
 
 
+def test_a_second_forced_repro_leaves_every_tracked_file_byte_identical(repo):
+    repo, _ = repo
+    forced = dvc(repo, "repro", "--force")
+    assert ran(forced) == {"download", "clean_captions", "extract_features", "build_vocab", "train", "evaluate"}
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
+    assert status.stdout == ""  # dvc.lock, metrics, plots and figures as committed
+    training = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
+    assert set(training) == {"best_epoch", "best_dev_loss", "epochs_run"}
+    timings = (repo / "logs" / "train_epochs.tsv").read_text().splitlines()
+    assert timings[0] == "epoch\tepoch_seconds" and timings[1].startswith("1\t")  # kept, outside git
+
+
+def test_the_console_of_a_stage_is_quiet_unless_asked(repo):
+    repo, _ = repo
+    noise = ("I0000", "W0000", "E0000", "WARNING: All log messages", "cuInit", "oneDNN")
+    quiet = subprocess.run([sys.executable, "stages/evaluate.py"], cwd=repo, capture_output=True, text=True)
+    assert quiet.returncode == 0 and not [line for line in quiet.stderr.splitlines() if line.startswith(noise)]
+    assert quiet.stdout.startswith("evaluate: bleu1")
+    loud = subprocess.run(
+        [sys.executable, "stages/evaluate.py"], cwd=repo, capture_output=True, text=True,
+        env=os.environ | {"CAPTIONER_TF_LOGS": "1"},
+    )  # fmt: skip
+    assert loud.returncode == 0 and "WARNING: All log messages before absl::InitializeLog()" in loud.stderr
+
+
 def test_caption_command_captions_good_images_and_names_bad_ones(repo, tmp_path):
     from PIL import Image
 
@@ -98,6 +124,8 @@ def test_caption_command_captions_good_images_and_names_bad_ones(repo, tmp_path)
     assert [line.split(": ")[0] for line in lines] == [str(shape), str(odd)]
     assert all(len(line.split(": ", 1)[1].split()) >= 1 for line in lines)
     errors = result.stderr.strip().splitlines()
+    assert errors[0].startswith("caption: note: models was trained on generated shapes and describes only coloured")
+    assert len(errors) == 3  # the note and the two bad files: no TensorFlow start-up lines
     assert f"caption: error: {tmp_path / 'notes.txt'}: not a readable image" in errors
     assert f"caption: error: {tmp_path / 'gone.jpg'}: no such file" in errors
     as_json = subprocess.run(
@@ -112,8 +140,20 @@ def test_decoder_change_reruns_train_and_evaluate_only_and_the_diff_report_shows
     assert "Data and pipelines are up to date" in dvc(repo, "status")
     report = subprocess.run(["caption-diff", "HEAD"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
     assert report.returncode == 0, report.stderr
-    assert "## Metrics: `HEAD` → this change" in report.stdout
+    assert report.stdout.startswith("## Test scores: `HEAD` → this change")
     assert re.search(r"\| metrics/scores.json\s*\| bleu1\s*\|", report.stdout)
+    assert report.stdout.index("bleu1") < report.stdout.index("## Training") < report.stdout.index("## Params")
+    diff = subprocess.run(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=repo, capture_output=True, text=True)
+    metrics_diff = json.loads(diff.stdout)
+    assert "bleu1" in metrics_diff["metrics/scores.json"]  # and nothing of the machine or of the last epoch:
+    assert set(metrics_diff.get("metrics/train/metrics.json", {})) <= {"best_epoch", "best_dev_loss", "epochs_run"}
+    assert ran(dvc(repo, "exp", "run", "-S", "train.epochs=3")) == {"train", "evaluate"}
+    table = subprocess.run(["caption-exps"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
+    assert table.returncode == 0, table.stderr
+    header = [cell.strip() for cell in table.stdout.splitlines()[0].strip("|").split("|")]
+    assert header == ["Experiment", "decoder.units", "train.epochs", "bleu4", "cider", "meteor", "rouge_l"]
+    assert len(table.stdout.splitlines()) >= 2 + 4  # workspace, HEAD, and the two experiments
+    assert max(map(len, table.stdout.splitlines())) <= 120 and "data/" not in table.stdout
     assert re.search(r"\| params.yaml\s*\| decoder.units\s*\| 16\s*\| 24\s*\|", report.stdout)
     missing = subprocess.run(["caption-diff", "no-such-rev"], cwd=repo, capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("caption-diff: error: dvc metrics diff")
@@ -185,7 +225,8 @@ def test_self_critical_training_follows_teacher_forcing_and_refuses_what_it_cann
     repo, _ = repo
     pinned = ("-S", "decoder.arch=inject", "-S", "features.pooling=avg", "-S", "train.select_by=dev_loss")
     output = dvc(repo, "exp", "run", *pinned, "-S", "train.self_critical_epochs=2")
-    assert ran(output) == {"train", "evaluate"}
+    # evaluate reruns only if a self-critical epoch was kept: the teacher-forced weights save byte-identically
+    assert "train" in ran(output) and ran(output) <= {"train", "evaluate"}
     assert "self-critical epoch 2: mean sampled CIDEr-D" in output
     summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
     plots = repo / "metrics" / "train" / "plots" / "metrics"

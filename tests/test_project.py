@@ -44,15 +44,24 @@ def flatten(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def test_readme_param_table_lists_every_param_with_its_default():
+def test_the_params_reference_lists_every_param_with_its_default():
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    rows = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", (PROJECT / "README.md").read_text(), re.MULTILINE))
+    reference = (PROJECT / "docs" / "params.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", reference, re.MULTILINE))
+    assert set(rows) == set(flatten(params)), "docs/params.md and params.yaml list different params"
     for name in flatten(params):
         value = params
         for part in name.split("."):
             value = value[part]
-        assert name in rows, f"README param table lacks {name}"
-        assert yaml.safe_load(rows[name]) == value, f"README says {name} defaults to {rows[name]}, params.yaml {value}"
+        assert yaml.safe_load(rows[name]) == value, f"docs/params.md: {name} is {rows[name]}, params.yaml: {value}"
+
+
+def test_the_readme_stays_a_short_reference_with_working_links():
+    readme = (PROJECT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for target in re.findall(r"\]\((docs/[\w.]+\.md)", readme):
+        assert (PROJECT / target).exists(), target
+    assert "python3 -m pytest -q" in readme  # the test command CI runs (.ci/run)
 
 
 def captioner_imports(script) -> set[str]:

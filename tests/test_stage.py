@@ -8,10 +8,10 @@ from tests.conftest import run_stage
 
 def test_declared_params_holds_only_what_dvc_yaml_lists(project):
     params = declared_params("train", project)
-    assert set(params) == {"encoder", "decoder", "train"}
+    assert set(params) == {"dataset", "encoder", "decoder", "train"}
     assert params["decoder"]["rnn"] == "gru"
     with pytest.raises(KeyError, match="not declared"):
-        params["dataset"]
+        params["evaluate"]
 
 
 def test_every_stage_param_exists_in_params_yaml(project):
