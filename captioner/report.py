@@ -68,11 +68,16 @@ def _experiments(show: list[dict]) -> list[tuple[str, dict, dict]]:
         rows.append((name, params, scores))
 
     for commit in show:
-        add(commit.get("name") or commit["rev"][:7], commit.get("data"))
+        add(commit.get("name") or _short(commit["rev"]), commit.get("data"))
         for experiment in commit.get("experiments") or []:
             for revision in experiment.get("revs", []):
-                add(revision.get("name") or experiment.get("name") or revision["rev"][:7], revision.get("data"))
+                add(revision.get("name") or experiment.get("name") or _short(revision["rev"]), revision.get("data"))
     return rows
+
+
+def _short(rev: str) -> str:
+    """A commit's sha shortened as git does; ``workspace`` as it is."""
+    return rev[:7] if rev != "workspace" else rev
 
 
 def _cell(value) -> str:

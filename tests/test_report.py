@@ -30,6 +30,7 @@ def test_scores_come_first_then_training_then_params_and_an_unchanged_side_says_
 
 
 def _revision(name, units, bleu4, url="https://example.invalid/a/very/long/path/to/Flickr8k_Dataset.zip"):
+    """One revision as `dvc exp show --json` gives it (the parts caption-exps reads)."""
     params = {"decoder": {"units": units, "rnn": "gru"}, "flickr8k": {"images_url": url}}
     return {
         "rev": "0123456789abcdef",
@@ -44,7 +45,7 @@ def _revision(name, units, bleu4, url="https://example.invalid/a/very/long/path/
 
 def test_the_experiments_table_shows_changed_params_and_headline_scores_only():
     show = [
-        _revision("workspace", 16, 0.5012),
+        {**_revision(None, 16, 0.5012), "rev": "workspace"},
         {**_revision("main", 16, 0.5012), "experiments": [{"revs": [_revision("wide-units", 24, 0.55)]}]},
     ]
     lines = report.experiments_table(show).splitlines()
