@@ -1,12 +1,12 @@
-"""Decoding speed: batched beam search vs the seeds' per-image, per-token loop, side by side.
+"""Decoding speed: batched beam search vs a per-image, per-token predict loop, side by side.
 
     dvc repro            # or a Flickr8k run: the bench reads models/ and data/ as the pipeline left them
     python bench/decoding_speed.py [--images 500] [--seed-images 50]
 
 The seeds caption one image at a time, calling ``model.predict`` on the whole padded prefix for
 every new word, greedily. Ours runs the trained decoder one step at a time over all images and
-beams at once. Prints captions/s of the seeds' loop, of our batched greedy and of our batched
-beam-3 search, and the ratio beam-3 ÷ seeds' loop (goal ≥ 10×). The seeds' loop is timed on
+beams at once. Prints captions/s of the per-token loop, of our batched greedy and of our batched
+beam-3 search, and the ratio beam-3 ÷ per-token loop (goal ≥ 10×). The per-token loop is timed on
 ``--seed-images`` images and reported per caption, since it costs the same for every image.
 """
 
@@ -27,7 +27,7 @@ from captioner.text import Vocabulary
 
 
 def seed_loop(model, features: np.ndarray, vocab: Vocabulary, max_len: int) -> list[list[int]]:
-    """Seed 002's generate_desc: per image, per word, predict on the padded prefix and take the argmax."""
+    """The tutorial generate_desc: per image, per word, predict on the padded prefix and take the argmax."""
     captions = []
     for feature in features:
         sequence = [vocab.start_id]
@@ -75,10 +75,10 @@ def main() -> None:
     )
     greedy = rate(lambda: decoding.greedy(stepper, features.__getitem__, rows, *ids), len(rows))
     beam = rate(lambda: decoding.beam_search(stepper, features.__getitem__, rows, *ids, beam_size=3), len(rows))
-    print(f"seeds' per-image, per-token predict loop (greedy): {seeds:.1f} captions/s")
+    print(f"per-image, per-token predict loop (greedy): {seeds:.1f} captions/s")
     print(f"ours, batched greedy:                             {greedy:.1f} captions/s")
     print(f"ours, batched beam 3:                             {beam:.1f} captions/s")
-    print(f"beam-3 ÷ seeds' loop = {beam / seeds:.1f}x  (goal >= 10x); greedy ÷ seeds' loop = {greedy / seeds:.1f}x")
+    print(f"beam-3 ÷ per-token loop = {beam / seeds:.1f}x  (goal >= 10x); greedy ÷ it = {greedy / seeds:.1f}x")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def in_memory_rates(extractor, paths: list[Path], batch_size: int = 32) -> tuple
 
 
 def seed_loop_rate(extractor, paths: list[Path]) -> float:
-    """The seeds' way: one image at a time through keras load_img and model.predict."""
+    """The per-image way: one image at a time through keras load_img and model.predict."""
     import keras
 
     def one(path):
@@ -102,10 +102,10 @@ def main() -> None:
         bare, forward = in_memory_rates(lite0, paths)
         seeds = seed_loop_rate(lite0, paths[:64])
         print(f"efficientnet_lite0 grid, 256 images: stage {stage:.1f} img/s, bare predict {bare:.1f} img/s,")
-        print(f"  compiled forward on decoded images {forward:.1f} img/s, seeds' loop {seeds:.1f} img/s")
+        print(f"  compiled forward on decoded images {forward:.1f} img/s, per-image loop {seeds:.1f} img/s")
         print(f"  stage / bare predict = {stage / bare:.2f}   (goal >= 0.85)")
         print(f"  stage / compiled forward in memory = {stage / forward:.2f}   (the stage's own ceiling)")
-        print(f"  stage / seeds' loop  = {stage / seeds:.1f}x  (goal >= 3x)")
+        print(f"  stage / per-image loop  = {stage / seeds:.1f}x  (goal >= 3x)")
         for name in ("vgg16", "resnet50", "efficientnetb0"):
             encoder = encoders.get(name)
             rate = stage_rate(Extractor(encoder, "avg", weights="none"), paths[:96], target)

@@ -1,9 +1,9 @@
-"""Training speed: our teacher-forced whole-caption training vs the seeds' prefix expansion, side by side.
+"""Training speed: our teacher-forced whole-caption training vs prefix expansion, side by side.
 
     dvc repro            # or dvc exp run -S dataset=flickr8k …: the bench reads data/ as the pipeline left it
     python bench/train_speed.py [--batches 20] [--rounds 8] [--budget 90]
 
-Same train captions, vocabulary and pooled image vectors for both. The seeds' method is seed 001's
+Same train captions, vocabulary and pooled image vectors for both. Prefix expansion trains the tutorial
 merge model (image Dense 256 + LSTM 256 over padded prefixes, added, Dense 256, softmax) fed one
 (prefix → next word) sample at a time with one-hot targets, batch 64; ours is the merge decoder of
 the same size (LSTM 256, embedding 256) on whole captions in length-bucketed batches, at batch 64
@@ -32,7 +32,7 @@ SIZE = 256
 
 
 def seed_merge_model(vocab_size: int, feature_dim: int, max_len: int) -> keras.Model:
-    """Seed 001's merge captioner, as it was written."""
+    """The tutorial merge captioner trained by prefix expansion, as it is usually written."""
     image = keras.Input((feature_dim,))
     projected = layers.Dense(SIZE, activation="relu")(layers.Dropout(0.5)(image))
     prefix = keras.Input((max_len,))
@@ -45,7 +45,7 @@ def seed_merge_model(vocab_size: int, feature_dim: int, max_len: int) -> keras.M
 
 
 def prefix_batches(table, rows, sequences, vocab_size, max_len, rng):
-    """Seed 001's generator: every (prefix → next word) pair, prefixes padded to max_len, one-hot targets."""
+    """Prefix expansion: every (prefix → next word) pair, prefixes padded to max_len, one-hot targets."""
     images, prefixes, targets = [], [], []
     while True:
         for index in rng.permutation(len(rows)):
@@ -133,14 +133,14 @@ def main() -> None:
         data = batching.CaptionBatches(table.__getitem__, table.shape[1:], rows, sequences, batch_size, seed=0)
         return trainer.step_for("train", data.element_spec), (batch for _ in itertools.count() for batch in data)
 
-    # Ours at the seeds' batch size (the like-for-like figure) and at the Flickr8k preset's 128.
+    # Ours at prefix expansion's batch size (the like-for-like figure) and at the Flickr8k preset's 128.
     ours_at = {size: our_batches(size) for size in (BATCH, 2 * BATCH)}
     methods = {"seeds": (seed_step, seed_batches, arguments.batches)}
     methods |= {size: (*ours_at[size], max(arguments.batches * BATCH // size, 1)) for size in ours_at}
     seconds = timed_side_by_side(methods, arguments.rounds)
     seed_epoch = seconds["seeds"] * prefixes_per_epoch / BATCH
     print(
-        f"seeds (prefix expansion), batch {BATCH}: {seconds['seeds'] * 1e3:.1f} ms/batch, "
+        f"prefix expansion, batch {BATCH}: {seconds['seeds'] * 1e3:.1f} ms/batch, "
         f"{BATCH / seconds['seeds']:.0f} prefix samples/s, epoch ≈ {seed_epoch:.0f} s"
     )
     for size in ours_at:
