@@ -13,8 +13,10 @@ import numbers
 import re
 from dataclasses import dataclass
 
+from captioner import CaptionerError
 
-class ParamError(ValueError):
+
+class ParamError(CaptionerError):
     """A param value outside its rule; the message is one line for the user."""
 
 

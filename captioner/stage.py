@@ -80,10 +80,7 @@ def declared_params(stage: str, root: Path = Path(".")) -> Params:
         for part in target[:-1]:
             node = node.setdefault(part, Params())
         leaf = _lookup(values, name)
-        try:
-            param_rules.check(name, leaf)
-        except param_rules.ParamError as err:
-            raise CaptionerError(str(err)) from None
+        param_rules.check(name, leaf)  # a ParamError, which run() reports like any CaptionerError
         node[target[-1]] = Params(leaf) if isinstance(leaf, dict) else leaf
     return params
 
