@@ -9,6 +9,12 @@ merge model (image Dense 256 + LSTM 256 over padded prefixes, added, Dense 256, 
 the same size (LSTM 256, embedding 256) on whole captions in length-bucketed batches, at batch 64
 and at 128. Prints the epoch-time ratios (timed batches of each, the methods taking turns, extrapolated),
 samples/s, and each method's dev loss per token after the same wall-clock budget (ours at batch 64).
+
+Then, how close the train step runs to the machine's limit: the params' decoder trained in float32 and
+in a mixed precision policy (``--mixed``, mixed_bfloat16 by default), steps taking turns. Its achieved
+FLOP/s counts the decoder's matmul FLOPs per real token (and per caption), forward and backward
+(3× forward); beside it, in the same run, the FLOP/s of a plain dense matmul of the step's largest
+shape in the same dtype. ``--only flops`` runs just this part, ``--only prefix`` just the first.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
 from captioner import batching, decoder, training
@@ -98,23 +105,117 @@ def train_for(step, batches, seconds: float) -> int:
     return done
 
 
+def matmul_flops(spec: decoder.DecoderSpec, vocab_size: int, feature_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Forward matmul FLOPs (2 per multiply-add) of ``spec``'s training model: (per real token, per caption)."""
+    units, embedding, gates = spec.units, spec.embedding_dim, 3 if spec.rnn == "gru" else 4
+    channels = feature_shape[-1]
+    if spec.arch == "attention":
+        cells, attention = feature_shape[0], spec.attention_units
+        per_token = 2 * (
+            (embedding + units) * gates * units
+            + units * gates * units  # the cell reads word and context
+            + units * attention
+            + cells * attention
+            + cells * units
+            + units * units  # query, scores, context, gate
+            + 2 * units * embedding
+            + embedding * vocab_size  # deep output, vocabulary projection
+        )
+        per_caption = 2 * (cells * channels * units + cells * units * attention + spec.num_states * units * units)
+        return per_token, per_caption
+    per_token = 2 * (embedding * gates * units + units * gates * units + units * vocab_size)
+    if spec.arch == "merge":
+        return per_token + 2 * units * units, 2 * channels * units
+    return per_token, 2 * spec.num_states * channels * units
+
+
+def matmul_rate(rows: int, inner: int, columns: int, dtype: str, seconds: float = 3.0) -> float:
+    """FLOP/s of a plain (rows × inner) · (inner × columns) matmul in ``dtype``, repeated for ``seconds``."""
+    a = tf.random.normal((rows, inner), dtype=tf.float32)
+    b = tf.random.normal((inner, columns), dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+    product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    product()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        product().numpy()
+        done += 1
+    return done * 2 * rows * inner * columns / (time.perf_counter() - started)
+
+
+def machine_limit(table, rows, sequences, vocab, mixed: str, rounds: int) -> None:
+    """The params' decoder's train step in float32 and in ``mixed``, taking turns: step times, their ratio, and
+    each one's achieved FLOP/s as a fraction of a same-dtype dense matmul's in this run."""
+    spec = decoder.DecoderSpec.from_params(declared_params("train")["decoder"])
+    batch_size = declared_params("train")["train"]["batch_size"]
+    feature_shape = table.shape[1:]
+    if spec.reads_grid:
+        raise SystemExit("the FLOP/s part reads pooled features: run it with an inject or merge decoder")
+    per_token, per_caption = matmul_flops(spec, len(vocab), feature_shape)
+    data = batching.CaptionBatches(table.__getitem__, feature_shape, rows, sequences, batch_size, seed=0)
+    batches = [batch for batch, _ in zip(itertools.cycle(data), range(50), strict=False)]
+    flops = [3 * (per_token * int((tokens[:, 1:] != 0).sum()) + per_caption * len(tokens)) for _, tokens in batches]
+    steps = {}
+    for policy in ("float32", mixed):
+        training.use_precision(policy)
+        model = decoder.build(len(vocab), feature_shape, spec)
+        trainer = training.Trainer(model, learning_rate=1e-3, clipnorm=5.0)
+        steps[policy] = trainer.step_for("train", data.element_spec)
+        for features, tokens in batches[:3]:  # compile and warm up
+            steps[policy](features, tokens)
+    training.use_precision("float32")
+    spent = dict.fromkeys(steps, 0.0)
+    for _ in range(rounds):
+        for policy, step in steps.items():
+            started = time.perf_counter()
+            for features, tokens in batches:
+                step(features, tokens)[0].numpy()
+            spent[policy] += time.perf_counter() - started
+    # The reference: one matmul as large as the step's gate projections of all its real tokens at once.
+    tokens_per_step = int(np.mean([(tokens[:, 1:] != 0).sum() for _, tokens in batches]))
+    inner, columns = spec.units, (3 if spec.rnn == "gru" else 4) * spec.units
+    print(
+        f"{spec.arch} {spec.rnn.upper()}-{spec.units}, batch {batch_size}: {per_token / 1e6:.2f} MFLOP per real token "
+        f"forward (+{per_caption / 1e6:.2f} per caption), ×3 with the backward pass; {rounds} rounds of "
+        f"{len(batches)} steps each"
+    )
+    for policy in steps:
+        seconds = spent[policy] / (rounds * len(batches))
+        achieved = sum(flops) * rounds / spent[policy]
+        dtype = "float32" if policy == "float32" else policy.removeprefix("mixed_")
+        dense = matmul_rate(tokens_per_step, inner, columns, dtype)
+        print(
+            f"  {policy:>14}: {seconds * 1e3:.1f} ms/step, {achieved / 1e9:.1f} GFLOP/s; dense {dtype} matmul "
+            f"({tokens_per_step}×{inner})·({inner}×{columns}): {dense / 1e9:.1f} GFLOP/s "
+            f"→ fraction {achieved / dense:.2f}"
+        )
+    ratio = spent[mixed] / spent["float32"]
+    print(f"  step time, {mixed} ÷ float32: {ratio:.2f} ({'faster' if ratio < 1 else 'slower'} in {mixed})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=20, help="timed batches of batch 64 per method and round")
     parser.add_argument("--rounds", type=int, default=8, help="rounds in which the methods take turns (default 8)")
     parser.add_argument("--budget", type=float, default=90.0, help="training seconds per method for the dev loss")
+    parser.add_argument("--mixed", default="mixed_bfloat16", choices=training.PRECISIONS[1:])
+    parser.add_argument("--only", choices=("prefix", "flops"), help="run one part (default: both)")
     arguments = parser.parse_args()
     keras.utils.set_random_seed(0)
 
     encoder = declared_params("train")["encoder"]
     vocab = Vocabulary.load(Layout.vocab)
     with FeatureFile(Layout.features_file(encoder), encoder) as store:
-        table = store.reader(pooled=True)(np.arange(len(store.row_of)))
+        table = store.read(np.arange(len(store.row_of)), pooled=True)
         splits = {
             split: batching.encode_captions(read_captions(Layout.split_captions(split)), store.row_of, vocab)[:2]
             for split in ("train", "dev")
         }
     rows, sequences = splits["train"]
+    if arguments.only != "prefix":
+        machine_limit(table, rows, sequences, vocab, arguments.mixed, max(arguments.rounds // 2, 1))
+    if arguments.only == "flops":
+        return
     dev_rows, dev_sequences = (part[:500] for part in splits["dev"])
     max_len = vocab.max_length
     prefixes_per_epoch = sum(len(s) - 1 for s in sequences)

@@ -107,9 +107,22 @@ class CaptionBatches:
     def __len__(self) -> int:
         return -(-len(self.sequences) // self.batch_size)
 
-    def as_dataset(self) -> tf.data.Dataset:
-        """The same batches as a ``tf.data.Dataset``, for distribution strategies that split them."""
-        return tf.data.Dataset.from_generator(self.__iter__, output_signature=self.element_spec).prefetch(2)
+    def replica_dataset(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """This machine's replicas' shares of the same global batches, for ``distribute_datasets_from_function``:
+        each global batch cut into one consecutive slice per replica of the whole cluster, this machine's
+        slices in turn (its strategy hands them to its replicas round-robin). Every machine makes every batch
+        from the same seed, so the cluster steps through the batches of one process."""
+        replicas = context.num_replicas_in_sync
+        local = replicas // context.num_input_pipelines
+        mine = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
+
+        def slices():
+            for features, tokens in self:
+                bounds = np.linspace(0, len(tokens), replicas + 1).astype(int)
+                for replica in mine:
+                    yield features[bounds[replica] : bounds[replica + 1]], tokens[bounds[replica] : bounds[replica + 1]]
+
+        return tf.data.Dataset.from_generator(slices, output_signature=self.element_spec).prefetch(2)
 
 
 def captions_by_image(rows: np.ndarray, sequences: list[list[int]]) -> tuple[list[int], list[list[list[int]]]]:

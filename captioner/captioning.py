@@ -54,7 +54,7 @@ def save(directory: Path, model, features_attrs: dict, vocab: Vocabulary, spec: 
 def _without_timestamps(path: Path) -> None:
     """A Keras archive rewritten so the same weights give the same bytes: Keras stamps each member with the
     time, its metadata with the save date, and its config with ``id()``s of shared objects (numbered here in
-    order instead); each made every retraining a new DVC output."""
+    order instead); each made every retraining a new DVC output. Its dtype policies become float32."""
     with zipfile.ZipFile(path) as archive:
         members = [(info.filename, archive.read(info)) for info in archive.infolist()]
     rewritten = path.with_name(path.name + ".tmp")
@@ -63,9 +63,23 @@ def _without_timestamps(path: Path) -> None:
             if name == "metadata.json":
                 data = json.dumps({k: v for k, v in json.loads(data).items() if k != "date_saved"}).encode()
             elif name == "config.json":
-                data = _numbered_shared_objects(data.decode()).encode()
+                config = _numbered_shared_objects(data.decode())
+                float32 = _float32_policies(json.loads(config))
+                data = (config if float32 == json.loads(config) else json.dumps(float32)).encode()
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     rewritten.replace(path)
+
+
+def _float32_policies(config):
+    """``config`` with every mixed precision dtype policy made float32: the variables already are, and a
+    model trained in mixed precision then reloads, decodes and fine-tunes in float32 like any other."""
+    if isinstance(config, list):
+        return [_float32_policies(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy" and str(config["config"].get("name", "")).startswith("mixed_"):
+        return config | {"config": config["config"] | {"name": "float32"}}
+    return {key: _float32_policies(value) for key, value in config.items()}
 
 
 def _numbered_shared_objects(config: str) -> str:

@@ -43,7 +43,10 @@ class _QuietLoader(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         with stderr_silenced():
             self.loader.exec_module(module)
-            module.config.list_logical_devices()  # device start-up logs the missing CUDA driver
+            # Device start-up logs the missing CUDA driver; in a cluster (TF_CONFIG) it must wait for the
+            # multi-worker strategy, which configures the collective ops before any device starts.
+            if not os.environ.get("TF_CONFIG"):
+                module.config.list_logical_devices()
 
 
 class _QuietTensorFlow(importlib.abc.MetaPathFinder):

@@ -75,7 +75,7 @@ class AttentionRNN(layers.Layer):
             return tuple(new_states), ops.concatenate([output, context, alpha], axis=-1)
 
         width = self.units + self.channels + ops.shape(memory)[1]
-        start = (tuple(states), ops.zeros((ops.shape(words)[0], width)))
+        start = (tuple(states), ops.zeros((ops.shape(words)[0], width), dtype=self.compute_dtype))
         _, stacked = tf.scan(body, ops.transpose(words, (1, 0, 2)), initializer=start)
         stacked = ops.transpose(stacked, (1, 0, 2))
         edges = [self.units, self.units + self.channels]
@@ -178,7 +178,8 @@ def build(
         deep_context = layers.Dense(embedding_dim, name="deep_context")(contexts)
         hidden = layers.Dropout(dropout, name="output_dropout")(ops.tanh(deep_hidden + deep_context + words))
     # ``hidden`` too, so training can project only the real (non-padding) positions onto the vocabulary.
-    outputs["hidden"], outputs["logits"] = hidden, layers.Dense(vocab_size, name="logits")(hidden)
+    # float32 even under a mixed precision policy: the softmax over the vocabulary needs its range.
+    outputs["hidden"], outputs["logits"] = hidden, layers.Dense(vocab_size, name="logits", dtype="float32")(hidden)
     model = keras.Model([features, tokens], outputs, name=DECODER)
     if embeddings is not None:
         model.get_layer("embedding").set_weights([embeddings])

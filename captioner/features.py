@@ -178,6 +178,9 @@ def extract(
     return Extractor(encoder, pooling, weights, image_size).write(paths, target, batch_size)
 
 
+TABLE_BYTES = 256 << 20  # pooled features held in memory up to this size (50k images of 1280 channels)
+
+
 class FeatureFile:
     """The read side of a features file, checked against the encoder the params name."""
 
@@ -227,9 +230,10 @@ class FeatureFile:
         return out[inverse]
 
     def reader(self, pooled: bool) -> Callable[[np.ndarray], np.ndarray]:
-        """rows → features: from a table in memory when pooled (small), streamed from disk for the grid."""
-        if not pooled:
-            return lambda rows: self.read(rows, pooled=False)
+        """rows → features: pooled vectors from a table in memory while it fits ``TABLE_BYTES`` (Flickr8k's
+        40 MB), else, like the grid, streamed from disk batch by batch: memory stays flat at COCO scale."""
+        if not pooled or len(self.row_of) * self.shape(pooled=True)[0] * 4 > TABLE_BYTES:
+            return lambda rows: self.read(rows, pooled=pooled)
         table = self.read(np.arange(len(self.row_of)), pooled=True)
         return table.__getitem__
 

@@ -22,7 +22,7 @@ class ParamError(CaptionerError):
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # "integer" | "number" | "text" | "flag" | "choice"
+    kind: str  # "integer" | "number" | "text" | "flag" | "choice" | "list"
     low: float | None = None  # inclusive
     high: float | None = None  # inclusive
     above: float | None = None  # exclusive lower bound
@@ -31,6 +31,7 @@ class Rule:
     pattern: str | None = None  # for text: a regular expression the whole value must match
     optional: bool = False  # null (None) allowed
     why: str = ""  # the reason for the bound, when it is worth knowing
+    item: Rule | None = None  # for a list: the rule of each entry
 
     def allowed(self) -> str:
         if self.kind == "choice":
@@ -44,6 +45,8 @@ class Rule:
             text = f"{'an integer' if self.kind == 'integer' else 'a number'} {' and '.join(bounds)}".strip()
         elif self.kind == "flag":
             text = "true or false"
+        elif self.kind == "list":
+            text = f"a list, each entry {self.item.allowed()}"
         else:
             text = "text" + (f" matching {self.pattern}" if self.pattern else "")
         return text + (" or null" if self.optional else "")
@@ -59,6 +62,8 @@ class Rule:
             return self.optional
         if self.kind == "flag":
             return isinstance(value, bool)
+        if self.kind == "list":
+            return isinstance(value, list) and all(self.item.accepts(entry) for entry in value)
         if self.kind == "text":
             matches = self.pattern is None or re.fullmatch(self.pattern, str(value))
             return isinstance(value, str) and value != "" and bool(matches)
@@ -91,6 +96,10 @@ def text(**kw) -> Rule:
     return Rule("text", **kw)
 
 
+def list_of(item: Rule, **kw) -> Rule:
+    return Rule("list", item=item, optional=True, **kw)
+
+
 FLAG, SEED, FRACTION = Rule("flag"), integer(low=0), number(above=0, below=1)
 SHA256 = text(pattern="[0-9a-fA-F]{64}", optional=True)
 
@@ -107,6 +116,13 @@ RULES: dict[str, Rule] = {
     "flickr8k.text_url": text(),
     "flickr8k.text_sha256": SHA256,
     "flickr8k.kaggle_dir": text(optional=True),
+    "karpathy.split_url": text(),
+    "karpathy.split_sha256": SHA256,
+    "karpathy.split_file": text(pattern=r"[^/\\]+\.json"),
+    "karpathy.image_urls": list_of(text()),
+    "karpathy.image_sha256": list_of(SHA256),
+    "karpathy.images_dir": text(),
+    "karpathy.restval": FLAG,
     "features.weights": text(),  # imagenet | none | a file: captioner.encoders checks which
     "features.image_size": integer(low=32, optional=True),
     "features.pooling": one_of("captioner.features:POOLINGS"),
@@ -132,6 +148,7 @@ RULES: dict[str, Rule] = {
     "train.lr_factor": number(above=0, high=1),
     "train.seed": SEED,
     "train.strategy": one_of("captioner.training:STRATEGIES"),
+    "train.precision": one_of("captioner.training:PRECISIONS"),
     "train.finetune_from": text(optional=True),
     "train.encoder_lr": number(above=0),
     "train.self_critical_epochs": integer(low=0),

@@ -40,7 +40,7 @@ def forced_outputs(model, features, tokens, training: bool = False, weights=None
 def attention_penalty(targets: tf.Tensor, attention: tf.Tensor) -> tf.Tensor:
     """Show-Attend-Tell's doubly stochastic term: every grid cell should get about one unit of attention."""
     mask = tf.cast(targets != Vocabulary.pad_id, tf.float32)[..., None]
-    coverage = tf.reduce_sum(attention * mask, axis=1)
+    coverage = tf.reduce_sum(tf.cast(attention, tf.float32) * mask, axis=1)
     return tf.reduce_mean(tf.square(1.0 - coverage))
 
 

@@ -54,7 +54,8 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-STRATEGIES = ("auto", "mirrored", "default")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 LOSS_MARGIN = 1e-4  # a dev loss lower by less than this is no improvement (for the kept weights and the pacing)
 BLEU_MARGIN = 1e-5  # a dev BLEU-4 higher by less than this is no improvement
 SELECT_BY = ("dev_loss", "dev_bleu4")  # which epoch's weights are kept (the dev loss paces training either way)
@@ -64,10 +65,35 @@ def strategy_named(name: str) -> tf.distribute.Strategy:
     """``auto``: mirrored over all local GPUs when there are two or more, else the default (one device).
 
     ``mirrored`` always mirrors (over every GPU, or the CPU when there is none); ``default`` never does.
+    ``multi_worker``: one model trained by every machine of the cluster ``TF_CONFIG`` describes, each
+    mirroring over its GPUs (or its CPU); create it before any other TensorFlow work.
     """
     if name == "auto":
         name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the outputs: always, except on the non-chief workers of a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def use_precision(name: str) -> None:
+    """Models built from now on compute in ``name`` (one of ``PRECISIONS``), their variables float32.
+
+    ``captioner.decoder.build`` keeps the vocabulary projection (hence the softmax) in float32, and
+    ``Trainer`` scales the float16 loss against underflow; a saved model is float32 whatever trained it
+    (``captioner.captioning.save``).
+    """
+    import keras
+
+    keras.mixed_precision.set_global_policy(name)
 
 
 class Trainer:
@@ -100,36 +126,50 @@ class Trainer:
         if encoder_ids:
             groups.append([v for v in model.trainable_variables if id(v) in encoder_ids])
             rates.append(encoder_lr if encoder_lr is not None else learning_rate)
+        # float16 gradients underflow: its losses are scaled up (dynamically) before the backward pass.
+        scaled = keras.mixed_precision.global_policy().compute_dtype == "float16"
         with self.strategy.scope():
             self.optimizers = [keras.optimizers.Adam(learning_rate=rate, clipnorm=clipnorm) for rate in rates]
+            if scaled:
+                self.optimizers = [keras.optimizers.LossScaleOptimizer(optimizer) for optimizer in self.optimizers]
             for optimizer, variables in zip(self.optimizers, groups, strict=True):
                 optimizer.build(variables)
         replicas = self.strategy.num_replicas_in_sync
 
+        def tape():
+            # Each optimizer scales the loss its own way: one backward pass per group then.
+            return tf.GradientTape(persistent=scaled and len(groups) > 1)
+
         def descend(tape, loss):
-            for optimizer, variables, gradients in zip(
-                self.optimizers, groups, tape.gradient(loss, groups), strict=True
-            ):
-                optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            if scaled:
+                gradients = [tape.gradient(loss[i], group) for i, group in enumerate(groups)]
+            else:
+                gradients = tape.gradient(loss, groups)
+            for optimizer, variables, group_gradients in zip(self.optimizers, groups, gradients, strict=True):
+                optimizer.apply_gradients(zip(group_gradients, variables, strict=True))
+
+        def scale(loss):
+            return [optimizer.scale_loss(loss) for optimizer in self.optimizers] if scaled else loss
 
         def whole_batch(count):
             return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
 
         def train_replica(features, tokens):
-            with tf.GradientTape() as tape:
+            with tape() as recorded:
                 outputs, (loss_sum, correct, count) = forced_outputs(model, features, tokens, training=True)
                 loss = loss_sum / whole_batch(count)
                 if attention_reg and "attention" in outputs:
                     loss += attention_reg * attention_penalty(tokens[:, 1:], outputs["attention"]) / replicas
-            descend(tape, loss)
+                loss = scale(loss)
+            descend(recorded, loss)
             return loss_sum, correct, count
 
         def policy_replica(features, tokens, advantages):
             # No dropout: the gradient must be that of the policy the captions were sampled from.
-            with tf.GradientTape() as tape:
+            with tape() as recorded:
                 _, (loss_sum, correct, count) = forced_outputs(model, features, tokens, weights=advantages)
-                loss = loss_sum / whole_batch(count)
-            descend(tape, loss)
+                loss = scale(loss_sum / whole_batch(count))
+            descend(recorded, loss)
             return loss_sum, correct, count
 
         self._replica_steps = {
@@ -170,7 +210,7 @@ class Trainer:
         """One pass of the ``"train"`` or ``"dev"`` step over ``batches``."""
         if self.strategy.num_replicas_in_sync == 1:
             return accumulate(self.step_for(step, batches.element_spec), batches, description)
-        distributed = self.strategy.experimental_distribute_dataset(batches.as_dataset())
+        distributed = self.strategy.distribute_datasets_from_function(batches.replica_dataset)
         return accumulate(self.step_for(step, distributed.element_spec), distributed, description)
 
     def fit(

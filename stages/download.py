@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from captioner.datasets import flickr8k, shapes
+from captioner.datasets import flickr8k, karpathy, shapes
 from captioner.stage import Layout, Params, atomic_path, run
 
 
@@ -11,6 +11,9 @@ def main(params: Params) -> None:
     with atomic_path(Layout.raw) as raw:
         if dataset == "shapes":
             shapes.generate(raw, **params["shapes"])
+        elif dataset == "karpathy":
+            for warning in karpathy.install(params["karpathy"], Layout.downloads, raw):
+                print(f"download: warning: {warning}")
         elif params["flickr8k"]["kaggle_dir"]:
             flickr8k.install_kaggle(Path(params["flickr8k"]["kaggle_dir"]), raw)
         else:

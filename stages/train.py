@@ -2,6 +2,8 @@
 
 import functools
 from contextlib import ExitStack
+from pathlib import Path
+from tempfile import TemporaryDirectory
 
 from captioner import captioning, decoding, encoders, finetuning, self_critical, training
 from captioner.batching import encode_split
@@ -15,6 +17,7 @@ from captioner.text import Vocabulary, initial_embeddings
 def main(params: Params) -> None:
     settings, spec = params["train"], DecoderSpec.from_params(params["decoder"])
     strategy = training.strategy_named(settings["strategy"])
+    training.use_precision(settings["precision"])
     if settings["self_critical_epochs"]:  # checked now, not after the teacher-forced epochs
         self_critical.SelfCritical.check_supported(settings["finetune_from"], strategy)
     training.seed_everything(settings["seed"])
@@ -22,6 +25,9 @@ def main(params: Params) -> None:
     embeddings = initial_embeddings(params["decoder"]["embeddings"], spec.embedding_dim, vocab, settings["seed"])
     captions = {split: read_captions(Layout.split_captions(split)) for split in ("train", "dev")}
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store, ExitStack() as stack:
+        # On a cluster every worker trains; the chief alone writes the outputs, the others log to scratch.
+        chief = training.is_chief(strategy)
+        logs = Path(stack.enter_context(TemporaryDirectory())) if not chief else None
         encoded = {split: encode_split(split, pairs, store.row_of, vocab) for split, pairs in captions.items()}
         print(f"train: {strategy.num_replicas_in_sync} replica(s), {settings['batch_size']} captions per step in all")
         with strategy.scope():
@@ -42,7 +48,7 @@ def main(params: Params) -> None:
         dev_bleu4 = functools.partial(
             decoding.greedy_bleu4, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length
         )
-        with training.EpochLog(Layout.train_log, Layout.timings) as live:
+        with training.EpochLog(logs or Layout.train_log, logs / "epochs.tsv" if logs else Layout.timings) as live:
             select_by_bleu4 = dev_bleu4 if settings["select_by"] == "dev_bleu4" else None
             summary = trainer.fit(
                 on.batches["train"], on.batches["dev"], settings["epochs"], settings["patience"], live,
@@ -54,6 +60,9 @@ def main(params: Params) -> None:
                     trainer, spec, on.read, store, captions["train"], vocab, settings, live, dev_bleu4, start_bleu4
                 )
             live.summary = summary  # the tracked metrics: what describes the model, not the machine
+        if not chief:
+            print("train: a worker's share done; the chief saves the model")
+            return
         captioning.save(Layout.models, on.saved, store.attrs, vocab, spec, finetune_from=settings["finetune_from"],
                         dataset=params["dataset"])  # fmt: skip
     best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"

@@ -30,7 +30,11 @@ def test_every_param_has_a_rule_and_every_rule_a_param_and_the_defaults_pass():
         ("features.image_size", 8, "features.image_size is 8; it must be an integer ≥ 32 or null"),
         ("flickr8k.text_sha256", "abc", "flickr8k.text_sha256 is 'abc'; it must be text matching"),
         ("train.self_critical_samples", 1, "train.self_critical_samples is 1: each sample's baseline is the others'"),
-        ("dataset", "coco", "unknown dataset 'coco'; choose one of: flickr8k, shapes"),
+        ("dataset", "coco", "unknown dataset 'coco'; choose one of: flickr8k, karpathy, shapes"),
+        ("train.precision", "float16", "unknown train.precision 'float16'; choose one of: float32, mixed_bfloat16,"),
+        ("karpathy.image_urls", "a.zip", "karpathy.image_urls is 'a.zip'; it must be a list, each entry text or null"),
+        ("karpathy.image_sha256", ["abc"], "karpathy.image_sha256 is ['abc']; it must be a list, each entry text "),
+        ("karpathy.split_file", "x/y.json", "karpathy.split_file is 'x/y.json'; it must be text matching"),
         ("train", {"bach_size": 8}, "params.yaml has train.bach_size, which is no param of this pipeline (a typo?)"),
     ],
 )

@@ -304,3 +304,60 @@ def test_a_second_clone_pulls_features_and_model_from_a_remote_without_rerunning
     assert (clone / "models" / "captioner.keras").exists()
     assert "Data and pipelines are up to date" in dvc(clone, "status")
     assert ran(dvc(clone, "repro")) == set()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_workers_on_loopback_train_the_weights_of_one_process_and_only_the_chief_writes(repo, tmp_path):
+    import keras
+    import numpy as np
+
+    repo, _ = repo
+    # Dropout off: each worker would draw the masks of its half of a batch, not one process's masks.
+    overrides = {"decoder": {"arch": "inject", "units": 16, "dropout": 0.0}, "features": {"pooling": "avg"}}
+    places = {}
+    for role, strategy in (("alone", "default"), ("chief", "multi_worker"), ("worker", "multi_worker")):
+        place = places[role] = tmp_path / role
+        for name in (*PROJECT_FILES, "data/features", "data/captions", "data/vocab.json"):
+            copy = shutil.copytree if (repo / name).is_dir() else shutil.copy
+            (place / name).parent.mkdir(parents=True, exist_ok=True)
+            copy(repo / name, place / name)
+        params = yaml.safe_load((place / "params.yaml").read_text())
+        for section, values in overrides.items():
+            params[section].update(values)
+        params["train"].update({"strategy": strategy, "select_by": "dev_loss", "self_critical_epochs": 0,
+                                "finetune_from": None})  # fmt: skip
+        (place / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+
+    def start(role: str, index: int | None):
+        task = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        return subprocess.Popen(
+            [sys.executable, "stages/train.py"], cwd=places[role], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=os.environ | {"PYTHONPATH": str(places[role])} | (task if index is not None else {}),
+        )  # fmt: skip
+
+    runs = {role: start(role, index) for role, index in (("chief", 0), ("worker", 1))}
+    outputs = {role: run.communicate(timeout=240)[0] for role, run in runs.items()}
+    alone = start("alone", None)
+    outputs["alone"] = alone.communicate(timeout=240)[0]
+    for role, run in (*runs.items(), ("alone", alone)):
+        assert run.returncode == 0, f"{role}:\n{outputs[role][-3000:]}"
+    assert "2 replica(s)" in outputs["chief"] and "1 replica(s)" in outputs["alone"]
+    assert not (places["worker"] / "models").exists() and not (places["worker"] / "metrics" / "train").exists()
+    assert (places["chief"] / "metrics" / "train" / "metrics.json").exists()
+    weights = {
+        role: keras.saving.load_model(places[role] / "models" / "captioner.keras").get_weights()
+        for role in ("alone", "chief")
+    }
+    initial_epochs = json.loads((places["chief"] / "metrics" / "train" / "metrics.json").read_text())["epochs_run"]
+    assert initial_epochs == 2
+    difference = max(np.abs(a - b).max() for a, b in zip(weights["alone"], weights["chief"], strict=True))
+    print(f"two workers vs one process: largest weight difference {difference:.2e}")
+    assert difference < 1e-5

@@ -57,7 +57,7 @@ def test_atomic_path_replaces_an_existing_folder(tmp_path):
 @pytest.mark.parametrize(
     ("stage", "param", "value", "message"),
     [
-        ("download", "dataset", "coco", "error: unknown dataset 'coco'; choose one of: flickr8k, shapes"),
+        ("download", "dataset", "coco", "error: unknown dataset 'coco'; choose one of: flickr8k, karpathy, shapes"),
         ("extract_features", "encoder", "vgg17", "error: unknown encoder 'vgg17'; choose one of:"),
     ],
 )

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner import batching, decoder, training
+from captioner import batching, captioning, decoder, decoding, training
+from captioner.decoder import Stepper
 from captioner.text import Vocabulary, wrap
 
 
@@ -131,6 +132,41 @@ def test_dev_bleu4_picks_the_weights_kept_while_the_dev_loss_paces_training():
     assert [value for name, value in live.logged if name == "dev/bleu4"] == [0.1, 0.3, 0.2, 0.25, 0.1, 0.2]
     rates = [value for name, value in live.logged if name == "learning_rate"]
     assert rates == [pytest.approx(0.01)] * 6
+
+
+@pytest.mark.parametrize(("precision", "arch"), [("mixed_bfloat16", "attention"), ("mixed_float16", "inject")])
+def test_mixed_precision_trains_and_the_saved_model_reloads_and_decodes_in_float32(precision, arch, tmp_path):
+    features, captions, vocab = toy_problem()
+    data = toy_batches(features, captions, vocab, arch)
+    keras.utils.set_random_seed(0)
+    try:
+        training.use_precision(precision)
+        model = toy_model(vocab, features, arch)
+        trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0, attention_reg=1.0)
+        before = trainer.run_epoch(data, "dev", description="dev")
+        summary = trainer.fit(data, data, epochs=30, patience=30, live=NullLive())
+    finally:
+        training.use_precision("float32")
+    assert model.get_layer("rnn" if arch == "inject" else "attention_rnn").compute_dtype == precision[6:]
+    assert model.get_layer("logits").compute_dtype == "float32"  # the softmax's range
+    assert all(weight.dtype == np.float32 for weight in model.get_weights())
+    assert summary["best_dev_loss"] < before.loss / 4
+    if precision == "mixed_float16":
+        assert isinstance(trainer.optimizers[0], keras.optimizers.LossScaleOptimizer)
+
+    attrs = {"encoder": "toy", "weights": "w", "weights_param": "imagenet", "input_size": 96}
+    captioning.save(tmp_path, model, attrs, vocab, toy_spec(arch))
+    reloaded = captioning.Trained.load(tmp_path).decoder
+    assert {layer.dtype_policy.name for layer in reloaded.layers} == {"float32"}
+    inputs, tokens = next(iter(data))
+    logits = model([inputs, tokens])["logits"]
+    np.testing.assert_allclose(reloaded([inputs, tokens])["logits"], logits, atol=0.15)
+    table = features if arch == "attention" else features.mean(axis=1)
+    greedy = decoding.greedy(
+        Stepper(reloaded, toy_spec(arch)), table.__getitem__, np.arange(4), vocab.start_id, vocab.end_id, 6
+    )
+    words = [vocab.tokens[i] for i in greedy[:, 1]]
+    assert words == [captions[i][1][2] for i in range(4)]  # the peak channel's word, as trained
 
 
 def test_mirrored_training_over_two_devices_matches_one_device():

@@ -89,7 +89,7 @@ def _safe_members(archive: zipfile.ZipFile, path: Path) -> list[zipfile.ZipInfo]
     return members
 
 
-def _extract(zip_path: Path, target: Path, keep) -> int:
+def extract(zip_path: Path, target: Path, keep) -> int:
     """Extract the members for which ``keep(name)`` gives a relative output path; returns how many."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -119,9 +119,9 @@ def install_release(images_zip: Path, text_zip: Path, target: Path) -> None:
     def text_file(name: PurePosixPath):
         return name.name if name.name in TEXT_FILES else None
 
-    if _extract(images_zip, target, image) == 0:
+    if extract(images_zip, target, image) == 0:
         raise CaptionerError(f"{images_zip} holds no {IMAGES_FOLDER_IN_ZIP}/*.jpg images")
-    _extract(text_zip, target, text_file)
+    extract(text_zip, target, text_file)
     missing = [name for name in TEXT_FILES if not (target / name).exists()]
     if missing:
         raise CaptionerError(f"{text_zip} lacks {', '.join(missing)}")
