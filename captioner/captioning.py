@@ -142,18 +142,22 @@ def features_seen_by(
 class Captioner:
     trained: Trained
     extractor: object
+    members: list[Trained]  # the ensemble it decodes with: ``trained`` first; just it without members
 
     @classmethod
-    def load(cls, directory: Path) -> Captioner:
+    def load(cls, directory: Path, members: list[Path] = ()) -> Captioner:
+        """The captioner in ``directory``, decoding as an ensemble with the models in ``members`` if any."""
         from captioner import encoders
+        from captioner.ensemble import load_members
         from captioner.features import Extractor
 
         trained = Trained.load(directory)
-        card, pooling = trained.card, "grid" if trained.spec.reads_grid else "avg"
+        every = load_members(trained, list(members))
+        card, pooling = trained.card, "grid" if any(member.spec.reads_grid for member in every) else "avg"
         extractor = Extractor(
             encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=trained.encoder
         )
-        return cls(trained, extractor)
+        return cls(trained, extractor, every)
 
     def caption(
         self, paths: list[Path], beam_size: int = 3, max_len: int | None = None
@@ -161,6 +165,7 @@ class Captioner:
         """Captions of the readable images, and the reason each other path failed."""
         from captioner import decoding
         from captioner.decoder import Stepper
+        from captioner.ensemble import EnsembleStepper
 
         features, failures = self.extractor.features(paths)
         if self.extractor.pooling == "grid":
@@ -169,8 +174,11 @@ class Captioner:
         if not readable:
             return {}, failures
         vocab = self.trained.vocab
+        stepper = (
+            EnsembleStepper(self.members) if len(self.members) > 1 else Stepper(self.trained.decoder, self.trained.spec)
+        )
         ids, _ = decoding.beam_search(
-            Stepper(self.trained.decoder, self.trained.spec),
+            stepper,
             features.__getitem__,
             np.arange(len(readable)),
             vocab.start_id,

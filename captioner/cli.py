@@ -1,6 +1,6 @@
 """``caption``: caption image files with a trained model, from the command line.
 
-    caption photo.jpg other.png --beam 3 [--json] [--model-dir models]
+    caption photo.jpg other.png --beam 3 [--json] [--model-dir models] [--member ensemble/seed2 …]
 
 The model directory written by the train stage says which encoder, weights, input size and
 pooling the decoder was trained on, so nothing is re-typed. A missing or unreadable file gets one
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model-dir", type=Path, default=Path("models"), help="the train stage's output (default: models)"
     )
+    parser.add_argument(
+        "--member", type=Path, action="append", default=[], metavar="DIR",
+        help="decode as an ensemble with this model directory too (e.g. ensemble/<name>); repeat for more",
+    )  # fmt: skip
     parser.add_argument("--beam", type=positive, default=3, help="beam width; 1 is greedy (default: 3)")
     parser.add_argument(
         "--max-len", type=positive, default=None, help="longest caption in tokens (default: the vocabulary's)"
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioner.captioning import Captioner
 
     try:
-        captioner = Captioner.load(arguments.model_dir)
+        captioner = Captioner.load(arguments.model_dir, arguments.member)
     except CaptionerError as err:
         print(f"caption: error: {err}", file=sys.stderr)
         return 2

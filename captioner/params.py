@@ -22,7 +22,7 @@ class ParamError(CaptionerError):
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # "integer" | "number" | "text" | "flag" | "choice" | "list"
+    kind: str  # "integer" | "number" | "text" | "flag" | "choice" | "list" | "members" (ensemble)
     low: float | None = None  # inclusive
     high: float | None = None  # inclusive
     above: float | None = None  # exclusive lower bound
@@ -154,6 +154,7 @@ RULES: dict[str, Rule] = {
     "train.self_critical_epochs": integer(low=0),
     "train.self_critical_lr": number(above=0),
     "train.self_critical_samples": integer(low=2, why="each sample's baseline is the others' mean reward"),
+    "ensemble": Rule("members"),  # member name → decoder/train overrides, each by its own rule: _check_members
     "evaluate.beam_size": integer(),
     "evaluate.length_penalty": number(low=0),
     "evaluate.max_len": integer(),
@@ -164,6 +165,8 @@ RULES: dict[str, Rule] = {
 def check(name: str, value) -> None:
     """ParamError unless ``value`` fits the rule of param ``name`` (a dotted leaf name) or, for a section,
     every leaf under it fits its rule and the section holds no param without one (a typo)."""
+    if name.split(".")[0] == "ensemble":
+        return _check_members(name, value)
     if isinstance(value, dict):
         for key, leaf in value.items():
             check(f"{name}.{key}", leaf)
@@ -176,3 +179,27 @@ def check(name: str, value) -> None:
     if rule.kind == "choice" and value is not None:  # the wording of captioner.stage.choice
         raise ParamError(f"unknown {name} {value!r}; choose {rule.allowed()}")
     raise ParamError(f"{name} is {value!r}{': ' + rule.why if rule.why else ''}; it must be {rule.allowed()}")
+
+
+MEMBER_SECTIONS = ("decoder", "train")  # what an ensemble member may set its own way; it shares the rest
+
+
+def _check_members(name: str, value) -> None:
+    """``ensemble`` maps member names to overrides of ``MEMBER_SECTIONS`` params, e.g. ``{seed2: {train: {seed: 2}}}``;
+    ``ensemble.<name>`` is one member's overrides. Each override follows its param's rule."""
+    members = value if name == "ensemble" else {name.split(".", 1)[1]: value}
+    if not isinstance(members, dict):
+        raise ParamError(
+            f"ensemble is {members!r}; it must map member names to their params, e.g. seed2: {{train: {{seed: 2}}}}"
+        )
+    for member, overrides in members.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(member)):
+            raise ParamError(f"ensemble member name {member!r}: use letters, digits, _ and - (it names a folder)")
+        if not isinstance(overrides, dict) or set(overrides) - set(MEMBER_SECTIONS):
+            raise ParamError(f"ensemble.{member} is {overrides!r}; it must set params of "
+                             f"{' and '.join(MEMBER_SECTIONS)} only, e.g. {{train: {{seed: 2}}}}")  # fmt: skip
+        for section, values in overrides.items():
+            if not isinstance(values, dict) or not values:
+                raise ParamError(f"ensemble.{member}.{section} is {values!r}; it must map param names to values")
+            for key, leaf in values.items():
+                check(f"{section}.{key}", leaf)

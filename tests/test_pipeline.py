@@ -37,7 +37,7 @@ def dvc(repo, *args) -> str:
 
 
 def ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", output))
+    return set(re.findall(r"Running stage '([\w@-]+)'", output))
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +304,28 @@ def test_a_second_clone_pulls_features_and_model_from_a_remote_without_rerunning
     assert (clone / "models" / "captioner.keras").exists()
     assert "Data and pipelines are up to date" in dvc(clone, "status")
     assert ran(dvc(clone, "repro")) == set()
+
+
+def test_an_ensemble_member_trains_alone_and_evaluate_decodes_with_both(repo, tmp_path):
+    repo, _ = repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["ensemble"] = {"seed2": {"train": {"seed": 2}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate"}  # the member alone
+    assert (repo / "ensemble" / "seed2" / "captioner.keras").exists()
+    assert json.loads((repo / "metrics" / "scores.json").read_text())["ensemble_members"] == 2
+    params["ensemble"]["seed2"]["train"]["seed"] = 3  # changing one member retrains only it
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate"}
+    image = next((repo / "data" / "raw" / "Flicker8k_Dataset").iterdir())
+    captioned = subprocess.run(["caption", str(image), "--member", "ensemble/seed2", "--json"], cwd=repo,
+                               capture_output=True, text=True, env=ENVIRONMENT)  # fmt: skip
+    assert captioned.returncode == 0, captioned.stderr
+    assert json.loads(captioned.stdout)["caption"]
+    bad = params | {"ensemble": {"seed2": {"features": {"pooling": "grid"}}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    refused = subprocess.run([sys.executable, "stages/evaluate.py"], cwd=repo, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ensemble.seed2 is {'features'")
 
 
 def _free_port() -> int:

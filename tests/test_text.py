@@ -63,6 +63,25 @@ def test_glove_loader_takes_known_vectors_and_counts_the_rest(tmp_path):
     np.testing.assert_array_equal(matrix, again)
 
 
+def test_the_packaged_glove_6b_50d_puts_the_right_words_in_the_right_rows():
+    words = ["dog", "dogs", "cat", "puppy", "car", "truck", "beach", "the", "zzzunknownzzz"]
+    vocab = Vocabulary(words, max_length=5)
+    matrix = text.initial_embeddings(text.PACKAGED_GLOVE, 50, vocab, seed=0)
+    assert matrix.shape == (len(vocab), 50) and (matrix[vocab.pad_id] == 0).all()
+
+    def nearest(word, among):
+        vector = matrix[vocab.ids[word]]
+        cosine = {other: vector @ matrix[vocab.ids[other]] / np.linalg.norm(vector) / np.linalg.norm(
+            matrix[vocab.ids[other]]) for other in among if other != word}  # fmt: skip
+        return max(cosine, key=cosine.get)
+
+    assert nearest("dog", ["cat", "dogs", "car", "truck", "beach"]) in {"cat", "dogs"}
+    assert nearest("car", ["dog", "cat", "truck", "beach", "puppy"]) == "truck"
+    np.testing.assert_allclose(matrix[vocab.ids["the"]][:3], [0.418, 0.24968, -0.41242], atol=1e-5)  # glove.6B.50d
+    with pytest.raises(CaptionerError, match="holds 50-d vectors; set decoder.embedding_dim to match"):
+        text.initial_embeddings(text.PACKAGED_GLOVE, 256, vocab, seed=0)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [("dog 1 2\ncat 1\n", r"glove.txt:2: expected a word and 2 numbers"), ("dog 1 x\n", "glove.txt:1:"), ("", "empty")],

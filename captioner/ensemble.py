@@ -1,0 +1,79 @@
+"""Ensembles: several trained decoders decoding as one, their next-word log-probabilities averaged at every step.
+
+The main model (``models/``) is the first member; the train stage's ``ensemble`` params name the others, each
+trained by its own ``train_member@<name>`` stage into ``ensemble/<name>/`` (a model directory with its card).
+Members share the vocabulary and the cached features; each may have its own decoder and seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captioner import CaptionerError
+from captioner.captioning import Trained
+from captioner.decoder import Stepper
+
+FOLDER = Path("ensemble")  # ensemble/<name>/: one member's model directory
+
+
+def member_settings(params: dict) -> tuple[str | None, dict, dict]:
+    """(member name or None, decoder params, train params) of a train stage: the main model's, or for
+    ``train_member@<name>`` (whose declared params hold ``ensemble.<name>``) those with its overrides."""
+    members = params["ensemble"] if "ensemble" in params else {}
+    if not members:
+        return None, dict(params["decoder"]), dict(params["train"])
+    ((name, overrides),) = members.items()
+    return (
+        name,
+        {**params["decoder"], **overrides.get("decoder", {})},
+        {**params["train"], **overrides.get("train", {})},
+    )
+
+
+def load_members(main: Trained, directories: list[Path]) -> list[Trained]:
+    """The models in ``directories``, checked to decode with ``main``: the same vocabulary and features, and
+    no fine-tuned encoder (each would need features of its own)."""
+    members = [main]
+    for directory in directories:
+        member = Trained.load(directory)
+        for key in ("vocabulary", "encoder", "weights", "input_size"):
+            if member.card.get(key) != main.card.get(key):
+                raise CaptionerError(f"ensemble member {directory} has another {key} than the main model; "
+                                     "members share the vocabulary and features (retrain it: dvc repro)")  # fmt: skip
+        members.append(member)
+    if len(members) > 1 and any(member.encoder is not None for member in members):
+        raise CaptionerError("an ensemble decodes cached features: its members cannot have fine-tuned encoders")
+    return members
+
+
+class EnsembleStepper:
+    """A ``Stepper`` of several members: ``step`` returns the mean of their next-word log-probabilities (as
+    logits: decoding's argmax and log-softmax read them like one model's). ``start`` takes the grid when any
+    member reads it (the others average it to the pooled vector, as the features file does)."""
+
+    def __init__(self, members: list[Trained]):
+        self.steppers = [Stepper(member.decoder, member.spec) for member in members]
+        self.reads_grid = any(member.spec.reads_grid for member in members)
+        self.pools = [self.reads_grid and not member.spec.reads_grid for member in members]
+        self.sizes: list[int] = []
+
+    def start(self, features) -> list:
+        from keras import ops
+
+        states, self.sizes = [], []
+        for stepper, pool in zip(self.steppers, self.pools, strict=True):
+            member = stepper.start(ops.mean(features, axis=1) if pool else features)
+            self.sizes.append(len(member))
+            states.extend(member)
+        return states
+
+    def step(self, tokens, states: list):
+        import tensorflow as tf
+
+        log_probs, new_states, begin = [], [], 0
+        for stepper, size in zip(self.steppers, self.sizes, strict=True):
+            logits, member_states, _ = stepper.step(tokens, states[begin : begin + size])
+            log_probs.append(tf.nn.log_softmax(logits))
+            new_states.extend(member_states)
+            begin += size
+        return tf.add_n(log_probs) / len(log_probs), new_states, None

@@ -1,0 +1,90 @@
+"""Ensembles (captioner.ensemble): members decode as one, their next-word log-probabilities averaged."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from captioner import CaptionerError, captioning, decoding, training
+from captioner.decoder import Stepper
+from captioner.ensemble import EnsembleStepper, load_members, member_settings
+from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
+
+ATTRS = {"encoder": "toy", "weights": "w", "weights_param": "imagenet", "input_size": 96}
+
+
+def trained_member(tmp_path, name, arch, seed, features, captions, vocab):
+    keras.utils.set_random_seed(seed)
+    model = toy_model(vocab, features, arch)
+    trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0)
+    trainer.fit(*[toy_batches(features, captions, vocab, arch, shuffle_seed=seed)] * 2, 6, 6, live=NullLive())
+    captioning.save(tmp_path / name, model, ATTRS, vocab, toy_spec(arch))
+    return captioning.Trained.load(tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("members")
+    features, captions, vocab = toy_problem()
+    main = trained_member(tmp_path, "main", "inject", 1, features, captions, vocab)
+    others = [trained_member(tmp_path, "attend", "attention", 2, features, captions, vocab)]
+    return load_members(main, [tmp_path / "attend"]), features, vocab, others
+
+
+def averaged_greedy(members, features, vocab, max_len):
+    """The reference: each step, every member's log-softmax (pooled members reading the mean vector), averaged,
+    argmax; finished rows hold <end>."""
+    steppers = [Stepper(member.decoder, member.spec) for member in members]
+    inputs = [features if member.spec.reads_grid else features.mean(axis=1) for member in members]
+    states = [stepper.start(tf.constant(x)) for stepper, x in zip(steppers, inputs, strict=True)]
+    tokens = np.full(len(features), vocab.start_id, dtype=np.int32)
+    out = np.full((len(features), max_len), vocab.end_id, dtype=np.int32)
+    done = np.zeros(len(features), dtype=bool)
+    for position in range(max_len):
+        log_probs = []
+        for index, stepper in enumerate(steppers):
+            logits, states[index], _ = stepper.step(tf.constant(tokens), states[index])
+            log_probs.append(tf.nn.log_softmax(logits).numpy())
+        tokens = np.mean(log_probs, axis=0).argmax(axis=-1).astype(np.int32)
+        out[:, position] = np.where(done, vocab.end_id, tokens)
+        done |= tokens == vocab.end_id
+    return out
+
+
+def test_a_two_member_ensemble_decodes_and_beam_1_is_the_argmax_of_the_averaged_log_probabilities(members):
+    members, features, vocab, _ = members
+    ensemble = EnsembleStepper(members)
+    assert ensemble.reads_grid and ensemble.pools == [True, False]  # inject averages the grid, attention reads it
+    rows, read = np.arange(len(features)), features.__getitem__
+    expected = averaged_greedy(members, features, vocab, 6)
+    greedy = decoding.greedy(ensemble, read, rows, vocab.start_id, vocab.end_id, 6)
+    beam_1, _ = decoding.beam_search(ensemble, read, rows, vocab.start_id, vocab.end_id, 6, beam_size=1)
+    np.testing.assert_array_equal(greedy, expected)
+    np.testing.assert_array_equal(beam_1, expected)
+    beam_3, _ = decoding.beam_search(ensemble, read, rows, vocab.start_id, vocab.end_id, 6, beam_size=3)
+    assert (beam_3[:, 0] != vocab.end_id).all()  # real captions, not empty ones
+    # Not a copy of either member: the members disagree somewhere, so averaging matters.
+    pooled = features.mean(axis=1).__getitem__
+    alone = [
+        decoding.greedy(Stepper(m.decoder, m.spec), read if m.spec.reads_grid else pooled, rows, vocab.start_id,
+                        vocab.end_id, 6)
+        for m in members
+    ]  # fmt: skip
+    assert not np.array_equal(alone[0], alone[1])
+
+
+def test_members_must_share_the_vocabulary_and_have_no_fine_tuned_encoder(members, tmp_path):
+    (main, _), features, vocab, _ = members
+    other_vocab = type(vocab)([*vocab.words, "extra"], vocab.max_length)
+    keras.utils.set_random_seed(0)
+    odd = toy_model(other_vocab, features, "inject")
+    captioning.save(tmp_path / "odd", odd, ATTRS, other_vocab, toy_spec("inject"))
+    with pytest.raises(CaptionerError, match=r"ensemble member .*odd has another vocabulary than the main model"):
+        load_members(main, [tmp_path / "odd"])
+
+
+def test_a_member_stage_reads_its_overrides_and_the_main_stage_none():
+    params = {"decoder": {"arch": "inject", "units": 512}, "train": {"seed": 1, "epochs": 15}}
+    assert member_settings(params) == (None, params["decoder"], params["train"])
+    member = params | {"ensemble": {"attend": {"decoder": {"arch": "attention"}, "train": {"seed": 3}}}}
+    assert member_settings(member) == ("attend", {"arch": "attention", "units": 512}, {"seed": 3, "epochs": 15})
