@@ -1,6 +1,7 @@
 """Feature extraction speed and memory, as ratios measured side by side in one run.
 
     python bench/extract_features.py            # needs ../shared/flickr8k beside the clone
+    python bench/extract_features.py --lite     # only: Lite0 vs Lite1 vs Lite2, side by side
 
 On 256 Flickr8k images with efficientnet_lite0, pooling grid:
   1. the stage's images/s ÷ bare model.predict images/s on the same images already decoded in memory
@@ -90,6 +91,30 @@ def rss_child(count: int) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def lite_family(rounds: int = 3) -> None:
+    """Stage img/s of Lite0, Lite1 and Lite2 (ImageNet weights, grid, each at its own input size) on the same
+    256 images, the three taking turns ``rounds`` times."""
+    from captioner import encoders
+    from captioner.efficientnet_lite import VARIANTS
+    from captioner.features import Extractor
+
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = unpack_images(256, Path(scratch))
+        extractors = {name: Extractor(encoders.get(name), "grid") for name in VARIANTS}
+        spent = dict.fromkeys(extractors, 0.0)
+        for name, extractor in extractors.items():
+            extractor.write(paths[:32], Path(scratch) / f"{name}.h5", 32)  # warm-up: trace the forward pass
+        for _ in range(rounds):
+            for name, extractor in extractors.items():
+                started = time.perf_counter()
+                extractor.write(paths, Path(scratch) / f"{name}.h5", 32)
+                spent[name] += time.perf_counter() - started
+    rates = {name: rounds * len(paths) / seconds for name, seconds in spent.items()}
+    for name, rate in rates.items():
+        size = VARIANTS[name].input_size
+        print(f"{name} ({size} px, grid): {rate:.1f} img/s, {rate / rates['efficientnet_lite0']:.2f}x Lite0's")
+
+
 def main() -> None:
     from captioner import encoders
     from captioner.features import Extractor
@@ -116,6 +141,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lite", action="store_true", help="only the Lite family's speeds, side by side")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    rss_child(arguments.rss_child) if arguments.rss_child else main()
+    if arguments.rss_child:
+        rss_child(arguments.rss_child)
+    else:
+        lite_family() if arguments.lite else main()

@@ -1,0 +1,59 @@
+"""Ensembles of 1, 2, … N members side by side: test scores and decoding speed.
+
+    dvc repro            # with members in the ensemble param, e.g. -S '+ensemble.seed2={train: {seed: 2}}'
+    python bench/ensemble.py [--beam 3]
+
+Reads data/, models/ and ensemble/ as the pipeline left them. For k = 1 … N it decodes every test image
+with the first k members (models/ first, then the ensemble param's members in order) by batched beam
+search, and prints BLEU-1…4, CIDEr-D, METEOR (when Java is there) and captions/s of the decoding alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from captioner import decoding, metrics
+from captioner.captioning import Trained
+from captioner.datasets import read_captions, split_references
+from captioner.decoder import Stepper
+from captioner.ensemble import FOLDER, EnsembleStepper, load_members
+from captioner.features import FeatureFile
+from captioner.stage import Layout, declared_params
+from captioner.text import Vocabulary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--beam", type=int, default=3, help="beam size (1: greedy)")
+    arguments = parser.parse_args()
+    params = declared_params("evaluate")
+    vocab = Vocabulary.load(Layout.vocab)
+    members = load_members(Trained.load(Layout.models), [FOLDER / name for name in params["ensemble"]])
+    with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
+        images, rows, references = split_references(read_captions(Layout.split_captions("test")), store.row_of)
+        print(f"{len(images)} test images, beam {arguments.beam}, members: models/, "
+              + ", ".join(f"{FOLDER}/{name}" for name in params["ensemble"]))  # fmt: skip
+        print("| members | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | METEOR | captions/s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for count in range(1, len(members) + 1):
+            chosen = members[:count]
+            stepper = EnsembleStepper(chosen) if count > 1 else Stepper(chosen[0].decoder, chosen[0].spec)
+            read = store.reader(not any(member.spec.reads_grid for member in chosen))
+            decode = (vocab.start_id, vocab.end_id, params["evaluate"]["max_len"])
+            started = time.perf_counter()
+            if arguments.beam > 1:
+                generated, _ = decoding.beam_search(stepper, read, rows, *decode, arguments.beam)
+            else:
+                generated = decoding.greedy(stepper, read, rows, *decode)
+            rate = len(rows) / (time.perf_counter() - started)
+            hypotheses = [vocab.decode(ids) for ids in generated]
+            scores = metrics.corpus_bleu(references, hypotheses) | metrics.coco_scores(references, hypotheses)[0]
+            cells = [scores[f"bleu{n}"] for n in range(1, 5)] + [scores["cider"], scores.get("meteor", np.nan)]
+            print(f"| {count} | " + " | ".join(f"{value:.4f}" for value in cells) + f" | {rate:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
