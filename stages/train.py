@@ -32,7 +32,9 @@ def main(params: Params) -> None:
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store, ExitStack() as stack:
         # On a cluster every worker trains; the chief alone writes the outputs, the others log to scratch.
         chief = training.is_chief(strategy)
-        logs = Path(stack.enter_context(TemporaryDirectory())) if not chief else None
+        if not chief:
+            log = Path(stack.enter_context(TemporaryDirectory()))
+            timings = log / "epochs.tsv"
         encoded = {split: encode_split(split, pairs, store.row_of, vocab) for split, pairs in captions.items()}
         print(f"train: {strategy.num_replicas_in_sync} replica(s), {settings['batch_size']} captions per step in all")
         with strategy.scope():
@@ -53,7 +55,7 @@ def main(params: Params) -> None:
         dev_bleu4 = functools.partial(
             decoding.greedy_bleu4, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length
         )
-        with training.EpochLog(logs or log, logs / "epochs.tsv" if logs else timings) as live:
+        with training.EpochLog(log, timings) as live:
             select_by_bleu4 = dev_bleu4 if settings["select_by"] == "dev_bleu4" else None
             summary = trainer.fit(
                 on.batches["train"], on.batches["dev"], settings["epochs"], settings["patience"], live,
