@@ -108,7 +108,7 @@ def sample(
     return _decode(stepper, features, start_id, end_id, max_len, draw)
 
 
-def greedy_bleu4(
+def greedy_scores(
     stepper: Stepper,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
@@ -116,10 +116,16 @@ def greedy_bleu4(
     vocab: Vocabulary,
     max_len: int,
     batch_size: int = 256,
-) -> float:
-    """Corpus BLEU-4 of the greedy captions of the images at ``rows`` against their ``references`` (word lists)."""
+) -> dict[str, float]:
+    """Corpus BLEU-4 (``bleu4``) and CIDEr-D (``cider``, the mean over images) of the greedy captions of the
+    images at ``rows`` against their ``references`` (word lists)."""
     generated = greedy(stepper, read, rows, vocab.start_id, vocab.end_id, max_len, batch_size)
-    return metrics.corpus_bleu(references, [vocab.decode(ids) for ids in generated])["bleu4"]
+    captions = [vocab.decode(ids) for ids in generated]
+    cider = metrics.CiderD(references)
+    return {
+        "bleu4": metrics.corpus_bleu(references, captions)["bleu4"],
+        "cider": float(np.mean([cider.score(image, words) for image, words in enumerate(captions)])),
+    }
 
 
 def beam_search(

@@ -149,6 +149,7 @@ RULES: dict[str, Rule] = {
     "train.seed": SEED,
     "train.strategy": one_of("captioner.training:STRATEGIES"),
     "train.precision": one_of("captioner.training:PRECISIONS"),
+    "train.threads_per_op": integer(low=0),
     "train.finetune_from": text(optional=True),
     "train.encoder_lr": number(above=0),
     "train.self_critical_epochs": integer(low=0),

@@ -174,6 +174,29 @@ def write_text(target: Path | str, text: str) -> None:
         temporary.write_text(text)
 
 
+def _member_argument() -> str | None:
+    return sys.argv[2] if sys.argv[1:2] == ["--member"] and len(sys.argv) > 2 else None
+
+
+def size_thread_pools(stage: str) -> None:
+    """Give each TensorFlow op ``train.threads_per_op`` CPU threads (0 leaves TensorFlow's default: all cores).
+
+    TensorFlow reads ``TF_NUM_INTRAOP_THREADS`` once, when it starts, so a stage script calls this before
+    importing it. A bad param is left for ``run`` to report.
+    """
+    if "tensorflow" in sys.modules:
+        raise RuntimeError("size_thread_pools must run before TensorFlow is imported")
+    root, member = Path(sys.modules["__main__"].__file__).resolve().parent.parent, _member_argument()
+    try:
+        params = declared_params(stage, root, member=member)
+    except CaptionerError:
+        return
+    overrides = params["ensemble"][member].get("train", {}) if member else {}
+    threads = overrides.get("threads_per_op", params["train"]["threads_per_op"])
+    if threads:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+
+
 def run(main: Callable[[Params], None]) -> None:
     """Run a stage script's ``main`` with its declared params, from the project root.
 
@@ -182,9 +205,8 @@ def run(main: Callable[[Params], None]) -> None:
     """
     script = Path(sys.modules["__main__"].__file__).resolve()
     os.chdir(script.parent.parent)
-    member = sys.argv[2] if sys.argv[1:2] == ["--member"] and len(sys.argv) > 2 else None
     try:
-        main(declared_params(script.stem, member=member))
+        main(declared_params(script.stem, member=_member_argument()))
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

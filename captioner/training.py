@@ -57,8 +57,16 @@ def seed_everything(seed: int) -> None:
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 LOSS_MARGIN = 1e-4  # a dev loss lower by less than this is no improvement (for the kept weights and the pacing)
-BLEU_MARGIN = 1e-5  # a dev BLEU-4 higher by less than this is no improvement
-SELECT_BY = ("dev_loss", "dev_bleu4")  # which epoch's weights are kept (the dev loss paces training either way)
+SCORE_MARGIN = 1e-5  # a dev BLEU-4 or CIDEr-D higher by less than this is no improvement
+# Which epoch's weights are kept: the lowest dev loss, or the best greedy dev BLEU-4 or CIDEr-D (scored every
+# epoch); the dev loss paces training either way.
+SELECT_BY = ("dev_loss", "dev_bleu4", "dev_cider")
+METRIC_NAMES = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}  # as printed
+
+
+def shown(scores: dict[str, float]) -> str:
+    """Greedy dev scores as an epoch's console line shows them (nothing when none were scored)."""
+    return "".join(f", dev {METRIC_NAMES[metric]} {score:.4f}" for metric, score in scores.items())
 
 
 def strategy_named(name: str) -> tf.distribute.Strategy:
@@ -222,35 +230,35 @@ class Trainer:
         live,
         lr_patience: int | None = None,
         lr_factor: float = 0.5,
-        dev_bleu4: Callable[[], float] | None = None,
+        dev_scores: Callable[[], dict[str, float]] | None = None,
+        metric: str = "bleu4",
     ) -> dict:
         """Train until ``epochs``, or ``patience`` epochs without a lower dev loss; restore the best weights.
 
         After ``lr_patience`` epochs without a lower dev loss the learning rate is multiplied by
-        ``lr_factor``. The best weights are those of the lowest dev loss, or with ``dev_bleu4`` (a
-        function scoring the model as it is now, e.g. ``decoding.greedy_bleu4``) of the best score: the
-        metric users read, not its proxy. That score only picks the epoch. It jumps too much from epoch
-        to epoch to pace training: on Flickr8k, LR drops and stops that followed it halved the rate
-        while the loss still fell fast, and stopped training while it still did.
+        ``lr_factor``. The best weights are those of the lowest dev loss, or with ``dev_scores`` (a
+        function scoring the model as it is now, e.g. ``decoding.greedy_scores``; all its scores are logged)
+        of the best ``metric``: the metric users read, not its proxy. That score only picks the epoch. It jumps too much
+        from epoch to epoch to pace training: on Flickr8k, LR drops and stops that followed it halved the
+        rate while the loss still fell fast, and stopped training while it still did.
         """
-        monitor = "dev_bleu4" if dev_bleu4 is not None else "dev_loss"
-        # The score that keeps weights: the dev BLEU-4, or the dev loss (negated, so higher is better).
-        kept = KeepBest(self.model, BLEU_MARGIN if dev_bleu4 is not None else LOSS_MARGIN)
+        monitor = f"dev_{metric}" if dev_scores is not None else "dev_loss"
+        # The score that keeps weights: the dev score, or the dev loss (negated, so higher is better).
+        kept = KeepBest(self.model, SCORE_MARGIN if dev_scores is not None else LOSS_MARGIN)
         best_loss, lowest_loss, lowest_epoch, last_change = np.inf, np.inf, 0, 0
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
             train_stats = self.run_epoch(train, "train", f"train: epoch {epoch}")
             dev_stats = self.run_epoch(dev, "dev", "train: dev loss")
-            bleu4 = dev_bleu4() if dev_bleu4 is not None else None
+            scores = dev_scores() if dev_scores is not None else {}
             seconds = time.perf_counter() - started
             rates = [float(optimizer.learning_rate.numpy()) for optimizer in self.optimizers]
-            self.log_epoch(live, epoch, {"train": train_stats, "dev": dev_stats}, bleu4, rates, seconds)
-            shown_bleu = f", dev BLEU-4 {bleu4:.4f}" if bleu4 is not None else ""
+            self.log_epoch(live, epoch, {"train": train_stats, "dev": dev_stats}, scores, rates, seconds)
             print(
-                f"train: epoch {epoch}: loss {train_stats.loss:.3f}, dev loss {dev_stats.loss:.3f}{shown_bleu}, "
+                f"train: epoch {epoch}: loss {train_stats.loss:.3f}, dev loss {dev_stats.loss:.3f}{shown(scores)}, "
                 f"dev token accuracy {dev_stats.accuracy:.3f}, lr {rates[0]:.2g} ({seconds:.1f}s)"
             )
-            if kept.offer(epoch, bleu4 if bleu4 is not None else -dev_stats.loss):
+            if kept.offer(epoch, scores[metric] if scores else -dev_stats.loss):
                 best_loss = dev_stats.loss
             if dev_stats.loss < lowest_loss - LOSS_MARGIN:
                 lowest_loss, lowest_epoch, last_change = dev_stats.loss, epoch, epoch
@@ -266,11 +274,12 @@ class Trainer:
                 last_change = epoch
         kept.restore()
         summary = {"best_epoch": kept.epoch, "best_dev_loss": float(best_loss), "epochs_run": epoch}
-        return summary | ({"best_dev_bleu4": float(kept.score)} if dev_bleu4 is not None else {})
+        return summary | ({f"best_dev_{metric}": float(kept.score)} if dev_scores is not None else {})
 
     def log_epoch(
-        self, live, epoch: int, stats: dict[str, EpochStats], bleu4: float | None, rates: list[float], seconds: float
-    ) -> None:
+        self, live, epoch: int, stats: dict[str, EpochStats], scores: dict[str, float], rates: list[float],
+        seconds: float,
+    ) -> None:  # fmt: skip
         """One epoch's values into the training log (see ``EpochLog``)."""
         for split, split_stats in stats.items():
             if not np.isfinite(split_stats.loss):
@@ -281,8 +290,8 @@ class Trainer:
                 )
             live.log_metric(f"{split}/loss", round(split_stats.loss, 4))
             live.log_metric(f"{split}/token_accuracy", round(split_stats.accuracy, 4))
-        if bleu4 is not None:
-            live.log_metric("dev/bleu4", round(bleu4, 4))
+        for metric, score in scores.items():
+            live.log_metric(f"dev/{metric}", round(score, 4))
         live.log_metric("learning_rate", float(f"{rates[0]:.3g}"))
         if len(rates) > 1:
             live.log_metric("encoder_learning_rate", float(f"{rates[1]:.3g}"))
@@ -300,7 +309,7 @@ class EpochLog:
 
     UNTRACKED = ("epoch_seconds",)
     # Plotted when logged (dvc.yaml draws them); an unlogged one is a header-only file, which DVC skips quietly.
-    OPTIONAL = ("dev/bleu4", "self_critical/reward")
+    OPTIONAL = ("dev/bleu4", "dev/cider", "self_critical/reward")
 
     def __init__(self, folder: Path, timings: Path):
         self.folder, self.timings = Path(folder), Path(timings)

@@ -1,5 +1,9 @@
 """Stage train: fit the decoder on the train captions with early stopping on dev; save it under models/."""
 
+from captioner.stage import size_thread_pools
+
+size_thread_pools("train")  # before TensorFlow starts: it sizes its thread pools once
+
 import functools
 from contextlib import ExitStack
 from pathlib import Path
@@ -52,20 +56,24 @@ def main(params: Params) -> None:
                 strategy, settings["encoder_lr"],
             )  # fmt: skip
         _, dev_rows, dev_references = split_references(captions["dev"], on.dev_features.row_of)
-        dev_bleu4 = functools.partial(
-            decoding.greedy_bleu4, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length
+        # The greedy dev score that keeps an epoch's weights; self-critical epochs need one even under dev_loss.
+        metric = "cider" if settings["select_by"] == "dev_cider" else "bleu4"
+        dev_scores = functools.partial(
+            decoding.greedy_scores, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length
         )
         with training.EpochLog(log, timings) as live:
-            select_by_bleu4 = dev_bleu4 if settings["select_by"] == "dev_bleu4" else None
             summary = trainer.fit(
                 on.batches["train"], on.batches["dev"], settings["epochs"], settings["patience"], live,
-                settings["lr_patience"], settings["lr_factor"], select_by_bleu4,
+                settings["lr_patience"], settings["lr_factor"],
+                dev_scores if settings["select_by"] != "dev_loss" else None, metric,
             )  # fmt: skip
             if settings["self_critical_epochs"]:
-                start_bleu4 = summary["best_dev_bleu4"] if "best_dev_bleu4" in summary else dev_bleu4()
+                kept = f"best_dev_{metric}"
+                start_score = summary[kept] if kept in summary else dev_scores()[metric]
                 summary |= self_critical.after_teacher_forcing(
-                    trainer, spec, on.read, store, captions["train"], vocab, settings, live, dev_bleu4, start_bleu4
-                )
+                    trainer, spec, on.read, store, captions["train"], vocab, settings, live, dev_scores, start_score,
+                    metric,
+                )  # fmt: skip
             live.summary = summary  # the tracked metrics: what describes the model, not the machine
         if not chief:
             print("train: a worker's share done; the chief saves the model")

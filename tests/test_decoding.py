@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from captioner import decoder, decoding, training
+from captioner import decoder, decoding, metrics, training
 from captioner.decoder import Stepper
 from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
 
@@ -54,6 +54,21 @@ def trained_inject():
     model = toy_model(vocab, features, "inject")
     training.Trainer(model, learning_rate=0.01, clipnorm=5.0).fit(data, data, epochs=8, patience=8, live=NullLive())
     return Stepper(model, toy_spec("inject")), features.mean(axis=1), vocab
+
+
+def test_greedy_scores_are_the_corpus_bleu4_and_the_coco_cider_d_of_the_greedy_captions(trained_inject):
+    stepper, table, vocab = trained_inject
+    rows = np.arange(16)
+    _, captions, _ = toy_problem()
+    # Two references per image: its own caption and another image's, so neither score is trivially 0 or perfect.
+    references = [[tokens[1:-1], captions[(i + 5) % 16][1][1:-1]] for i, (_, tokens) in enumerate(captions)]
+    greedy = decoding.greedy(stepper, table.__getitem__, rows, vocab.start_id, vocab.end_id, 8)
+    hypotheses = [vocab.decode(ids) for ids in greedy]
+    scores = decoding.greedy_scores(stepper, table.__getitem__, rows, references, vocab, 8)
+    bleu4, cider = scores["bleu4"], scores["cider"]
+    assert bleu4 == metrics.corpus_bleu(references, hypotheses)["bleu4"]
+    assert cider == pytest.approx(metrics.coco_scores(references, hypotheses)[0]["cider"], abs=1e-9)
+    assert 0 < cider != bleu4
 
 
 def test_beam_of_one_is_greedy(trained_inject):

@@ -85,26 +85,32 @@ def test_self_critical_epochs_raise_the_reward_repeatably():
     assert np.mean(rewards[0][-3:]) > 2.5 * np.mean(rewards[0][:3])  # CIDEr-D 0.38 → 1.2
 
 
-def test_fit_keeps_the_best_dev_bleu4_weights_stops_on_patience_and_keeps_the_start_if_nothing_beats_it():
+@pytest.mark.parametrize("metric", ["bleu4", "cider"])
+def test_fit_keeps_the_best_dev_score_weights_stops_on_patience_and_keeps_the_start_if_nothing_beats_it(metric):
     scst, *_ = toy_self_critical(arch="inject")
     model = scst.trainer.model
     start = model.get_weights()
     scores, snapshots = iter([0.3, 0.35, 0.32, 0.33, 0.34, 0.9]), []
 
-    def dev_bleu4():
+    def dev_scores():
         snapshots.append(model.get_weights())
-        return next(scores)
+        score = next(scores)
+        other = "cider" if metric == "bleu4" else "bleu4"
+        return {metric: score, other: 1 - score}  # logged, but best at epoch 1: it must not decide
 
     live = NullLive()
-    summary = scst.fit(epochs=6, patience=3, learning_rate=0.005, live=live, dev_bleu4=dev_bleu4, start_bleu4=0.31)
-    assert summary == {"self_critical_epochs_run": 5, "self_critical_best_epoch": 2, "best_dev_bleu4": 0.35}
+    summary = scst.fit(epochs=6, patience=3, learning_rate=0.005, live=live, dev_scores=dev_scores, start_score=0.31,
+                       metric=metric)  # fmt: skip
+    assert summary == {"self_critical_epochs_run": 5, "self_critical_best_epoch": 2, f"best_dev_{metric}": 0.35}
+    assert [value for name, value in live.logged if name == f"dev/{metric}"] == [0.3, 0.35, 0.32, 0.33, 0.34]
+    assert len([name for name, _ in live.logged if name.startswith("dev/")]) == 10
     for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
         np.testing.assert_array_equal(restored, best)
     assert [value for name, value in live.logged if name == "learning_rate"] == [0.005] * 5
 
     scores = iter([0.1, 0.2])
-    summary = scst.fit(epochs=2, patience=3, learning_rate=0.005, live=live, dev_bleu4=lambda: next(scores),
-                       start_bleu4=0.31)  # fmt: skip
+    summary = scst.fit(epochs=2, patience=3, learning_rate=0.005, live=live, dev_scores=lambda: {metric: next(scores)},
+                       start_score=0.31, metric=metric)  # fmt: skip
     assert summary["self_critical_best_epoch"] == 0
     for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
         np.testing.assert_array_equal(restored, best)

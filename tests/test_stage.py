@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -166,3 +170,36 @@ def test_train_and_evaluate_refuse_a_split_whose_images_have_no_features(project
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert not (project / "models").exists() and not (project / "metrics").exists()
+
+
+PROBE = """import os
+from captioner.stage import size_thread_pools
+size_thread_pools("train")
+import tensorflow
+print(os.environ.get("TF_NUM_INTRAOP_THREADS"))
+try:
+    size_thread_pools("train")
+except RuntimeError as err:
+    print(err)
+"""
+
+
+@pytest.mark.parametrize(
+    ("threads_per_op", "argv", "expected"),
+    [(1, [], "1"), (0, [], "None"), (1, ["--member", "b"], "2")],
+)
+def test_size_thread_pools_sets_tensorflows_threads_per_op_from_the_param_before_tensorflow_starts(
+    project, threads_per_op, argv, expected
+):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["threads_per_op"] = threads_per_op
+    params["ensemble"] = {"b": {"train": {"threads_per_op": 2}}}  # a member's own setting wins for it
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "stages" / "probe.py").write_text(PROBE)
+    environment = {key: value for key, value in os.environ.items() if key != "TF_NUM_INTRAOP_THREADS"}
+    result = subprocess.run(
+        [sys.executable, "stages/probe.py", *argv], cwd=project, capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    # TensorFlow reads TF_NUM_INTRAOP_THREADS when it starts; once it has, the call refuses rather than do nothing.
+    assert result.stdout.splitlines() == [expected, "size_thread_pools must run before TensorFlow is imported"]

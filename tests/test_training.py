@@ -111,25 +111,30 @@ def test_a_loss_that_is_not_finite_stops_training_instead_of_keeping_the_untrain
         trainer.fit(train, dev, epochs=5, patience=5, live=NullLive())
 
 
-def test_dev_bleu4_picks_the_weights_kept_while_the_dev_loss_paces_training():
+@pytest.mark.parametrize(("metric", "best"), [("bleu4", 2), ("cider", 5)])
+def test_a_dev_score_picks_the_weights_kept_while_the_dev_loss_paces_training(metric, best):
     features, captions, vocab = toy_problem()
     data = toy_batches(features, captions, vocab, "inject")
     model = toy_model(vocab, features, "inject")
     trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0)
-    scores, snapshots = iter([0.1, 0.3, 0.2, 0.25, 0.1, 0.2]), []
+    series = {"bleu4": [0.1, 0.3, 0.2, 0.25, 0.1, 0.2], "cider": [0.5, 0.4, 0.6, 0.3, 0.9, 0.2]}
+    scores, snapshots = iter(zip(*series.values(), strict=True)), []
 
-    def dev_bleu4():
+    def dev_scores():
         snapshots.append(model.get_weights())
-        return next(scores)
+        return dict(zip(series, next(scores), strict=True))
 
     live = NullLive()
-    summary = trainer.fit(data, data, epochs=6, patience=3, live=live, lr_patience=2, dev_bleu4=dev_bleu4)
-    # BLEU-4 stalled for four epochs, past patience 3, but the dev loss kept falling: training went on
-    # at the same rate, and the weights kept are those of the best score.
-    assert (summary["best_epoch"], summary["epochs_run"], summary["best_dev_bleu4"]) == (2, 6, 0.3)
-    for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
-        np.testing.assert_array_equal(restored, best)
-    assert [value for name, value in live.logged if name == "dev/bleu4"] == [0.1, 0.3, 0.2, 0.25, 0.1, 0.2]
+    summary = trainer.fit(data, data, epochs=6, patience=3, live=live, lr_patience=2, dev_scores=dev_scores,
+                          metric=metric)  # fmt: skip
+    # The score stalled for epochs past patience 3, but the dev loss kept falling: training went on
+    # at the same rate, and the weights kept are those of the best ``metric``.
+    assert (summary["best_epoch"], summary["epochs_run"]) == (best, 6)
+    assert summary[f"best_dev_{metric}"] == max(series[metric]) and len(summary) == 4
+    for restored, kept in zip(model.get_weights(), snapshots[best - 1], strict=True):
+        np.testing.assert_array_equal(restored, kept)
+    for name, values in series.items():  # both scores logged, whichever keeps the weights
+        assert [value for logged, value in live.logged if logged == f"dev/{name}"] == values
     rates = [value for name, value in live.logged if name == "learning_rate"]
     assert rates == [pytest.approx(0.01)] * 6
 
