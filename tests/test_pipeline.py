@@ -269,7 +269,13 @@ def test_a_queued_sweep_runs_and_exp_show_lists_both_experiments(repo):
     for units in (12, 20):
         pinned = ["-S", "decoder.arch=inject", "-S", "features.pooling=avg"]  # earlier tests left other values
         dvc(repo, "exp", "run", "--queue", "-n", f"units-{units}", "-S", f"decoder.units={units}", *pinned)
-    dvc(repo, "queue", "start")
+    # `dvc queue start` leaves a daemon that holds the stdout it was given until its worker exits (an idle worker
+    # on a loaded machine can wait minutes): give it none of ours to wait for, and poll the queue instead.
+    started = subprocess.run(
+        ["dvc", "queue", "start"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert started.returncode == 0
     deadline = time.monotonic() + 600
     while re.search(r"\b(Queued|Running)\b", dvc(repo, "queue", "status")):
         assert time.monotonic() < deadline, dvc(repo, "queue", "status")
