@@ -116,12 +116,14 @@ def greedy_scores(
     vocab: Vocabulary,
     max_len: int,
     batch_size: int = 256,
+    cider: metrics.CiderD | None = None,
 ) -> dict[str, float]:
     """Corpus BLEU-4 (``bleu4``) and CIDEr-D (``cider``, the mean over images) of the greedy captions of the
-    images at ``rows`` against their ``references`` (word lists)."""
+    images at ``rows`` against their ``references`` (word lists). ``cider``: a ``metrics.CiderD`` of the same
+    references, to reuse its document frequencies across calls (~0.5 s for Flickr8k's 1,000 dev images)."""
     generated = greedy(stepper, read, rows, vocab.start_id, vocab.end_id, max_len, batch_size)
     captions = [vocab.decode(ids) for ids in generated]
-    cider = metrics.CiderD(references)
+    cider = metrics.CiderD(references) if cider is None else cider
     return {
         "bleu4": metrics.corpus_bleu(references, captions)["bleu4"],
         "cider": float(np.mean([cider.score(image, words) for image, words in enumerate(captions)])),

@@ -1,7 +1,8 @@
 """Ensembles: several trained decoders decoding as one, their next-word log-probabilities averaged at every step.
 
 The main model (``models/``) is the first member; the train stage's ``ensemble`` params name the others, each
-trained by its own ``train_member@<name>`` stage into ``ensemble/<name>/`` (a model directory with its card).
+trained by its own ``train_member@<name>`` stage into ``ensemble/<name>/`` (a model directory with its card;
+its params: ``captioner.stage.member_settings``).
 Members share the vocabulary and the cached features; each may have its own decoder and seed.
 """
 
@@ -14,20 +15,6 @@ from captioner.captioning import Trained
 from captioner.decoder import Stepper
 
 FOLDER = Path("ensemble")  # ensemble/<name>/: one member's model directory
-
-
-def member_settings(params: dict) -> tuple[str | None, dict, dict]:
-    """(member name or None, decoder params, train params) of a train stage: the main model's, or for
-    ``train_member@<name>`` (whose declared params hold ``ensemble.<name>``) those with its overrides."""
-    members = params["ensemble"] if "ensemble" in params else {}
-    if not members:
-        return None, dict(params["decoder"]), dict(params["train"])
-    ((name, overrides),) = members.items()
-    return (
-        name,
-        {**params["decoder"], **overrides.get("decoder", {})},
-        {**params["train"], **overrides.get("train", {})},
-    )
 
 
 def load_members(main: Trained, directories: list[Path]) -> list[Trained]:

@@ -174,6 +174,20 @@ def write_text(target: Path | str, text: str) -> None:
         temporary.write_text(text)
 
 
+def member_settings(params: dict) -> tuple[str | None, dict, dict]:
+    """(member name or None, decoder params, train params) of a train stage: the main model's, or for
+    ``train_member@<name>`` (whose declared params hold ``ensemble.<name>``) those with its overrides."""
+    members = params["ensemble"] if "ensemble" in params else {}
+    if not members:
+        return None, dict(params["decoder"]), dict(params["train"])
+    ((name, overrides),) = members.items()
+    return (
+        name,
+        {**params["decoder"], **overrides.get("decoder", {})},
+        {**params["train"], **overrides.get("train", {})},
+    )
+
+
 def _member_argument() -> str | None:
     return sys.argv[2] if sys.argv[1:2] == ["--member"] and len(sys.argv) > 2 else None
 
@@ -186,13 +200,12 @@ def size_thread_pools(stage: str) -> None:
     """
     if "tensorflow" in sys.modules:
         raise RuntimeError("size_thread_pools must run before TensorFlow is imported")
-    root, member = Path(sys.modules["__main__"].__file__).resolve().parent.parent, _member_argument()
+    root = Path(sys.modules["__main__"].__file__).resolve().parent.parent
     try:
-        params = declared_params(stage, root, member=member)
+        params = declared_params(stage, root, member=_member_argument())
     except CaptionerError:
         return
-    overrides = params["ensemble"][member].get("train", {}) if member else {}
-    threads = overrides.get("threads_per_op", params["train"]["threads_per_op"])
+    threads = member_settings(params)[2]["threads_per_op"]
     if threads:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
 

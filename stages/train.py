@@ -9,17 +9,17 @@ from contextlib import ExitStack
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from captioner import captioning, decoding, encoders, ensemble, finetuning, self_critical, training
+from captioner import captioning, decoding, encoders, ensemble, finetuning, metrics, self_critical, training
 from captioner.batching import encode_split
 from captioner.datasets import read_captions, split_references
 from captioner.decoder import DecoderSpec, Stepper, build
 from captioner.features import FeatureFile
-from captioner.stage import Layout, Params, run
+from captioner.stage import Layout, Params, member_settings, run
 from captioner.text import Vocabulary, initial_embeddings
 
 
 def main(params: Params) -> None:
-    member, decoder, settings = ensemble.member_settings(params)  # the main model, or an ensemble member
+    member, decoder, settings = member_settings(params)  # the main model, or an ensemble member
     spec = DecoderSpec.from_params(decoder)
     models, log, timings = Layout.models, Layout.train_log, Layout.timings
     if member is not None:  # its model in ensemble/<name>/; its curves beside the timings, outside git
@@ -59,8 +59,9 @@ def main(params: Params) -> None:
         # The greedy dev score that keeps an epoch's weights; self-critical epochs need one even under dev_loss.
         metric = "cider" if settings["select_by"] == "dev_cider" else "bleu4"
         dev_scores = functools.partial(
-            decoding.greedy_scores, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length
-        )
+            decoding.greedy_scores, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length,
+            cider=metrics.CiderD(dev_references),
+        )  # fmt: skip
         with training.EpochLog(log, timings) as live:
             summary = trainer.fit(
                 on.batches["train"], on.batches["dev"], settings["epochs"], settings["patience"], live,

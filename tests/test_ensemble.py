@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from captioner import CaptionerError, captioning, decoding, training
 from captioner.decoder import Stepper
-from captioner.ensemble import EnsembleStepper, load_members, member_settings
+from captioner.ensemble import EnsembleStepper, load_members
+from captioner.stage import member_settings
 from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
 
 ATTRS = {"encoder": "toy", "weights": "w", "weights_param": "imagenet", "input_size": 96}
