@@ -16,7 +16,7 @@ from captioner import CaptionerError
 from captioner.batching import CaptionBatches
 from captioner.decoder import parts
 from captioner.features import FeatureFile
-from captioner.stage import write_text
+from captioner.stage import atomic_path
 from captioner.teacher_forcing import EpochStats, accumulate, attention_penalty, forced_outputs, forced_sums
 
 
@@ -305,7 +305,8 @@ class EpochLog:
     every run and a reviewer should not read machine load as a result. Epochs count from 1, as printed.
 
     Set ``summary`` before leaving the ``with`` block: it becomes DVCLive's ``metrics.json``, alone (not the
-    last epoch's values nor a step count)."""
+    last epoch's values nor a step count). DVCLive rewrites its files every epoch, so it writes into a scratch
+    folder that replaces ``folder`` only when training finishes: an interrupted run leaves the last one's."""
 
     UNTRACKED = ("epoch_seconds",)
     # Plotted when logged (dvc.yaml draws them); an unlogged one is a header-only file, which DVC skips quietly.
@@ -319,22 +320,25 @@ class EpochLog:
     def __enter__(self) -> EpochLog:
         from dvclive import Live
 
-        self.live = Live(dir=str(self.folder), save_dvc_exp=False, dvcyaml=False, report=None)
+        self.replacing = atomic_path(self.folder)
+        scratch = self.replacing.__enter__()
+        self.live = Live(dir=str(scratch), save_dvc_exp=False, dvcyaml=False, report=None)
         self.live.step = 1
         self.timings.parent.mkdir(parents=True, exist_ok=True)
         self.timings.write_text("epoch\tepoch_seconds\n")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc) -> bool:
         self.live.end()
-        for name in self.OPTIONAL:
-            series = Path(self.live.plots_dir) / "metrics" / f"{name}.tsv"
-            if not series.exists():
-                series.parent.mkdir(parents=True, exist_ok=True)
-                series.write_text(f"step\t{name.split('/')[-1]}\n")
         if exc[0] is None:
+            for name in self.OPTIONAL:
+                series = Path(self.live.plots_dir) / "metrics" / f"{name}.tsv"
+                if not series.exists():
+                    series.parent.mkdir(parents=True, exist_ok=True)
+                    series.write_text(f"step\t{name.split('/')[-1]}\n")
             rounded = {key: round(value, 4) for key, value in self.summary.items()}
-            write_text(self.folder / "metrics.json", json.dumps(rounded, indent=2) + "\n")
+            (Path(self.live.dir) / "metrics.json").write_text(json.dumps(rounded, indent=2) + "\n")
+        return self.replacing.__exit__(*exc)
 
     def log_metric(self, name: str, value: float) -> None:
         if name in self.UNTRACKED:

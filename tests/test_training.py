@@ -222,3 +222,28 @@ def _compare_strategies() -> dict:
 
 if __name__ == "__main__" and sys.argv[1:] == ["compare-strategies"]:
     print(json.dumps(_compare_strategies()))
+
+
+def test_the_training_log_replaces_the_last_one_only_when_training_finishes(tmp_path):
+    folder, timings = tmp_path / "metrics" / "train", tmp_path / "logs" / "epochs.tsv"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text('{"best_epoch": 7}\n')
+    with pytest.raises(KeyboardInterrupt), training.EpochLog(folder, timings) as live:
+        live.log_metric("train/loss", 1.5)
+        live.log_metric("epoch_seconds", 3.0)
+        live.next_step()  # DVCLive writes its own metrics.json here, which must not reach the folder
+        raise KeyboardInterrupt
+    assert sorted(path.name for path in folder.iterdir()) == ["metrics.json"]
+    assert (folder / "metrics.json").read_text() == '{"best_epoch": 7}\n'
+    assert not list(folder.parent.glob(".train*")), "scratch left behind"
+
+    with training.EpochLog(folder, timings) as live:
+        for epoch in (1, 2):
+            live.log_metric("train/loss", 1.0 / epoch)
+            live.log_metric("epoch_seconds", 3.0)
+            live.next_step()
+        live.summary = {"best_epoch": 2}
+    assert json.loads((folder / "metrics.json").read_text()) == {"best_epoch": 2}
+    assert (folder / "plots" / "metrics" / "train" / "loss.tsv").read_text().split("\n")[1:3] == ["1\t1.0", "2\t0.5"]
+    assert (folder / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text() == "step\tbleu4\n"
+    assert timings.read_text() == "epoch\tepoch_seconds\n1\t3.0\n2\t3.0\n"
