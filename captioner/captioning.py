@@ -160,9 +160,10 @@ class Captioner:
         return cls(trained, extractor, every)
 
     def caption(
-        self, paths: list[Path], beam_size: int = 3, max_len: int | None = None
+        self, paths: list[Path], beam_size: int = 3, max_len: int | None = None, length_penalty: float = 1.0
     ) -> tuple[dict[Path, str], dict[Path, str]]:
-        """Captions of the readable images, and the reason each other path failed."""
+        """Captions of the readable images (beams ranked as ``decoding.beam_search`` says), and the reason each
+        other path failed."""
         from captioner import decoding
         from captioner.decoder import Stepper
         from captioner.ensemble import EnsembleStepper
@@ -185,5 +186,6 @@ class Captioner:
             vocab.end_id,
             max_len or vocab.max_length,
             beam_size,
+            length_penalty,
         )
         return {path: " ".join(vocab.decode(row)) for path, row in zip(readable, ids, strict=True)}, failures

@@ -1,6 +1,6 @@
 """``caption``: caption image files with a trained model, from the command line.
 
-    caption photo.jpg other.png --beam 3 [--json] [--model-dir models] [--member ensemble/seed2 …]
+    caption photo.jpg other.png --beam 3 [--length-penalty 1] [--json] [--model-dir models] [--member ensemble/seed2 …]
 
 The model directory written by the train stage says which encoder, weights, input size and
 pooling the decoder was trained on, so nothing is re-typed. A missing or unreadable file gets one
@@ -22,6 +22,17 @@ def positive(value: str) -> int:
     return int(value)
 
 
+def non_negative(value: str) -> float:
+    """An argparse type: a number ≥ 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, not {value!r}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caption", description="Caption images with a trained captioner.")
     parser.add_argument("images", nargs="+", type=Path, help="JPEG or PNG files, any size")
@@ -33,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         help="decode as an ensemble with this model directory too (e.g. ensemble/<name>); repeat for more",
     )  # fmt: skip
     parser.add_argument("--beam", type=positive, default=3, help="beam width; 1 is greedy (default: 3)")
+    parser.add_argument(
+        "--length-penalty", type=non_negative, default=1.0,
+        help="beams ranked by log-prob ÷ length**this; 0 favours short captions (default: 1, as evaluate's)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-len", type=positive, default=None, help="longest caption in tokens (default: the vocabulary's)"
     )
@@ -51,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caption: note: {arguments.model_dir} was trained on generated shapes and describes only coloured "
               "shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
               file=sys.stderr)  # fmt: skip
-    captions, failures = captioner.caption(arguments.images, beam_size=arguments.beam, max_len=arguments.max_len)
+    captions, failures = captioner.caption(
+        arguments.images, beam_size=arguments.beam, max_len=arguments.max_len, length_penalty=arguments.length_penalty
+    )
     for path in arguments.images:
         if path in failures:
             print(f"caption: error: {path}: {failures[path]}", file=sys.stderr)
