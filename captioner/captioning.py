@@ -160,7 +160,7 @@ class Captioner:
         return cls(trained, extractor, every)
 
     def caption(
-        self, paths: list[Path], beam_size: int = 3, max_len: int | None = None, length_penalty: float = 1.0
+        self, paths: list[Path], beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0
     ) -> tuple[dict[Path, str], dict[Path, str]]:
         """Captions of the readable images (beams ranked as ``decoding.beam_search`` says), and the reason each
         other path failed."""

@@ -1,6 +1,6 @@
 """``caption``: caption image files with a trained model, from the command line.
 
-    caption photo.jpg other.png --beam 3 [--length-penalty 1] [--json] [--model-dir models] [--member ensemble/seed2 …]
+    caption photo.jpg other.png --beam 3 [--length-penalty 0] [--json] [--model-dir models] [--member ensemble/seed2 …]
 
 The model directory written by the train stage says which encoder, weights, input size and
 pooling the decoder was trained on, so nothing is re-typed. A missing or unreadable file gets one
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--beam", type=positive, default=3, help="beam width; 1 is greedy (default: 3)")
     parser.add_argument(
-        "--length-penalty", type=non_negative, default=1.0,
-        help="beams ranked by log-prob ÷ length**this; 0 favours short captions (default: 1, as evaluate's)",
+        "--length-penalty", type=non_negative, default=0.0,
+        help="beams ranked by log-prob ÷ length**this; 1: per token, longer captions (default: 0, as evaluate's)",
     )  # fmt: skip
     parser.add_argument(
         "--max-len", type=positive, default=None, help="longest caption in tokens (default: the vocabulary's)"

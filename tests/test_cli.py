@@ -25,7 +25,7 @@ def test_a_negative_or_unreadable_length_penalty_is_a_usage_error(capsys, value)
     )
 
 
-@pytest.mark.parametrize(("arguments", "penalty"), [([], 1.0), (["--length-penalty", "0"], 0.0)])
+@pytest.mark.parametrize(("arguments", "penalty"), [([], 0.0), (["--length-penalty", "1"], 1.0)])
 def test_the_length_penalty_reaches_the_beam_search(monkeypatch, capsys, arguments, penalty):
     from captioner import captioning
 
