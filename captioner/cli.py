@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,8 +28,8 @@ def non_negative(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        number = -1.0
-    if not number >= 0:  # also refuses nan
+        number = math.nan
+    if not number >= 0:  # nan too
         raise argparse.ArgumentTypeError(f"must be a number ≥ 0, not {value!r}")
     return number
 

@@ -220,10 +220,6 @@ def _compare_strategies() -> dict:
     }
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["compare-strategies"]:
-    print(json.dumps(_compare_strategies()))
-
-
 def test_the_training_log_replaces_the_last_one_only_when_training_finishes(tmp_path):
     folder, timings = tmp_path / "metrics" / "train", tmp_path / "logs" / "epochs.tsv"
     folder.mkdir(parents=True)
@@ -247,3 +243,7 @@ def test_the_training_log_replaces_the_last_one_only_when_training_finishes(tmp_
     assert (folder / "plots" / "metrics" / "train" / "loss.tsv").read_text().split("\n")[1:3] == ["1\t1.0", "2\t0.5"]
     assert (folder / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text() == "step\tbleu4\n"
     assert timings.read_text() == "epoch\tepoch_seconds\n1\t3.0\n2\t3.0\n"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["compare-strategies"]:
+    print(json.dumps(_compare_strategies()))
