@@ -18,8 +18,7 @@ import numpy as np
 from captioner import decoding, metrics
 from captioner.captioning import Trained
 from captioner.datasets import read_captions, split_references
-from captioner.decoder import Stepper
-from captioner.ensemble import FOLDER, EnsembleStepper, load_members
+from captioner.ensemble import FOLDER, load_members, stepper_of
 from captioner.features import FeatureFile
 from captioner.stage import Layout, declared_params
 from captioner.text import Vocabulary
@@ -40,8 +39,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for count in range(1, len(members) + 1):
             chosen = members[:count]
-            stepper = EnsembleStepper(chosen) if count > 1 else Stepper(chosen[0].decoder, chosen[0].spec)
-            read = store.reader(not any(member.spec.reads_grid for member in chosen))
+            stepper = stepper_of(chosen)
+            read = store.reader(not stepper.reads_grid)
             decode = (vocab.start_id, vocab.end_id, params["evaluate"]["max_len"])
             started = time.perf_counter()
             if arguments.beam > 1:

@@ -64,8 +64,9 @@ def _without_timestamps(path: Path) -> None:
                 data = json.dumps({k: v for k, v in json.loads(data).items() if k != "date_saved"}).encode()
             elif name == "config.json":
                 config = _numbered_shared_objects(data.decode())
-                float32 = _float32_policies(json.loads(config))
-                data = (config if float32 == json.loads(config) else json.dumps(float32)).encode()
+                parsed = json.loads(config)
+                float32 = _float32_policies(parsed)
+                data = (config if float32 == parsed else json.dumps(float32)).encode()
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     rewritten.replace(path)
 
@@ -165,8 +166,7 @@ class Captioner:
         """Captions of the readable images (beams ranked as ``decoding.beam_search`` says), and the reason each
         other path failed."""
         from captioner import decoding
-        from captioner.decoder import Stepper
-        from captioner.ensemble import EnsembleStepper
+        from captioner.ensemble import stepper_of
 
         features, failures = self.extractor.features(paths)
         if self.extractor.pooling == "grid":
@@ -175,11 +175,8 @@ class Captioner:
         if not readable:
             return {}, failures
         vocab = self.trained.vocab
-        stepper = (
-            EnsembleStepper(self.members) if len(self.members) > 1 else Stepper(self.trained.decoder, self.trained.spec)
-        )
         ids, _ = decoding.beam_search(
-            stepper,
+            stepper_of(self.members),
             features.__getitem__,
             np.arange(len(readable)),
             vocab.start_id,

@@ -199,13 +199,14 @@ def parts(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
 class Stepper:
     """One-token-at-a-time views of a trained model: ``start(features) → states``, ``step(tokens, states)``.
 
-    ``step`` returns (logits, new states, attention weights or None).
+    ``step`` returns (logits, new states, attention weights or None); ``start`` takes the grid when
+    ``reads_grid``, else the pooled vector.
     """
 
     def __init__(self, model: keras.Model, spec: DecoderSpec):
         import tensorflow as tf
 
-        self.arch, num_states = spec.arch, spec.num_states
+        self.arch, num_states, self.reads_grid = spec.arch, spec.num_states, spec.reads_grid
         embedding, head = model.get_layer("embedding"), model.get_layer("logits")
 
         if self.arch == "attention":

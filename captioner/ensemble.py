@@ -33,6 +33,13 @@ def load_members(main: Trained, directories: list[Path]) -> list[Trained]:
     return members
 
 
+def stepper_of(members: list[Trained]) -> Stepper | EnsembleStepper:
+    """What decodes ``members`` as one: a lone model's own ``Stepper``, or their ``EnsembleStepper``."""
+    if len(members) == 1:
+        return Stepper(members[0].decoder, members[0].spec)
+    return EnsembleStepper(members)
+
+
 class EnsembleStepper:
     """A ``Stepper`` of several members: ``step`` returns the mean of their next-word log-probabilities (as
     logits: decoding's argmax and log-softmax read them like one model's). ``start`` takes the grid when any

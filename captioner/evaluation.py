@@ -13,7 +13,7 @@ from captioner.captioning import Trained, features_seen_by
 from captioner.datasets import split_references
 from captioner.decoder import Stepper
 from captioner.encoders import Encoder
-from captioner.ensemble import EnsembleStepper
+from captioner.ensemble import stepper_of
 from captioner.features import FeatureFile
 from captioner.teacher_forcing import EpochStats, teacher_forced
 from captioner.text import Vocabulary, strip_special
@@ -50,10 +50,8 @@ def caption_test_images(
     with features_seen_by(trained, cached, encoder, paths, batch_size) as store:
         read, rows = store.reader(pooled), np.array([store.row_of[image] for image in images])
         stepper, decode = Stepper(trained.decoder, trained.spec), (vocab.start_id, vocab.end_id, settings["max_len"])
-        decoder, decoder_read = stepper, read
-        if members:
-            decoder = EnsembleStepper([trained, *members])
-            decoder_read = store.reader(not decoder.reads_grid)
+        decoder = stepper_of([trained, *members]) if members else stepper
+        decoder_read = store.reader(not decoder.reads_grid)
         if settings["beam_size"] > 1:
             beam = (settings["beam_size"], settings["length_penalty"])
             generated, _ = decoding.beam_search(decoder, decoder_read, rows, *decode, *beam)

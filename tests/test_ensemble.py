@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from captioner import CaptionerError, captioning, decoding, training
 from captioner.decoder import Stepper
-from captioner.ensemble import EnsembleStepper, load_members
+from captioner.ensemble import EnsembleStepper, load_members, stepper_of
 from captioner.stage import member_settings
 from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
 
@@ -72,6 +72,14 @@ def test_a_two_member_ensemble_decodes_and_beam_1_is_the_argmax_of_the_averaged_
         for m in members
     ]  # fmt: skip
     assert not np.array_equal(alone[0], alone[1])
+
+
+def test_one_member_decodes_through_its_own_stepper_and_several_through_the_ensemble(members):
+    members, *_ = members
+    alone, both = stepper_of(members[:1]), stepper_of(members)
+    assert type(alone) is Stepper and not alone.reads_grid  # inject reads the pooled vector
+    assert type(both) is EnsembleStepper and both.reads_grid  # attention makes the ensemble read the grid
+    assert stepper_of(members[1:]).reads_grid
 
 
 def test_members_must_share_the_vocabulary_and_have_no_fine_tuned_encoder(members, tmp_path):
