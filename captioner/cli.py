@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caption: error: {err}", file=sys.stderr)
         return 2
     if captioner.trained.card.get("dataset") == "shapes":
-        print(f"caption: note: {arguments.model_dir} was trained on generated shapes and describes only coloured "
-              "shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
+        print(f"caption: note: the model in {arguments.model_dir}/ was trained on generated shapes and describes only "
+              "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
               file=sys.stderr)  # fmt: skip
     captions, failures = captioner.caption(
         arguments.images, beam_size=arguments.beam, max_len=arguments.max_len, length_penalty=arguments.length_penalty

@@ -65,6 +65,12 @@ def commit_all(repo, message: str) -> None:
     subprocess.run(["git", "commit", "-qm", message], cwd=repo, check=True, env=ENVIRONMENT)
 
 
+def tracked_changes(repo) -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_repro_runs_every_stage_and_writes_metrics(repo):
     repo, first = repo
     assert ran(first) == {"download", "clean_captions", "extract_features", "build_vocab", "train", "evaluate"}
@@ -124,7 +130,7 @@ def test_caption_command_captions_good_images_and_names_bad_ones(repo, tmp_path)
     assert [line.split(": ")[0] for line in lines] == [str(shape), str(odd)]
     assert all(len(line.split(": ", 1)[1].split()) >= 1 for line in lines)
     errors = result.stderr.strip().splitlines()
-    assert errors[0].startswith("caption: note: models was trained on generated shapes and describes only coloured")
+    assert errors[0].startswith("caption: note: the model in models/ was trained on generated shapes and describes")
     assert len(errors) == 3  # the note and the two bad files: no TensorFlow start-up lines
     assert f"caption: error: {tmp_path / 'notes.txt'}: not a readable image" in errors
     assert f"caption: error: {tmp_path / 'gone.jpg'}: no such file" in errors
@@ -195,6 +201,13 @@ def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
     assert result.returncode != 0
     assert "error: attention needs the feature grid" in result.stderr + result.stdout
     assert "set features.pooling to grid" in result.stderr + result.stdout
+    # DVC keeps the -S values and has removed the failed stage's outputs, the git-tracked ones too; the
+    # README's recipe (reset the params, repro) brings back the last commit's, train's from the run-cache.
+    assert not (repo / "models" / "captioner.json").exists()
+    assert "params.yaml" in tracked_changes(repo) and "metrics/train/metrics.json" in tracked_changes(repo)
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=repo, check=True)
+    assert "train" not in ran(dvc(repo, "repro"))
+    assert tracked_changes(repo) == "" and (repo / "models" / "captioner.json").exists()
 
 
 def test_finetuning_reruns_train_and_evaluate_and_scores_record_it(repo):
