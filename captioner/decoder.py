@@ -13,6 +13,7 @@ attention weights). ``Stepper`` runs the same layers one token at a time for dec
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -194,6 +195,19 @@ def parts(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
     if ENCODER not in {layer.name for layer in model.layers}:
         return None, model
     return model.get_layer(ENCODER), model.get_layer(DECODER)
+
+
+class StepwiseDecoder(Protocol):
+    """What greedy decoding, sampling and beam search drive one token at a time: a ``Stepper``, or a
+    ``captioner.ensemble.EnsembleStepper`` of several models."""
+
+    reads_grid: bool  # whether ``start`` takes the feature grid rather than the pooled vector
+
+    def start(self, features) -> list:
+        """The states before the first token."""
+
+    def step(self, tokens, states: list) -> tuple:
+        """(next-token logits, new states, attention weights or None)."""
 
 
 class Stepper:

@@ -7,13 +7,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from captioner import metrics
-from captioner.decoder import Stepper
+from captioner.decoder import StepwiseDecoder
 from captioner.stage import progress
 from captioner.text import Vocabulary
 
 
 def _decode(
-    stepper: Stepper,
+    stepper: StepwiseDecoder,
     features,
     start_id: int,
     end_id: int,
@@ -61,7 +61,7 @@ def _most_likely(logits) -> np.ndarray:
 
 
 def greedy(
-    stepper: Stepper,
+    stepper: StepwiseDecoder,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
     start_id: int,
@@ -85,7 +85,7 @@ def greedy(
 
 
 def sample(
-    stepper: Stepper,
+    stepper: StepwiseDecoder,
     features: np.ndarray,
     start_id: int,
     end_id: int,
@@ -109,7 +109,7 @@ def sample(
 
 
 def greedy_scores(
-    stepper: Stepper,
+    stepper: StepwiseDecoder,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
     references: list[list[list[str]]],
@@ -131,7 +131,7 @@ def greedy_scores(
 
 
 def beam_search(
-    stepper: Stepper,
+    stepper: StepwiseDecoder,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
     start_id: int,
@@ -190,7 +190,7 @@ def beam_search(
 
 
 def sequence_log_prob(
-    stepper: Stepper,
+    stepper: StepwiseDecoder,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
     sequences: np.ndarray,

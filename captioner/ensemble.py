@@ -12,7 +12,7 @@ from pathlib import Path
 
 from captioner import CaptionerError
 from captioner.captioning import Trained
-from captioner.decoder import Stepper
+from captioner.decoder import Stepper, StepwiseDecoder
 
 FOLDER = Path("ensemble")  # ensemble/<name>/: one member's model directory
 
@@ -33,7 +33,7 @@ def load_members(main: Trained, directories: list[Path]) -> list[Trained]:
     return members
 
 
-def stepper_of(members: list[Trained]) -> Stepper | EnsembleStepper:
+def stepper_of(members: list[Trained]) -> StepwiseDecoder:
     """What decodes ``members`` as one: a lone model's own ``Stepper``, or their ``EnsembleStepper``."""
     if len(members) == 1:
         return Stepper(members[0].decoder, members[0].spec)
@@ -41,7 +41,7 @@ def stepper_of(members: list[Trained]) -> Stepper | EnsembleStepper:
 
 
 class EnsembleStepper:
-    """A ``Stepper`` of several members: ``step`` returns the mean of their next-word log-probabilities (as
+    """A ``StepwiseDecoder`` of several members: ``step`` returns the mean of their next-word log-probabilities (as
     logits: decoding's argmax and log-softmax read them like one model's). ``start`` takes the grid when any
     member reads it (the others average it to the pooled vector, as the features file does)."""
 
