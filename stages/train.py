@@ -58,16 +58,16 @@ def main(params: Params) -> None:
         _, dev_rows, dev_references = split_references(captions["dev"], on.dev_features.row_of)
         # The greedy dev score that keeps an epoch's weights; self-critical epochs need one even under dev_loss.
         metric = "cider" if settings["select_by"] == "dev_cider" else "bleu4"
-        scored = settings["select_by"] != "dev_loss" or settings["self_critical_epochs"]
+        selects = settings["select_by"] != "dev_loss"  # a dev score keeps the teacher-forced epoch's weights
         dev_scores = functools.partial(
             decoding.greedy_scores, Stepper(model, spec), on.read, dev_rows, dev_references, vocab, vocab.max_length,
             cider=metrics.CiderD(dev_references),
-        ) if scored else None  # fmt: skip
+        ) if selects or settings["self_critical_epochs"] else None  # fmt: skip
         with training.EpochLog(log, timings) as live:
             summary = trainer.fit(
                 on.batches["train"], on.batches["dev"], settings["epochs"], settings["patience"], live,
                 settings["lr_patience"], settings["lr_factor"],
-                dev_scores if settings["select_by"] != "dev_loss" else None, metric,
+                dev_scores if selects else None, metric,
             )  # fmt: skip
             if settings["self_critical_epochs"]:
                 kept = f"best_dev_{metric}"
