@@ -264,5 +264,10 @@ class Stepper:
                     new_states = [*new_states, states[-1]]
                 return head(output), new_states, None
 
-        self.start = tf.function(start, reduce_retracing=True)
-        self.step = tf.function(step, reduce_retracing=True)
+        # Signatures with any batch size: one trace each, however many Steppers (an ensemble's members) decode
+        # batches of different sizes; shape-keyed retracing set TensorFlow's retracing warnings off.
+        features = model.inputs[0]
+        self.start = tf.function(start, input_signature=[tf.TensorSpec(features.shape, features.dtype)])
+        states = self.start.get_concrete_function().structured_outputs
+        state_specs = [tf.TensorSpec(state.shape, state.dtype) for state in states]
+        self.step = tf.function(step, input_signature=[tf.TensorSpec((None,), tf.int32), state_specs])

@@ -82,6 +82,16 @@ def test_one_member_decodes_through_its_own_stepper_and_several_through_the_ense
     assert stepper_of(members[1:]).reads_grid
 
 
+def test_each_member_traces_once_whatever_the_batch_sizes_so_tensorflow_warns_of_no_retracing(members):
+    members, features, vocab, _ = members
+    ensemble, rows = EnsembleStepper(members), np.arange(len(features))
+    batch_size = len(features) // 2 + 1  # a full batch, then a smaller last one; beams make it ×3
+    decoding.greedy(ensemble, features.__getitem__, rows, vocab.start_id, vocab.end_id, 6, batch_size)
+    decoding.beam_search(ensemble, features.__getitem__, rows, vocab.start_id, vocab.end_id, 6, 3, 0.0, batch_size)
+    for stepper in ensemble.steppers:
+        assert (stepper.start.experimental_get_tracing_count(), stepper.step.experimental_get_tracing_count()) == (1, 1)
+
+
 def test_members_must_share_the_vocabulary_and_have_no_fine_tuned_encoder(members, tmp_path):
     (main, _), features, vocab, _ = members
     other_vocab = type(vocab)([*vocab.words, "extra"], vocab.max_length)
