@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from captioner.datasets import shapes
+from tests.tiny_pipeline import ENVIRONMENT, TINY, commit_all, dvc
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_FLICKR8K = PROJECT.parent / "shared" / "flickr8k"
@@ -51,3 +53,25 @@ def shared_flickr8k() -> Path:
             pytest.fail(f"{SHARED_FLICKR8K} is missing")
         pytest.skip(f"{SHARED_FLICKR8K} is not beside this clone")
     return SHARED_FLICKR8K
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, str]:
+    """A git + DVC repo of the project on the ``TINY`` params, committed after one ``dvc repro``: (its path, that
+    repro's output). One per test module, whose tests change it in turn."""
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in PROJECT_FILES:
+        source = PROJECT / name
+        copy = shutil.copytree if source.is_dir() else shutil.copy
+        copy(source, repo / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if source.is_dir() else {}))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(PROJECT / ".gitignore", repo / ".gitignore")  # data, models and logs stay out of git
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(command, cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "tiny"], cwd=repo, check=True, env=ENVIRONMENT)
+    first = dvc(repo, "repro")
+    commit_all(repo, "tiny, reproduced")
+    return repo, first

@@ -1,4 +1,4 @@
-"""The caption command's arguments (captioner.cli); captioning itself is tested end to end in test_pipeline."""
+"""The caption command's arguments (captioner.cli); captioning itself is tested end to end in test_pipeline.py."""
 
 import pytest
 

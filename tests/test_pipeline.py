@@ -1,4 +1,5 @@
-"""End to end: `dvc repro` on tiny params in a temporary git repo, and what reruns after a change."""
+"""End to end: `dvc repro` on tiny params in a temporary git repo, what reruns after a change, the commands a user
+runs on the results, a remote, two workers. Training's other modes: tests/test_pipeline_training.py."""
 
 import json
 import os
@@ -6,69 +7,21 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
-import pytest
 import yaml
 
-from tests.conftest import PROJECT, PROJECT_FILES
-
-TINY = {
-    "shapes": {"num_images": 40, "image_size": 64, "dev_fraction": 0.2, "test_fraction": 0.2, "seed": 1},
-    "features": {"batch_size": 16},
-    "decoder": {"units": 16, "embedding_dim": 8},
-    "train": {"epochs": 2, "batch_size": 32},
-}
-BY_DEV_BLEU4 = ("-S", "train.select_by=dev_bleu4")
-
-
-GIT_IDENTITY = {k: "pipeline-test" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")} | {
-    k: "test@example.invalid" for k in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL")
-}
-ENVIRONMENT = os.environ | GIT_IDENTITY
-
-
-def dvc(repo, *args) -> str:
-    result = subprocess.run(
-        ["dvc", *args], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT | {"PYTHONPATH": str(repo)}
-    )
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w@-]+)'", output))
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in PROJECT_FILES:
-        source = PROJECT / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, repo / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if source.is_dir() else {}))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(PROJECT / ".gitignore", repo / ".gitignore")  # data, models and logs stay out of git
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
-        subprocess.run(command, cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-qm", "tiny"], cwd=repo, check=True, env=ENVIRONMENT)
-    first = dvc(repo, "repro")
-    commit_all(repo, "tiny, reproduced")
-    return repo, first
-
-
-def commit_all(repo, message: str) -> None:
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-qm", message], cwd=repo, check=True, env=ENVIRONMENT)
-
-
-def tracked_changes(repo) -> str:
-    return subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True
-    ).stdout
+from tests.conftest import PROJECT_FILES
+from tests.tiny_pipeline import (
+    BY_DEV_BLEU4,
+    ENVIRONMENT,
+    assert_selected_by_dev_bleu4,
+    commit_all,
+    dvc,
+    ran,
+    reset_to_head,
+    run_dvc,
+    tracked_changes,
+)
 
 
 def test_repro_runs_every_stage_and_writes_metrics(repo):
@@ -191,13 +144,7 @@ def test_attention_over_the_grid_runs_end_to_end(repo):
 
 def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
     repo, _ = repo
-    result = subprocess.run(
-        ["dvc", "exp", "run", "-S", "decoder.arch=attention", "-S", "features.pooling=avg"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
-    )
+    result = run_dvc(repo, "exp", "run", "-S", "decoder.arch=attention", "-S", "features.pooling=avg")
     assert result.returncode != 0
     assert "error: attention needs the feature grid" in result.stderr + result.stdout
     assert "set features.pooling to grid" in result.stderr + result.stdout
@@ -210,109 +157,9 @@ def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
     assert tracked_changes(repo) == "" and (repo / "models" / "captioner.json").exists()
 
 
-def test_finetuning_reruns_train_and_evaluate_and_scores_record_it(repo):
-    repo, _ = repo
-    block = "_blocks.15._expand_conv"
-    output = dvc(repo, "exp", "run", "-S", f"train.finetune_from={block}", "-S", "decoder.arch=inject", *BY_DEV_BLEU4)
-    assert "train" in ran(output) and "evaluate" in ran(output) and "extract_features" not in ran(output)
-    assert f"fine-tuning efficientnet_lite0 from layer {block}" in output
-    assert_selected_by_dev_bleu4(repo)  # dev features recomputed by the encoder as it trains
-    assert json.loads((repo / "metrics" / "scores.json").read_text())["finetune_from"] == block
-    card = json.loads((repo / "models" / "captioner.json").read_text())
-    assert card["finetune_from"] == block
-    bad = subprocess.run(
-        ["dvc", "exp", "run", "-S", "train.finetune_from=conv5_block1_out"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
-    )
-    assert bad.returncode != 0
-    assert (
-        "error: train.finetune_from 'conv5_block1_out' is not a layer of efficientnet_lite0" in bad.stderr + bad.stdout
-    )
-    dvc(repo, "exp", "run", "-S", "train.finetune_from=null", "-S", "train.select_by=dev_loss")  # back to defaults
-
-
-def test_self_critical_training_follows_teacher_forcing_and_refuses_what_it_cannot_do_before_training(repo):
-    repo, _ = repo
-    pinned = ("-S", "decoder.arch=inject", "-S", "features.pooling=avg", "-S", "train.select_by=dev_loss")
-    by_cider = (*pinned[:-1], "train.select_by=dev_cider")
-    output = dvc(repo, "exp", "run", *by_cider, "-S", "train.self_critical_epochs=2")
-    # evaluate reruns only if a self-critical epoch was kept: the teacher-forced weights save byte-identically
-    assert "train" in ran(output) and ran(output) <= {"train", "evaluate"}
-    assert "self-critical epoch 2: mean sampled CIDEr-D" in output and ", dev CIDEr-D " in output
-    summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
-    plots = repo / "metrics" / "train" / "plots" / "metrics"
-    rewards = (plots / "self_critical" / "reward.tsv").read_text().splitlines()[1:]
-    scores = [float(line.split("\t")[1]) for line in (plots / "dev" / "cider.tsv").read_text().splitlines()[1:]]
-    assert summary["self_critical_epochs_run"] == len(rewards) == 2
-    bleu4 = (plots / "dev" / "bleu4.tsv").read_text().splitlines()[1:]  # logged beside, not deciding
-    # Teacher-forced epochs, then the self-critical ones, all kept by dev CIDEr-D: the best of them is the model's.
-    assert len(scores) == len(bleu4) == summary["epochs_run"] + 2
-    assert summary["best_dev_cider"] == pytest.approx(max(scores), abs=5e-5)
-    for settings, error in (
-        (["train.finetune_from=_blocks.15._expand_conv"], "train.self_critical_epochs needs a frozen encoder"),
-        (["train.finetune_from=null", "train.self_critical_samples=1"], "train.self_critical_samples is 1: each"),
-    ):
-        bad = subprocess.run(
-            ["dvc", "exp", "run", *pinned, *(arg for setting in settings for arg in ("-S", setting))],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
-        )
-        assert bad.returncode != 0
-        assert f"error: {error}" in bad.stderr + bad.stdout
-        assert "train: epoch 1" not in bad.stdout + bad.stderr  # refused before any training
-    back = ("train.finetune_from=null", "train.self_critical_samples=5", "train.self_critical_epochs=0")
-    dvc(repo, "exp", "run", *(arg for setting in back for arg in ("-S", setting)))
-
-
-def assert_selected_by_dev_bleu4(repo) -> None:
-    summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
-    logged = (repo / "metrics" / "train" / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text().splitlines()
-    scores = [float(line.split("\t")[1]) for line in logged[1:]]
-    assert len(scores) == summary["epochs_run"] and summary["best_dev_bleu4"] == max(scores)
-    assert scores[summary["best_epoch"] - 1] == max(scores)
-
-
-def test_a_queued_sweep_runs_and_exp_show_lists_both_experiments(repo):
-    repo, _ = repo
-    for units in (12, 20):
-        pinned = ["-S", "decoder.arch=inject", "-S", "features.pooling=avg"]  # earlier tests left other values
-        dvc(repo, "exp", "run", "--queue", "-n", f"units-{units}", "-S", f"decoder.units={units}", *pinned)
-    # `dvc queue start` leaves a daemon that holds the stdout it was given until its worker exits (an idle worker
-    # on a loaded machine can wait minutes): give it none of ours to wait for, and poll the queue instead.
-    started = subprocess.run(
-        ["dvc", "queue", "start"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
-    )  # fmt: skip
-    assert started.returncode == 0
-    deadline = time.monotonic() + 600
-    while re.search(r"\b(Queued|Running)\b", dvc(repo, "queue", "status")):
-        assert time.monotonic() < deadline, dvc(repo, "queue", "status")
-        time.sleep(2)
-    assert dvc(repo, "queue", "status").count("Success") >= 2
-    rows = {}
-    for commit in json.loads(dvc(repo, "exp", "show", "--json")):
-        for experiment in commit.get("experiments") or []:
-            for revision in experiment["revs"]:
-                data = revision["data"]
-                rows[revision["name"]] = (
-                    data["params"]["params.yaml"]["data"]["decoder"]["units"],
-                    data["metrics"]["metrics/scores.json"]["data"]["bleu4"],
-                )
-    assert rows["units-12"][0] == 12 and rows["units-20"][0] == 20
-    assert all(0 <= bleu4 <= 1 for _, bleu4 in rows.values())
-
-
 def test_a_second_clone_pulls_features_and_model_from_a_remote_without_rerunning(repo, tmp_path):
     repo, _ = repo
-    # Back to the reproduced commit: earlier tests left experiment results in the workspace.
-    subprocess.run(["git", "reset", "-q", "--hard", "HEAD"], cwd=repo, check=True)
-    subprocess.run(["git", "clean", "-qfd"], cwd=repo, check=True)
-    dvc(repo, "checkout", "--force")
+    reset_to_head(repo)
     remote = tmp_path / "remote"
     dvc(repo, "remote", "add", "--default", "shared", str(remote))
     commit_all(repo, "state to share")
@@ -327,28 +174,6 @@ def test_a_second_clone_pulls_features_and_model_from_a_remote_without_rerunning
     assert (clone / "models" / "captioner.keras").exists()
     assert "Data and pipelines are up to date" in dvc(clone, "status")
     assert ran(dvc(clone, "repro")) == set()
-
-
-def test_an_ensemble_member_trains_alone_and_evaluate_decodes_with_both(repo, tmp_path):
-    repo, _ = repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["ensemble"] = {"seed2": {"train": {"seed": 2}}}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate"}  # the member alone
-    assert (repo / "ensemble" / "seed2" / "captioner.keras").exists()
-    assert json.loads((repo / "metrics" / "scores.json").read_text())["ensemble_members"] == 2
-    params["ensemble"]["seed2"]["train"]["seed"] = 3  # changing one member retrains only it
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate"}
-    image = next((repo / "data" / "raw" / "Flicker8k_Dataset").iterdir())
-    captioned = subprocess.run(["caption", str(image), "--member", "ensemble/seed2", "--json"], cwd=repo,
-                               capture_output=True, text=True, env=ENVIRONMENT)  # fmt: skip
-    assert captioned.returncode == 0, captioned.stderr
-    assert json.loads(captioned.stdout)["caption"]
-    bad = params | {"ensemble": {"seed2": {"features": {"pooling": "grid"}}}}
-    (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
-    refused = subprocess.run([sys.executable, "stages/evaluate.py"], cwd=repo, capture_output=True, text=True)
-    assert refused.returncode == 1 and refused.stderr.startswith("error: ensemble.seed2 is {'features'")
 
 
 def _free_port() -> int:

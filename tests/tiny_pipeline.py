@@ -1,0 +1,64 @@
+"""Helpers of the end-to-end tests (tests/test_pipeline*.py), which run DVC in a copy of this project on tiny
+params: the ``repo`` fixture (tests/conftest.py) makes one per test module."""
+
+import json
+import os
+import re
+import subprocess
+
+TINY = {
+    "shapes": {"num_images": 40, "image_size": 64, "dev_fraction": 0.2, "test_fraction": 0.2, "seed": 1},
+    "features": {"batch_size": 16},
+    "decoder": {"units": 16, "embedding_dim": 8},
+    "train": {"epochs": 2, "batch_size": 32},
+}
+BY_DEV_BLEU4 = ("-S", "train.select_by=dev_bleu4")
+
+GIT_IDENTITY = {k: "pipeline-test" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")} | {
+    k: "test@example.invalid" for k in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL")
+}
+ENVIRONMENT = os.environ | GIT_IDENTITY
+
+
+def run_dvc(repo, *args) -> subprocess.CompletedProcess:
+    """``dvc *args`` in ``repo``, importing the repo's own copy of ``captioner``; it may fail."""
+    return subprocess.run(
+        ["dvc", *args], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT | {"PYTHONPATH": str(repo)}
+    )
+
+
+def dvc(repo, *args) -> str:
+    """``dvc *args`` in ``repo``, which must succeed: its stdout and stderr."""
+    result = run_dvc(repo, *args)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w@-]+)'", output))
+
+
+def commit_all(repo, message: str) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", message], cwd=repo, check=True, env=ENVIRONMENT)
+
+
+def tracked_changes(repo) -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def reset_to_head(repo) -> None:
+    """Back to the last commit, its params and DVC outputs: the tests before left experiments in the workspace."""
+    subprocess.run(["git", "reset", "-q", "--hard", "HEAD"], cwd=repo, check=True)
+    subprocess.run(["git", "clean", "-qfd"], cwd=repo, check=True)
+    dvc(repo, "checkout", "--force")
+
+
+def assert_selected_by_dev_bleu4(repo) -> None:
+    summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
+    logged = (repo / "metrics" / "train" / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text().splitlines()
+    scores = [float(line.split("\t")[1]) for line in logged[1:]]
+    assert len(scores) == summary["epochs_run"] and summary["best_dev_bleu4"] == max(scores)
+    assert scores[summary["best_epoch"] - 1] == max(scores)
