@@ -25,6 +25,43 @@ def corpus_bleu(references: list[list[Words]], hypotheses: list[Words]) -> dict[
     return {name: float(nltk_corpus_bleu(references, hypotheses, weights=w)) for name, w in BLEU_WEIGHTS.items()}
 
 
+def _bleu_statistics(references: list[list[Words]], hypotheses: list[Words]) -> np.ndarray:
+    """Per image (N × 10): clipped matches and n-grams for n = 1…4, hypothesis and closest reference length. Corpus
+    BLEU is a function of their column sums, so redrawing images is redrawing rows."""
+    from nltk.translate.bleu_score import closest_ref_length, modified_precision
+
+    rows = []
+    for refs, hypothesis in zip(references, hypotheses, strict=True):
+        precisions = [modified_precision(refs, hypothesis, n) for n in range(1, 5)]
+        counts = [value for p in precisions for value in (p.numerator, p.denominator)]
+        rows.append([*counts, len(hypothesis), closest_ref_length(refs, len(hypothesis))])
+    return np.array(rows, dtype=np.float64).reshape(-1, 10)
+
+
+def _bleu4_of(sums: np.ndarray) -> float:
+    """Corpus BLEU-4 from summed ``_bleu_statistics``, as nltk's ``corpus_bleu`` computes it (no smoothing)."""
+    from nltk.translate.bleu_score import brevity_penalty
+
+    matches, totals = sums[0:8:2], sums[1:8:2]
+    if (matches == 0).any():
+        return 0.0
+    return brevity_penalty(int(sums[9]), int(sums[8])) * math.exp(float(np.mean(np.log(matches / totals))))
+
+
+def bleu4_bootstrap(
+    references: list[list[Words]], systems: list[list[Words]], draws: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """Corpus BLEU-4 (draws × systems) of each system's captions on ``draws`` redraws of the images with
+    replacement (a bootstrap): every system is scored on the same redraw, so differences of columns are paired."""
+    statistics = [_bleu_statistics(references, hypotheses) for hypotheses in systems]
+    rng = np.random.default_rng(seed)
+    scores = np.empty((draws, len(systems)))
+    for draw in range(draws):
+        chosen = rng.integers(0, len(references), len(references))
+        scores[draw] = [_bleu4_of(table[chosen].sum(axis=0)) for table in statistics]
+    return scores
+
+
 def _coco_format(references: list[list[Words]], hypotheses: list[Words]) -> tuple[dict, dict]:
     gts = {index: [" ".join(words) for words in refs] for index, refs in enumerate(references)}
     res = {index: [" ".join(words)] for index, words in enumerate(hypotheses)}

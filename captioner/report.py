@@ -8,11 +8,17 @@ reviewer will see: the test scores first, then the training summary, then the pa
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
 
 SCORES, TRAINING = "metrics/scores.json", "metrics/train/metrics.json"
+TEST_CAPTIONS = Path("metrics/test_captions.tsv")  # written by captioner.evaluation.captions_table
 HEADLINE = ("bleu4", "cider", "meteor", "rouge_l")  # the scores an experiments table shows
 WIDEST_VALUE = 22  # characters of a param value shown in the experiments table
 
@@ -29,15 +35,63 @@ def _changed(table: str, what: str) -> str:
     return table if len(table.splitlines()) > 2 else f"No {what} changed."  # a header alone says nothing
 
 
-def diff_report(base: str) -> str:
-    """Markdown: test scores, training summary and params, each ``base`` → workspace."""
+def read_test_captions(text: str) -> dict[str, tuple[list[list[str]], list[str]]]:
+    """Each test image's (references, generated caption), from the evaluate stage's captions table."""
+    rows = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    if not {"image", "generated", "references"} <= set(rows.fieldnames or ()):
+        raise ValueError(f"{TEST_CAPTIONS} has no image, generated and references columns")
+    return {
+        row["image"]: ([reference.split() for reference in row["references"].split(" | ")], row["generated"].split())
+        for row in rows
+    }
+
+
+def bleu4_noise(base: str, captions: Path = TEST_CAPTIONS) -> str:
+    """How far the choice of test images alone moves BLEU-4: for the change against ``base`` when both captioned
+    the same images with the same references (a paired bootstrap), else for this change's own score; empty
+    without the workspace's captions table."""
+    from captioner import metrics
+
+    if not captions.exists():
+        return ""
+    ours = read_test_captions(captions.read_text())
+    shown = subprocess.run(["git", "show", f"{base}:{captions.as_posix()}"], capture_output=True, text=True)
+    try:
+        theirs = read_test_captions(shown.stdout) if shown.returncode == 0 else {}
+    except ValueError:  # an older table: not comparable image by image
+        theirs = {}
+    images = sorted(ours)
+    references, mine = [ours[image][0] for image in images], [ours[image][1] for image in images]
+    if sorted(theirs) != images or any(theirs[image][0] != ours[image][0] for image in images):
+        low, high = np.percentile(metrics.bleu4_bootstrap(references, [mine])[:, 0], [2.5, 97.5])
+        return (
+            f"BLEU-4 on {len(images)} test images; redrawn with replacement (bootstrap, 95 %), these captions "
+            f"score {low:.4f}–{high:.4f}."
+        )
+    before = [theirs[image][1] for image in images]
+    if before == mine:
+        return ""  # the same captions: nothing to weigh
+    change = metrics.corpus_bleu(references, mine)["bleu4"] - metrics.corpus_bleu(references, before)["bleu4"]
+    draws = metrics.bleu4_bootstrap(references, [before, mine])
+    low, high = np.percentile(draws[:, 1] - draws[:, 0], [2.5, 97.5])
+    return (
+        f"BLEU-4 {change:+.4f} on the same {len(images)} test images; redrawing them with replacement (paired "
+        f"bootstrap, 95 %) puts the change between {low:+.4f} and {high:+.4f}: "
+        f"{'within' if low <= 0 <= high else 'beyond'} what the choice of test images moves."
+    )
+
+
+def diff_report(base: str, captions: Path = TEST_CAPTIONS) -> str:
+    """Markdown: test scores (and how far the choice of test images moves BLEU-4), training summary and params,
+    each ``base`` → workspace."""
     scores = _dvc("metrics", "diff", "--md", "--precision", "4", "--targets", SCORES, "--", base)
     training = _dvc("metrics", "diff", "--md", "--precision", "4", "--targets", TRAINING, "--", base)
     params = _dvc("params", "diff", "--md", base)
+    noise = bleu4_noise(base, captions)
     return "\n\n".join(
         [
             f"## Test scores: `{base}` → this change",
-            _changed(scores, "test score"),
+            _changed(scores, "test score") + (f"\n\n{noise}" if noise else ""),
             f"## Training: `{base}` → this change",
             _changed(training, "training summary value"),
             f"## Params: `{base}` → this change",
@@ -109,7 +163,7 @@ def diff_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(diff_report(args.base))
-    except (RuntimeError, FileNotFoundError) as error:
+    except (RuntimeError, FileNotFoundError, ValueError) as error:
         print(f"caption-diff: error: {error}", file=sys.stderr)
         return 1
     return 0

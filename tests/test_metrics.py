@@ -50,6 +50,33 @@ def test_nltk_bleu_agrees_with_coco_caption_bleu(seed):
         assert ours[key] == pytest.approx(coco[key], abs=1e-6)
 
 
+def test_each_bootstrap_draw_is_the_corpus_bleu4_of_the_redrawn_images_the_same_for_every_system():
+    references, hypotheses = random_corpus(4, images=30)
+    shorter = [words[:-2] for words in hypotheses]
+    draws = metrics.bleu4_bootstrap(references, [hypotheses, shorter, hypotheses], draws=6, seed=5)
+    rng = np.random.default_rng(5)  # the redraws bleu4_bootstrap makes
+    for row in draws:
+        chosen = rng.integers(0, len(references), len(references))
+        for column, system in enumerate((hypotheses, shorter)):
+            redrawn = metrics.corpus_bleu([references[i] for i in chosen], [system[i] for i in chosen])
+            assert row[column] == pytest.approx(redrawn["bleu4"], abs=1e-12)
+    np.testing.assert_array_equal(draws[:, 0], draws[:, 2])  # paired: one redraw for all systems
+    assert len(set(draws[:, 0])) == 6 and (draws[:, 1] != draws[:, 0]).all()
+
+
+def test_a_bootstrap_draw_without_a_four_gram_match_scores_zero_as_nltk_does():
+    references = [[["a", "b", "c", "d", "e"]], [["x", "y"]]]  # the second image has no 4-gram at all
+    hypotheses = [["a", "b", "c", "d", "e"], ["x", "y"]]
+    draws = metrics.bleu4_bootstrap(references, [hypotheses], draws=20, seed=0)[:, 0]
+    rng = np.random.default_rng(0)
+    expected = []
+    for _ in draws:
+        chosen = rng.integers(0, 2, 2)
+        expected.append(metrics.corpus_bleu([references[i] for i in chosen], [hypotheses[i] for i in chosen])["bleu4"])
+    np.testing.assert_allclose(draws, expected, atol=1e-12)
+    assert {0.0, 1.0} < set(np.round(draws, 12))  # the second image twice, the first twice, and mixed
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_cider_d_with_the_scored_images_references_equals_pycocoevalcap_per_image(seed):
     from pycocoevalcap.cider.cider import Cider

@@ -102,6 +102,11 @@ def test_decoder_change_reruns_train_and_evaluate_only_and_the_diff_report_shows
     assert report.stdout.startswith("## Test scores: `HEAD` → this change")
     assert re.search(r"\| metrics/scores.json\s*\| bleu1\s*\|", report.stdout)
     assert report.stdout.index("bleu1") < report.stdout.index("## Training") < report.stdout.index("## Params")
+    committed = subprocess.run(["git", "show", "HEAD:metrics/test_captions.tsv"], cwd=repo, capture_output=True,
+                               text=True, check=True).stdout  # fmt: skip
+    weighed = "on the same 8 test images; redrawing them with replacement (paired bootstrap, 95 %)"
+    captions_changed = committed != (repo / "metrics" / "test_captions.tsv").read_text()
+    assert (weighed in report.stdout) == captions_changed  # read from git and the workspace, both sides
     diff = subprocess.run(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=repo, capture_output=True, text=True)
     metrics_diff = json.loads(diff.stdout)
     assert "bleu1" in metrics_diff["metrics/scores.json"]  # and nothing of the machine or of the last epoch:
