@@ -264,8 +264,8 @@ class Stepper:
                     new_states = [*new_states, states[-1]]
                 return head(output), new_states, None
 
-        # Signatures with any batch size: one trace each, however many Steppers (an ensemble's members) decode
-        # batches of different sizes; shape-keyed retracing set TensorFlow's retracing warnings off.
+        # Signatures with any batch size: one trace each, whatever the batch sizes (a trace per batch shape made
+        # the Steppers of a 3-member ensemble trip TensorFlow's retracing warning).
         features = model.inputs[0]
         self.start = tf.function(start, input_signature=[tf.TensorSpec(features.shape, features.dtype)])
         states = self.start.get_concrete_function().structured_outputs

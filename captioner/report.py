@@ -2,7 +2,8 @@
 (every experiment's changed params and headline scores, one table).
 
 The pull-request workflow posts exactly the `caption-diff` text as a comment, so a local run shows what a
-reviewer will see: the test scores first, then the training summary, then the params.
+reviewer will see: the test scores first (with whether BLEU-4 moved beyond what the choice of test images moves),
+then the training summary, then the params.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def _changed(table: str, what: str) -> str:
     return table if len(table.splitlines()) > 2 else f"No {what} changed."  # a header alone says nothing
 
 
-def read_test_captions(text: str) -> dict[str, tuple[list[list[str]], list[str]]]:
-    """Each test image's (references, generated caption), from the evaluate stage's captions table."""
+def read_test_captions(text: str, source: str = str(TEST_CAPTIONS)) -> dict[str, tuple[list[list[str]], list[str]]]:
+    """Each test image's (references, generated caption), from the evaluate stage's captions table (``source``
+    names it in the error a table without its columns raises)."""
     rows = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     if not {"image", "generated", "references"} <= set(rows.fieldnames or ()):
-        raise ValueError(f"{TEST_CAPTIONS} has no image, generated and references columns")
+        raise ValueError(f"{source} has no image, generated and references columns")
     return {
         row["image"]: ([reference.split() for reference in row["references"].split(" | ")], row["generated"].split())
         for row in rows
@@ -54,10 +56,10 @@ def bleu4_noise(base: str, captions: Path = TEST_CAPTIONS) -> str:
 
     if not captions.exists():
         return ""
-    ours = read_test_captions(captions.read_text())
+    ours = read_test_captions(captions.read_text(), str(captions))
     shown = subprocess.run(["git", "show", f"{base}:{captions.as_posix()}"], capture_output=True, text=True)
     try:
-        theirs = read_test_captions(shown.stdout) if shown.returncode == 0 else {}
+        theirs = read_test_captions(shown.stdout, base) if shown.returncode == 0 else {}
     except ValueError:  # an older table: not comparable image by image
         theirs = {}
     images = sorted(ours)
