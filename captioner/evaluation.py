@@ -51,7 +51,8 @@ def caption_test_images(
         read, rows = store.reader(pooled), np.array([store.row_of[image] for image in images])
         stepper, decode = Stepper(trained.decoder, trained.spec), (vocab.start_id, vocab.end_id, settings["max_len"])
         decoder = stepper_of([trained, *members]) if members else stepper
-        decoder_read = store.reader(not decoder.reads_grid)
+        # A second reader only when the ensemble reads the other form: a pooled reader loads its whole table.
+        decoder_read = read if decoder.reads_grid == trained.spec.reads_grid else store.reader(not decoder.reads_grid)
         if settings["beam_size"] > 1:
             beam = (settings["beam_size"], settings["length_penalty"])
             generated, _ = decoding.beam_search(decoder, decoder_read, rows, *decode, *beam)
