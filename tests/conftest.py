@@ -26,13 +26,18 @@ def shapes_raw(tmp_path_factory) -> Path:
 @pytest.fixture
 def project(tmp_path) -> Path:
     """A copy of the project's pipeline files, to run stage scripts against."""
+    copy_project(tmp_path)
+    return tmp_path
+
+
+def copy_project(target: Path) -> None:
+    """The project's pipeline files (``PROJECT_FILES``) into ``target``, without bytecode caches."""
     for name in PROJECT_FILES:
         source = PROJECT / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(source, tmp_path / name)
-    return tmp_path
+            shutil.copy(source, target / name)
 
 
 def run_stage(project: Path, stage: str) -> subprocess.CompletedProcess:
@@ -60,10 +65,7 @@ def repo(tmp_path_factory) -> tuple[Path, str]:
     """A git + DVC repo of the project on the ``TINY`` params, committed after one ``dvc repro``: (its path, that
     repro's output). One per test module, whose tests change it in turn."""
     repo = tmp_path_factory.mktemp("pipeline")
-    for name in PROJECT_FILES:
-        source = PROJECT / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, repo / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if source.is_dir() else {}))
+    copy_project(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
