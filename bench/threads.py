@@ -40,6 +40,7 @@ def worker(steps: int) -> None:
         data = batching.CaptionBatches(store.reader(pooled), shape, rows, sequences, settings["batch_size"], seed=0)
         batches = [batch for batch, _ in zip(itertools.cycle(data), range(steps), strict=False)]
     training.seed_everything(0)
+    training.deterministic_ops()
     model = decoder.build(len(vocab), shape, spec)
     step = training.Trainer(model, settings["learning_rate"], settings["clipnorm"]).step_for("train", data.element_spec)
     for features, tokens in batches[:3]:  # compile and warm up

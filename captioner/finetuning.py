@@ -83,6 +83,30 @@ def finetunable_encoder(
     return SplitEncoder(frozen, trainable, keras.Model(images, pool(backbone(images)), name=ENCODER))
 
 
+@keras.saving.register_keras_serializable(package="captioner")
+class PerCaption(layers.Layer):
+    """Each image's features once per caption row: (B, …) → (B·captions_per_image, …), image by image.
+
+    A broadcast and a reshape rather than ``ops.repeat``: with a free batch dimension the gradient of
+    TensorFlow's repeat (or tile) logs a spurious oneDNN "DT_INT32" error line on every fine-tuning run.
+    """
+
+    def __init__(self, captions_per_image: int, **kwargs):
+        super().__init__(**kwargs)
+        self.captions_per_image = captions_per_image
+
+    def call(self, features):
+        shape = ops.shape(features)
+        copies = ops.broadcast_to(ops.expand_dims(features, 1), (shape[0], self.captions_per_image, *shape[1:]))
+        return ops.reshape(copies, (-1, *features.shape[1:]))
+
+    def compute_output_shape(self, shape):
+        return (None if shape[0] is None else shape[0] * self.captions_per_image, *shape[1:])
+
+    def get_config(self):
+        return super().get_config() | {"captions_per_image": self.captions_per_image}
+
+
 def joint_model(encoder_model: keras.Model, decoder_model: keras.Model, captions_per_image: int) -> keras.Model:
     """[encoder inputs (B, …), tokens (B·captions_per_image, T)] → the decoder's outputs for every caption."""
     inputs = keras.Input(encoder_model.input.shape[1:], name="encoder_inputs")
@@ -90,7 +114,7 @@ def joint_model(encoder_model: keras.Model, decoder_model: keras.Model, captions
     features = encoder_model(inputs)
     if len(features.shape) == 4:  # the grid, as the attention decoder reads it: (H·W, C)
         features = layers.Reshape((-1, features.shape[-1]), name="flatten_grid")(features)
-    features = ops.repeat(features, captions_per_image, axis=0)
+    features = PerCaption(captions_per_image, name="per_caption")(features)
     outputs = decoder_model([features, tokens])
     return keras.Model([inputs, tokens], outputs, name="captioner")
 

@@ -47,10 +47,15 @@ def frozen_run(
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and TensorFlow seeded, and TensorFlow's ops deterministic: the same metrics every run."""
+    """Python, NumPy and TensorFlow seeded: with ``deterministic_ops``, the same metrics every run."""
     import keras
 
     keras.utils.set_random_seed(seed)
+
+
+def deterministic_ops() -> None:
+    """TensorFlow's ops deterministic from here on. Called once the inputs are ready, not before: under it tf.data
+    runs the image loader (a ``py_function`` for the EXIF step) on one thread, and logs a spurious NodeDef error."""
     tf.config.experimental.enable_op_determinism()
 
 

@@ -50,6 +50,7 @@ def main(params: Params) -> None:
                 model, spec, store, encoded, encoders.get(params["encoder"]), Layout.images,
                 settings["finetune_from"], settings["batch_size"], settings["seed"], strategy,
             ))  # fmt: skip
+        training.deterministic_ops()
         with strategy.scope():
             trainer = training.Trainer(
                 on.trained, settings["learning_rate"], settings["clipnorm"], decoder["attention_reg"],

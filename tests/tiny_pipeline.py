@@ -18,6 +18,12 @@ GIT_IDENTITY = {k: "pipeline-test" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_N
     k: "test@example.invalid" for k in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL")
 }
 ENVIRONMENT = os.environ | GIT_IDENTITY
+# Lines TensorFlow's C++ side prints that captioner.console keeps off a stage's console.
+TF_NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages", "cuInit", "oneDNN")
+
+
+def tf_noise(console: str) -> list[str]:
+    return [line for line in console.splitlines() if line.startswith(TF_NOISE)]
 
 
 def run_dvc(repo, *args) -> subprocess.CompletedProcess:
@@ -28,9 +34,10 @@ def run_dvc(repo, *args) -> subprocess.CompletedProcess:
 
 
 def dvc(repo, *args) -> str:
-    """``dvc *args`` in ``repo``, which must succeed: its stdout and stderr."""
+    """``dvc *args`` in ``repo``, which must succeed with a quiet console: its stdout and stderr."""
     result = run_dvc(repo, *args)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    assert not tf_noise(result.stdout + result.stderr), f"dvc {' '.join(args)}: {tf_noise(result.stderr)}"
     return result.stdout + result.stderr
 
 
