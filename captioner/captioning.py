@@ -118,8 +118,6 @@ class Trained:
         """The model directory's contents, with a clear error if the model, its card or the spec is absent."""
         import keras
 
-        from captioner import finetuning  # noqa: F401  registers the layer that joins a fine-tuned encoder
-
         card, model_file = read_card(directory), Path(directory) / MODEL_FILE
         spec = DecoderSpec.from_card(card, str(Path(directory) / CARD_FILE))
         if not model_file.exists():

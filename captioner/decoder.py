@@ -190,6 +190,31 @@ def build(
 DECODER, ENCODER = "decoder", "encoder"  # the names of the parts inside a captioner model
 
 
+@keras.saving.register_keras_serializable(package="captioner")
+class PerCaption(layers.Layer):
+    """Each image's features once per caption row: (B, …) → (B·captions_per_image, …), image by image; what joins
+    a fine-tuned encoder to the decoder (``captioner.finetuning.joint_model``).
+
+    A broadcast and a reshape rather than ``ops.repeat``: with a free batch dimension the gradient of
+    TensorFlow's repeat (or tile) logs a spurious oneDNN "DT_INT32" error line on every fine-tuning run.
+    """
+
+    def __init__(self, captions_per_image: int, **kwargs):
+        super().__init__(**kwargs)
+        self.captions_per_image = captions_per_image
+
+    def call(self, features):
+        shape = ops.shape(features)
+        copies = ops.broadcast_to(ops.expand_dims(features, 1), (shape[0], self.captions_per_image, *shape[1:]))
+        return ops.reshape(copies, (-1, *features.shape[1:]))
+
+    def compute_output_shape(self, shape):
+        return (None if shape[0] is None else shape[0] * self.captions_per_image, *shape[1:])
+
+    def get_config(self):
+        return super().get_config() | {"captions_per_image": self.captions_per_image}
+
+
 def parts(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
     """(fine-tuned encoder or None, decoder) of a captioner model: a ``build`` model, or one joined to its encoder."""
     if ENCODER not in {layer.name for layer in model.layers}:

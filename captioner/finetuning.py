@@ -20,11 +20,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
+from keras import layers
 
 from captioner import CaptionerError
 from captioner.batching import ImageCaptionBatches, captions_by_image
-from captioner.decoder import ENCODER, DecoderSpec
+from captioner.decoder import ENCODER, DecoderSpec, PerCaption
 from captioner.encoders import Encoder
 from captioner.features import FeatureFile, written_by
 from captioner.training import TrainingRun
@@ -81,30 +81,6 @@ def finetunable_encoder(
         ) from None
     frozen = keras.Model(backbone.input, split_at, name="frozen_" + ENCODER)
     return SplitEncoder(frozen, trainable, keras.Model(images, pool(backbone(images)), name=ENCODER))
-
-
-@keras.saving.register_keras_serializable(package="captioner")
-class PerCaption(layers.Layer):
-    """Each image's features once per caption row: (B, …) → (B·captions_per_image, …), image by image.
-
-    A broadcast and a reshape rather than ``ops.repeat``: with a free batch dimension the gradient of
-    TensorFlow's repeat (or tile) logs a spurious oneDNN "DT_INT32" error line on every fine-tuning run.
-    """
-
-    def __init__(self, captions_per_image: int, **kwargs):
-        super().__init__(**kwargs)
-        self.captions_per_image = captions_per_image
-
-    def call(self, features):
-        shape = ops.shape(features)
-        copies = ops.broadcast_to(ops.expand_dims(features, 1), (shape[0], self.captions_per_image, *shape[1:]))
-        return ops.reshape(copies, (-1, *features.shape[1:]))
-
-    def compute_output_shape(self, shape):
-        return (None if shape[0] is None else shape[0] * self.captions_per_image, *shape[1:])
-
-    def get_config(self):
-        return super().get_config() | {"captions_per_image": self.captions_per_image}
 
 
 def joint_model(encoder_model: keras.Model, decoder_model: keras.Model, captions_per_image: int) -> keras.Model:
