@@ -37,8 +37,9 @@ def dvc(repo, *args) -> str:
     """``dvc *args`` in ``repo``, which must succeed with a quiet console: its stdout and stderr."""
     result = run_dvc(repo, *args)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    assert not tf_noise(result.stdout + result.stderr), f"dvc {' '.join(args)}: {tf_noise(result.stderr)}"
-    return result.stdout + result.stderr
+    console = result.stdout + result.stderr
+    assert not tf_noise(console), f"dvc {' '.join(args)} printed TensorFlow noise: {tf_noise(console)}"
+    return console
 
 
 def ran(output: str) -> set[str]:
