@@ -74,7 +74,7 @@ def bleu4_noise(base: str, captions: Path = TEST_CAPTIONS) -> str:
     if before == mine:
         return ""  # the same captions: nothing to weigh
     # As metrics/scores.json rounds them, so the change reads as the table's above.
-    bleu4 = [round(metrics.corpus_bleu(references, captions)["bleu4"], 4) for captions in (before, mine)]
+    bleu4 = [round(metrics.corpus_bleu(references, system)["bleu4"], 4) for system in (before, mine)]
     change = bleu4[1] - bleu4[0]
     draws = metrics.bleu4_bootstrap(references, [before, mine])
     low, high = np.percentile(draws[:, 1] - draws[:, 0], [2.5, 97.5])
