@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner import CaptionerError
-from captioner.decoder import DecoderSpec, parts
+from captioner import CaptionerError, artifacts
+from captioner.boundary import field
+from captioner.decoder import DecoderSpec, disagreement, parts
 from captioner.encoders import Encoder
 from captioner.features import FeatureFile, written_by
 from captioner.stage import atomic_path
-from captioner.text import Vocabulary
+from captioner.text import SPECIAL_TOKENS, Vocabulary
 
 MODEL_FILE, CARD_FILE = "captioner.keras", "captioner.json"
 
@@ -92,11 +93,40 @@ def _numbered_shared_objects(config: str) -> str:
     return re.sub(r'"shared_object_id": (\d+)', number, config)
 
 
+# What a model card holds (``write_card``), each of its type.
+CARD_FIELDS = {
+    "dataset": (str, type(None)),
+    "encoder": str,
+    "weights": str,
+    "weights_param": str,
+    "input_size": int,
+    "decoder": dict,
+    "finetune_from": (str, type(None)),
+    "vocabulary_size": int,
+    "vocabulary": list,
+    "max_length": int,
+}
+
+
 def read_card(directory: Path) -> dict:
+    """The model card in ``directory``, every field of its type and its vocabulary whole; else one line naming it."""
     card_file = Path(directory) / CARD_FILE
     if not card_file.exists():
         raise CaptionerError(f"{card_file} is missing; run `dvc repro` (the train stage) first")
-    return json.loads(card_file.read_text())
+    card = artifacts.read_json(card_file)
+    try:
+        for key, kind in CARD_FIELDS.items():
+            field(card, key, kind)
+    except CaptionerError as err:
+        raise artifacts.damaged(card_file, str(err)) from None
+    words = card["vocabulary"]
+    if not all(isinstance(word, str) for word in words) or len(set(words)) != len(words):
+        raise artifacts.damaged(card_file, "its vocabulary holds a word that is not text, or one word twice")
+    if card["vocabulary_size"] != len(words) + len(SPECIAL_TOKENS):
+        raise artifacts.damaged(
+            card_file, f"vocabulary_size {card['vocabulary_size']} for a vocabulary of {len(words)} words"
+        )
+    return card
 
 
 @dataclass
@@ -115,14 +145,30 @@ class Trained:
 
     @classmethod
     def load(cls, directory: Path) -> Trained:
-        """The model directory's contents, with a clear error if the model, its card or the spec is absent."""
+        """The model directory's contents, checked to agree with each other; one line naming the file that is
+        absent, damaged or disagrees with its card."""
         import keras
 
         card, model_file = read_card(directory), Path(directory) / MODEL_FILE
         spec = DecoderSpec.from_card(card, str(Path(directory) / CARD_FILE))
         if not model_file.exists():
             raise CaptionerError(f"{model_file} is missing; run `dvc repro` (the train stage) first")
-        return cls(card, spec, *parts(keras.saving.load_model(model_file)))
+        with artifacts.reading(model_file, "not a readable Keras model (truncated or corrupt?)"):
+            if not zipfile.is_zipfile(model_file):
+                raise ValueError("not a zip archive")
+            encoder, decoder = parts(keras.saving.load_model(model_file))
+        mismatch = disagreement(decoder, spec, card["vocabulary_size"])
+        if mismatch:
+            raise artifacts.damaged(model_file, f"disagrees with its card {CARD_FILE}: {mismatch}")
+        return cls(card, spec, encoder, decoder)
+
+    def require_vocabulary(self, vocab: Vocabulary, source: Path) -> None:
+        """A CaptionerError unless this model was trained on ``vocab`` (read from ``source``)."""
+        if self.card["vocabulary"] != vocab.words:
+            raise CaptionerError(
+                f"{source} is not the vocabulary the model was trained on (its card: {len(self.card['vocabulary'])} "
+                f"words, {source}: {len(vocab.words)}); `dvc repro` retrains the model on this one"
+            )
 
 
 def _plain(value):

@@ -4,7 +4,7 @@
 
 The model directory written by the train stage says which encoder, weights, input size and
 pooling the decoder was trained on, so nothing is re-typed. A missing or unreadable file gets one
-line on stderr and a nonzero exit status; the other images are still captioned.
+line on stderr and exit status 1 (an unusable model too); the other images are still captioned.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         captioner = Captioner.load(arguments.model_dir, arguments.member)
     except CaptionerError as err:
         print(f"caption: error: {err}", file=sys.stderr)
-        return 2
+        return 1
     if captioner.trained.card.get("dataset") == "shapes":
         print(f"caption: note: the model in {arguments.model_dir}/ was trained on generated shapes and describes only "
               "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from captioner import CaptionerError
+from captioner import CaptionerError, artifacts
+from captioner import params as param_rules
 
 ARCHS = ("merge", "inject", "attention")
 RNNS = {"gru": (layers.GRU, layers.GRUCell, 1), "lstm": (layers.LSTM, layers.LSTMCell, 2)}  # layer, cell, states
@@ -134,6 +135,11 @@ class DecoderSpec:
         missing = [field.name for field in fields(cls) if field.name not in saved]
         if missing:
             raise CaptionerError(f"{source}: the decoder spec lacks {', '.join(missing)}; retrain: dvc repro")
+        try:  # the spec's fields are decoder params: the same rules hold
+            for field in fields(cls):
+                param_rules.check(f"decoder.{field.name}", saved[field.name])
+        except CaptionerError as err:
+            raise artifacts.damaged(source, f"its decoder spec: {err}") from None
         return cls(**{field.name: saved[field.name] for field in fields(cls)})
 
 
@@ -185,6 +191,22 @@ def build(
     if embeddings is not None:
         model.get_layer("embedding").set_weights([embeddings])
     return model
+
+
+def disagreement(model: keras.Model, spec: DecoderSpec, vocab_size: int) -> str | None:
+    """How a loaded decoder differs from the one ``spec`` and ``vocab_size`` build (the first layer whose weights
+    differ in shape), or None when they agree."""
+    reference = build(vocab_size, tuple(model.inputs[0].shape[1:]), spec)
+
+    def layers_of(decoder: keras.Model) -> list[tuple[str, list[tuple[int, ...]]]]:
+        return [(layer.name, [tuple(weight.shape) for weight in layer.weights]) for layer in decoder.layers]
+
+    for (name, shapes), (expected_name, expected) in zip(layers_of(model), layers_of(reference), strict=False):
+        if (name, shapes) != (expected_name, expected):
+            return f"its layer {name} holds weights of shapes {shapes}, the spec's {expected_name} {expected}"
+    if len(model.layers) != len(reference.layers):
+        return f"{len(model.layers)} layers, the spec's {len(reference.layers)}"
+    return None
 
 
 DECODER, ENCODER = "decoder", "encoder"  # the names of the parts inside a captioner model

@@ -8,14 +8,17 @@ pooling and preprocessing, so a reader can refuse a file made for other params.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from captioner import CaptionerError
+from captioner import CaptionerError, artifacts
 from captioner.encoders import Encoder
 from captioner.stage import atomic_path, progress
 
@@ -57,6 +60,35 @@ def upright(image, orientation):
         lambda: tf.image.rot90(image, 1),  # 8
     ]
     return tf.switch_case(orientation - 1, turns)
+
+
+MAX_IMAGE_BYTES = 64 << 20  # a photo is a few MB; a bigger file is not one, and reading it whole costs memory
+MAX_IMAGE_PIXELS = 80_000_000  # decoded (×3 bytes) a 240 MB image; a few-KB PNG can claim far more
+
+
+def image_problem(path: Path | str) -> str | None:
+    """Why ``path`` cannot be read as an image, found before it is read (so a FIFO, a device or a decompression
+    bomb never stalls or floods a run), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        return "no such file" if isinstance(err, FileNotFoundError) else err.strerror
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size > MAX_IMAGE_BYTES:
+        return f"{info.st_size >> 20} MB, over the {MAX_IMAGE_BYTES >> 20} MB an image may have"
+    try:
+        with warnings.catch_warnings():  # PIL's bomb warning: the size check below says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return "not a readable image"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"{width}×{height} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} million an image may have"
+    return None
 
 
 def load_image(path, size: int, preprocess):
@@ -137,7 +169,9 @@ class Extractor:
                 pooling=self.pooling,
                 preprocessing=self.encoder.preprocessing,
             )
-            images = _image_dataset(paths, self.size, self.encoder.preprocess, batch_size)
+            images = _image_dataset(
+                [path for path in paths if image_problem(path) is None], self.size, self.encoder.preprocess, batch_size
+            )
             label = label or f"extract_features: {self.encoder.name}"
             with progress(total=len(paths), desc=label, unit="image") as bar:
                 for names, batch in images:
@@ -156,10 +190,14 @@ class Extractor:
 
         images, failures = [], {}
         for path in paths:
+            problem = image_problem(path)
+            if problem:
+                failures[path] = problem
+                continue
             try:
                 images.append(load_image(str(path), self.size, self.encoder.preprocess))
             except (tf.errors.OpError, ValueError):
-                failures[path] = "no such file" if not Path(path).exists() else "not a readable image"
+                failures[path] = "not a readable image"
         if not images:
             return np.zeros((0, *self.model.output.shape[1:]), np.float32), failures
         return self.forward(tf.stack(images)).numpy(), failures
@@ -188,15 +226,24 @@ class FeatureFile:
         if not Path(path).exists():
             raise CaptionerError(f"features file {path} is missing; run the extract_features stage")
         self.path = Path(path)
-        self.store = h5py.File(path, "r")
-        if self.store.attrs["encoder"] != encoder:
-            held = self.store.attrs["encoder"]
-            raise CaptionerError(f"{path} holds {held} features, but params say encoder {encoder}")
-        self.attrs = dict(self.store.attrs)
-        self.pooling = str(self.attrs["pooling"])
-        self.names = list(self.store["image_ids"].asstr()[:])  # image file name of each row
+        with artifacts.reading(path, "not a readable features file (truncated or overwritten?)"):
+            self.store = h5py.File(path, "r")
+            try:
+                self.attrs = dict(self.store.attrs)
+                held, self.pooling = str(self.attrs["encoder"]), str(self.attrs["pooling"])
+                self._features = self.store["features"]
+                self.names = list(self.store["image_ids"].asstr()[:])  # image file name of each row
+            except BaseException:
+                self.store.close()
+                raise
+        shape, kind = self._features.shape, self._features.dtype.kind
+        if held != encoder or len(shape) not in (2, 4) or shape[0] != len(self.names) or kind != "f":
+            self.store.close()
+            if held != encoder:
+                raise CaptionerError(f"{path} holds {held} features, but params say encoder {encoder}")
+            what = f"features of shape {shape} ({self._features.dtype}) for {len(self.names)} images"
+            raise artifacts.damaged(path, f"{what}; a features file holds N×C or N×H×W×C floats")
         self.row_of = {name: row for row, name in enumerate(self.names)}
-        self._features = self.store["features"]
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -223,10 +270,11 @@ class FeatureFile:
         shape = self.shape(pooled)
         unique, inverse = np.unique(rows, return_inverse=True)
         out = np.empty((len(unique), *shape), dtype=np.float32)
-        for index, row in enumerate(unique):
-            # One chunk per read: ~60x faster than h5py's fancy indexing over the same rows.
-            values = self._features[row].astype(np.float32).reshape(-1, shape[-1])
-            out[index] = values.mean(axis=0) if pooled else values
+        with artifacts.reading(self.path, "a feature row does not read (truncated?)"):
+            for index, row in enumerate(unique):
+                # One chunk per read: ~60x faster than h5py's fancy indexing over the same rows.
+                values = self._features[row].astype(np.float32).reshape(-1, shape[-1])
+                out[index] = values.mean(axis=0) if pooled else values
         return out[inverse]
 
     def reader(self, pooled: bool) -> Callable[[np.ndarray], np.ndarray]:

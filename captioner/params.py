@@ -9,6 +9,7 @@ stage that reads the param checks it, so each list of choices has one home.
 from __future__ import annotations
 
 import importlib
+import math
 import numbers
 import re
 from dataclasses import dataclass
@@ -38,11 +39,11 @@ class Rule:
             text = "one of: " + ", ".join(sorted(self.resolved_choices()))
         elif self.kind in ("integer", "number"):
             bounds = [
-                f"{sign} {value:g}"
+                f"{sign} {int(value) if float(value).is_integer() else f'{value:g}'}"
                 for sign, value in (("≥", self.low), (">", self.above), ("≤", self.high), ("<", self.below))
                 if value is not None
             ]
-            text = f"{'an integer' if self.kind == 'integer' else 'a number'} {' and '.join(bounds)}".strip()
+            text = f"{'an integer' if self.kind == 'integer' else 'a finite number'} {' and '.join(bounds)}".strip()
         elif self.kind == "flag":
             text = "true or false"
         elif self.kind == "list":
@@ -70,8 +71,8 @@ class Rule:
         if self.kind == "choice":
             return isinstance(value, str) and value in self.resolved_choices()
         wanted = numbers.Integral if self.kind == "integer" else numbers.Real
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            return False
+        if isinstance(value, bool) or not isinstance(value, wanted) or not math.isfinite(value):
+            return False  # .inf and .nan too: no bound holds them
         return (
             (self.low is None or value >= self.low)
             and (self.high is None or value <= self.high)
@@ -106,8 +107,8 @@ SHA256 = text(pattern="[0-9a-fA-F]{64}", optional=True)
 RULES: dict[str, Rule] = {
     "dataset": one_of("captioner.datasets:DATASETS"),
     "encoder": one_of("captioner.encoders:REGISTRY"),
-    "shapes.num_images": integer(low=10),
-    "shapes.image_size": integer(low=16),
+    "shapes.num_images": integer(low=10, high=1_000_000),
+    "shapes.image_size": integer(low=16, high=2048),
     "shapes.dev_fraction": FRACTION,
     "shapes.test_fraction": FRACTION,
     "shapes.seed": SEED,
@@ -124,42 +125,42 @@ RULES: dict[str, Rule] = {
     "karpathy.images_dir": text(),
     "karpathy.restval": FLAG,
     "features.weights": text(),  # imagenet | none | a file: captioner.encoders checks which
-    "features.image_size": integer(low=32, optional=True),
+    "features.image_size": integer(low=32, high=2048, optional=True),
     "features.pooling": one_of("captioner.features:POOLINGS"),
-    "features.batch_size": integer(),
+    "features.batch_size": integer(high=4096),
     "vocab.min_count": integer(),
-    "vocab.max_length": integer(low=3, why="<start>, one word and <end>"),
+    "vocab.max_length": integer(low=3, high=1000, why="<start>, one word and <end>"),
     "decoder.rnn": one_of("captioner.decoder:RNNS"),
     "decoder.arch": one_of("captioner.decoder:ARCHS"),
-    "decoder.units": integer(),
-    "decoder.embedding_dim": integer(),
+    "decoder.units": integer(high=16384),
+    "decoder.embedding_dim": integer(high=16384),
     "decoder.dropout": number(low=0, below=1),
     "decoder.embeddings": text(),  # learned | a GloVe file: captioner.text checks which
     "decoder.train_embeddings": FLAG,
-    "decoder.attention_units": integer(),
+    "decoder.attention_units": integer(high=16384),
     "decoder.attention_reg": number(low=0),
-    "train.batch_size": integer(),
-    "train.epochs": integer(),
+    "train.batch_size": integer(high=65536),
+    "train.epochs": integer(high=10_000),
     "train.learning_rate": number(above=0),
     "train.clipnorm": number(above=0),
     "train.select_by": one_of("captioner.training:SELECT_BY"),
-    "train.patience": integer(),
-    "train.lr_patience": integer(low=0),
+    "train.patience": integer(high=10_000),
+    "train.lr_patience": integer(low=0, high=10_000),
     "train.lr_factor": number(above=0, high=1),
     "train.seed": SEED,
     "train.strategy": one_of("captioner.training:STRATEGIES"),
     "train.precision": one_of("captioner.training:PRECISIONS"),
-    "train.threads_per_op": integer(low=0),
+    "train.threads_per_op": integer(low=0, high=1024),
     "train.finetune_from": text(optional=True),
     "train.encoder_lr": number(above=0),
-    "train.self_critical_epochs": integer(low=0),
+    "train.self_critical_epochs": integer(low=0, high=10_000),
     "train.self_critical_lr": number(above=0),
-    "train.self_critical_samples": integer(low=2, why="each sample's baseline is the others' mean reward"),
+    "train.self_critical_samples": integer(low=2, high=100, why="each sample's baseline is the others' mean reward"),
     "ensemble": Rule("members"),  # member name → decoder/train overrides, each by its own rule: _check_members
-    "evaluate.beam_size": integer(),
+    "evaluate.beam_size": integer(high=100),
     "evaluate.length_penalty": number(low=0),
-    "evaluate.max_len": integer(),
-    "evaluate.batch_size": integer(),
+    "evaluate.max_len": integer(high=1000),
+    "evaluate.batch_size": integer(high=65536),
 }
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner import CaptionerError
+
 SCORES, TRAINING = "metrics/scores.json", "metrics/train/metrics.json"
 TEST_CAPTIONS = Path("metrics/test_captions.tsv")  # written by captioner.evaluation.captions_table
 HEADLINE = ("bleu4", "cider", "meteor", "rouge_l")  # the scores an experiments table shows
@@ -30,6 +32,18 @@ def _dvc(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip().splitlines()[-1:]}")
     return result.stdout.strip()
+
+
+def check_scores(path: Path = Path(SCORES)) -> None:
+    """A CaptionerError naming the workspace's scores file when it exists but is not a JSON object of numbers (DVC
+    would show its scores as blanks)."""
+    from captioner import artifacts
+
+    if not path.exists():
+        return
+    scores = artifacts.read_json(path)
+    if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in scores.values()):
+        raise artifacts.damaged(path, "a score that is not a number")
 
 
 def _changed(table: str, what: str) -> str:
@@ -166,8 +180,9 @@ def diff_main(argv: list[str] | None = None) -> int:
     parser.add_argument("base", nargs="?", default="main", help="git revision to compare with (default: main)")
     args = parser.parse_args(argv)
     try:
+        check_scores()
         print(diff_report(args.base))
-    except (RuntimeError, FileNotFoundError, ValueError) as error:
+    except (RuntimeError, FileNotFoundError, ValueError, CaptionerError) as error:
         print(f"caption-diff: error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -178,8 +193,9 @@ def experiments_main(argv: list[str] | None = None) -> int:
                                      "that differ between them and the headline test scores.")  # fmt: skip
     parser.parse_args(argv)
     try:
+        check_scores()
         print(experiments_table(json.loads(_dvc("exp", "show", "--json", "--no-fetch"))))
-    except (RuntimeError, FileNotFoundError, json.JSONDecodeError) as error:
+    except (RuntimeError, FileNotFoundError, json.JSONDecodeError, CaptionerError) as error:
         print(f"caption-exps: error: {error}", file=sys.stderr)
         return 1
     return 0

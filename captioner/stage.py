@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import yaml
 
 from captioner import CaptionerError
 from captioner import params as param_rules
+from captioner.console import quiet_precision
 
 
 class Layout:
@@ -68,12 +71,23 @@ def _lookup(tree: dict, dotted: str):
     return node
 
 
+def _read_yaml(path: Path) -> dict:
+    """A YAML mapping from one of the project's own files; a missing or broken one is one line naming it."""
+    restore = f"`git checkout {path.name}` restores it"
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CaptionerError(f"{path}: not readable YAML ({' '.join(str(err).split())[:160]}); {restore}") from None
+    if not isinstance(value, dict):
+        raise CaptionerError(f"{path}: holds a {type(value).__name__}, not a mapping; {restore}")
+    return value
+
+
 def declared_params(stage: str, root: Path = Path("."), member: str | None = None) -> Params:
     """The values from params.yaml of the params dvc.yaml lists for ``stage``, each checked against its rule
     in ``captioner.params`` (a CaptionerError naming the first that breaks it). With ``member``, those of the
     ``foreach`` stage ``<stage>_member`` for that key (``${key}`` in its param names)."""
-    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
-    values = yaml.safe_load((root / "params.yaml").read_text())
+    pipeline, values = _read_yaml(root / "dvc.yaml"), _read_yaml(root / "params.yaml")
     if member is None:
         names = pipeline["stages"][stage].get("params", [])
     else:
@@ -96,6 +110,10 @@ def choice(value: str, allowed, what: str) -> str:
     return value
 
 
+# What the machine, not the code, makes a write fail with: a full or read-only disk, a file size limit, rights.
+WRITE_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling of ``target`` to write (a file or a folder); rename it into place on success.
@@ -104,29 +122,54 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     that a killed run (kill -9, power loss) could not remove goes at the next write of the same target.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_scratch(target)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_scratch(target)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+    except OSError as err:
+        raise CaptionerError(f"{target}: cannot write here: {err.strerror or err}") from None
     temporary = scratch / target.name
     try:
         yield temporary
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(temporary, target)
+    except OSError as err:
+        if err.errno not in WRITE_FAULTS:
+            raise
+        raise CaptionerError(f"{err.filename or target}: {err.strerror} (while writing {target})") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+SCRATCH = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")  # atomic_path's temporaries
+OUTPUT_ROOTS = (Path("data"), Path("models"), Path("metrics"), Path("ensemble"), Path("logs"))
+
+
 def remove_stale_scratch(target: Path) -> None:
-    """Remove temporaries of ``target`` that ``atomic_path`` made in a process no longer running."""
+    """Remove temporaries of ``target`` but those of a live process (``atomic_path``'s, or an older version's)."""
     for scratch in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        owner = scratch.name[len(target.name) + 2 :].split(".")[0]
-        if owner.isdigit() and _running(int(owner)):
-            continue  # another live process is writing it
-        if scratch.is_dir() and not scratch.is_symlink():
-            shutil.rmtree(scratch, ignore_errors=True)
-        else:
-            scratch.unlink(missing_ok=True)
+        _remove_unless_live(scratch)
+
+
+def remove_dead_scratch(roots: tuple[Path, ...] = OUTPUT_ROOTS) -> None:
+    """Remove every ``atomic_path`` temporary under ``roots`` whose writer no longer runs (a killed stage's)."""
+    for root in roots:
+        for folder, folders, files in os.walk(root):
+            for name in [*folders, *files]:
+                if SCRATCH.fullmatch(name) and _remove_unless_live(Path(folder) / name) and name in folders:
+                    folders.remove(name)
+
+
+def _remove_unless_live(path: Path) -> bool:
+    match = SCRATCH.fullmatch(path.name)
+    if match and _running(int(match["pid"])):
+        return False  # another live process is writing it
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return True
 
 
 def _running(pid: int) -> bool:
@@ -205,23 +248,31 @@ def size_thread_pools(stage: str) -> None:
         params = declared_params(stage, root, member=_member_argument())
     except CaptionerError:
         return
-    threads = member_settings(params)[2]["threads_per_op"]
-    if threads:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    settings = member_settings(params)[2]
+    if settings["threads_per_op"]:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(settings["threads_per_op"])
+    quiet_precision(settings["precision"])
 
 
 def run(main: Callable[[Params], None]) -> None:
     """Run a stage script's ``main`` with its declared params, from the project root.
 
     The stage is named after its script (``stages/train.py`` is stage ``train``; ``stages/train.py --member
-    NAME`` is ``train_member@NAME``); a CaptionerError becomes one line on stderr and exit status 1.
+    NAME`` is ``train_member@NAME``); a CaptionerError, or an operating-system fault at a path (read-only,
+    disk full, no rights), becomes one line on stderr and exit status 1. Dead writers' temporaries go first.
     """
     script = Path(sys.modules["__main__"].__file__).resolve()
     os.chdir(script.parent.parent)
     try:
+        remove_dead_scratch()
         main(declared_params(script.stem, member=_member_argument()))
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        if err.filename is None:  # not a fault of a path: a bug, with its traceback
+            raise
+        print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
         sys.exit(1)
 
 

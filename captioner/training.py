@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import re
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from captioner import CaptionerError
+from captioner import CaptionerError, boundary
 from captioner.batching import CaptionBatches
 from captioner.decoder import parts
 from captioner.features import FeatureFile
@@ -84,8 +89,70 @@ def strategy_named(name: str) -> tf.distribute.Strategy:
     if name == "auto":
         name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        task, index, machines = cluster_task(os.environ.get("TF_CONFIG"))
+        seconds = _cluster_timeout()
+        print(
+            f"train: {task} {index} of {machines} machines (TF_CONFIG); waiting for the others, {seconds:g} s at most"
+        )
+        late = (
+            f"the cluster of TF_CONFIG did not assemble within {seconds:g} s; start every worker it lists "
+            f"(README: More machines), or wait longer with {CLUSTER_TIMEOUT}"
+        )
+        with deadline(seconds, late):
+            return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
+
+
+CLUSTER_TIMEOUT = "CAPTIONER_CLUSTER_TIMEOUT"  # seconds multi-worker training waits for its cluster (600)
+ADDRESS = re.compile(r"[^\s:]+:\d{1,5}")  # host:port in TF_CONFIG
+
+
+def _cluster_timeout() -> float:
+    text = os.environ.get(CLUSTER_TIMEOUT, "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):  # nan too
+        raise CaptionerError(f"{CLUSTER_TIMEOUT} is {text!r}; it must be a number of seconds > 0")
+    return seconds
+
+
+def cluster_task(config: str | None) -> tuple[str, int, int]:
+    """(task type, task index, machines) of a ``TF_CONFIG``, checked: a CaptionerError naming what is wrong with it,
+    before TensorFlow would wait for a cluster that cannot assemble."""
+    try:
+        parsed = json.loads(config or "")
+        cluster, task = boundary.field(parsed, "cluster", dict), boundary.field(parsed, "task", dict)
+        kind, index = boundary.field(task, "type", str, "task"), boundary.field(task, "index", int, "task")
+        for job, addresses in cluster.items():
+            if not isinstance(addresses, list) or not all(ADDRESS.fullmatch(str(a)) for a in addresses):
+                raise CaptionerError(f"cluster.{job} is {boundary.shown(addresses)}; it must list host:port addresses")
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CaptionerError(f"TF_CONFIG is not JSON ({err}); README: More machines shows one") from None
+    except CaptionerError as err:
+        raise CaptionerError(f"TF_CONFIG: {err}") from None
+    if kind not in cluster or not 0 <= index < len(cluster[kind]):
+        raise CaptionerError(f"TF_CONFIG: task {kind} {index} is not in its cluster ({boundary.shown(cluster)})")
+    return kind, index, sum(len(addresses) for addresses in cluster.values())
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, message: str) -> Iterator[None]:
+    """Exit the process with ``error: <message>`` unless the block ends within ``seconds``: for a wait inside
+    TensorFlow that no exception can interrupt."""
+
+    def give_up() -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -278,6 +345,11 @@ class Trainer:
                     optimizer.learning_rate.assign(rate * lr_factor)
                 last_change = epoch
         kept.restore()
+        if dev_scores is not None and kept.unmoved:
+            print(
+                f"train: warning: the greedy dev {METRIC_NAMES[metric]} was {kept.score:.4f} in every epoch, so it "
+                f"chose nothing (epoch {kept.epoch} kept); a larger dev split, or train.select_by dev_loss, says more"
+            )
         summary = {"best_epoch": kept.epoch, "best_dev_loss": float(best_loss), "epochs_run": epoch}
         return summary | ({f"best_dev_{metric}": float(kept.score)} if dev_scores is not None else {})
 
@@ -365,9 +437,16 @@ class KeepBest:
     def __init__(self, model, margin: float, score: float = -np.inf):
         self.model, self.margin = model, margin
         self.score, self.epoch, self.weights = score, 0, model.get_weights()
+        self.offered: list[float] = []
+
+    @property
+    def unmoved(self) -> bool:
+        """Whether two or more epochs were offered and their scores never moved beyond the margin."""
+        return len(self.offered) > 1 and max(self.offered) - min(self.offered) <= self.margin
 
     def offer(self, epoch: int, score: float) -> bool:
         """Keep the model's weights if ``score`` beats the best; whether it did."""
+        self.offered.append(score)
         if score > self.score + self.margin:
             self.score, self.epoch, self.weights = score, epoch, self.model.get_weights()
             return True

@@ -18,6 +18,7 @@ def main(params: Params) -> None:
         if not any(image in cached.row_of for image, _ in test):
             raise CaptionerError(f"no test image has both captions and features in {cached.path}; nothing to score")
         trained = Trained.load(Layout.models)
+        trained.require_vocabulary(vocab, Layout.vocab)
         members = ensemble.load_members(trained, [ensemble.FOLDER / name for name in params["ensemble"]])[1:]
         encoder = encoders.get(params["encoder"])
         result = evaluation.caption_test_images(trained, cached, encoder, Layout.images, test, vocab, settings, members)

@@ -9,7 +9,7 @@ def main(params: Params) -> None:
     encoder = encoders.get(params["encoder"])
     pooling = params["features"]["pooling"]
     names = sorted({name for split in SPLITS for name in read_split_list(Layout.split_list(split))})
-    paths = [Layout.images / name for name in names if (Layout.images / name).exists()]
+    paths = [Layout.images / name for name in names if (Layout.images / name).is_file()]
     target = Layout.features_file(encoder.name)
     settings = params["features"]
     skipped = features.extract(

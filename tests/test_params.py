@@ -23,11 +23,16 @@ def test_every_param_has_a_rule_and_every_rule_a_param_and_the_defaults_pass():
         ("decoder.units", "big", "decoder.units is 'big'; it must be an integer ≥ 1"),
         ("decoder.units", 12.5, "decoder.units is 12.5; it must be an integer ≥ 1"),
         ("decoder.train_embeddings", "yes", "decoder.train_embeddings is 'yes'; it must be true or false"),
-        ("decoder.dropout", 1.0, "decoder.dropout is 1.0; it must be a number ≥ 0 and < 1"),
-        ("decoder.dropout", True, "decoder.dropout is True; it must be a number ≥ 0 and < 1"),
-        ("train.learning_rate", 0, "train.learning_rate is 0; it must be a number > 0"),
+        ("decoder.dropout", 1.0, "decoder.dropout is 1.0; it must be a finite number ≥ 0 and < 1"),
+        ("decoder.dropout", True, "decoder.dropout is True; it must be a finite number ≥ 0 and < 1"),
+        ("train.learning_rate", 0, "train.learning_rate is 0; it must be a finite number > 0"),
         ("evaluate.beam_size", 0, "evaluate.beam_size is 0; it must be an integer ≥ 1"),
-        ("features.image_size", 8, "features.image_size is 8; it must be an integer ≥ 32 or null"),
+        ("features.image_size", 8, "features.image_size is 8; it must be an integer ≥ 32 and ≤ 2048 or null"),
+        ("train.learning_rate", float("inf"), "train.learning_rate is inf; it must be a finite number > 0"),
+        ("train.clipnorm", float("nan"), "train.clipnorm is nan; it must be a finite number > 0"),
+        ("decoder.units", 10**9, "decoder.units is 1000000000; it must be an integer ≥ 1 and ≤ 16384"),
+        ("evaluate.beam_size", 10**6, "evaluate.beam_size is 1000000; it must be an integer ≥ 1 and ≤ 100"),
+        ("shapes.num_images", 10**12, "shapes.num_images is 1000000000000; it must be an integer ≥ 10 and ≤ 1000000"),
         ("flickr8k.text_sha256", "abc", "flickr8k.text_sha256 is 'abc'; it must be text matching"),
         ("train.self_critical_samples", 1, "train.self_critical_samples is 1: each sample's baseline is the others'"),
         ("dataset", "coco", "unknown dataset 'coco'; choose one of: flickr8k, karpathy, shapes"),
@@ -51,11 +56,17 @@ def test_a_value_outside_its_rule_names_the_param_the_value_and_what_is_allowed(
 @pytest.mark.parametrize(
     ("stage", "section", "key", "value", "message"),
     [
-        ("train", "train", "batch_size", 0, "error: train.batch_size is 0; it must be an integer ≥ 1"),
-        ("train", "decoder", "units", -512, "error: decoder.units is -512; it must be an integer ≥ 1"),
-        ("train", "decoder", "units", "many", "error: decoder.units is 'many'; it must be an integer ≥ 1"),
-        ("evaluate", "evaluate", "beam_size", 0, "error: evaluate.beam_size is 0; it must be an integer ≥ 1"),
-        ("download", "shapes", "dev_fraction", 0, "error: shapes.dev_fraction is 0; it must be a number > 0 and < 1"),
+        ("train", "train", "batch_size", 0, "error: train.batch_size is 0; it must be an integer ≥ 1 and ≤ 65536"),
+        ("train", "decoder", "units", -512, "error: decoder.units is -512; it must be an integer ≥ 1 and ≤ 16384"),
+        ("train", "decoder", "units", "many", "error: decoder.units is 'many'; it must be an integer ≥ 1 and ≤ 16384"),
+        ("evaluate", "evaluate", "beam_size", 0, "error: evaluate.beam_size is 0; it must be an integer ≥ 1 and ≤ 100"),
+        (
+            "download",
+            "shapes",
+            "dev_fraction",
+            0,
+            "error: shapes.dev_fraction is 0; it must be a finite number > 0 and < 1",
+        ),
     ],
 )
 def test_a_stage_refuses_a_bad_param_before_any_work_with_one_line(project, stage, section, key, value, message):
@@ -67,3 +78,10 @@ def test_a_stage_refuses_a_bad_param_before_any_work_with_one_line(project, stag
     assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.stderr
     assert not (project / "metrics").exists() and not (project / "data").exists() and not (project / "models").exists()
+
+
+def test_every_size_like_param_has_an_upper_bound_a_machine_can_hold():
+    """Seeds and min_count are not sizes; every other whole number sizes something a run allocates or repeats."""
+    not_sizes = {"shapes.seed", "train.seed", "vocab.min_count"}
+    unbounded = [name for name, rule in RULES.items() if rule.kind == "integer" and rule.high is None]
+    assert sorted(unbounded) == sorted(not_sizes)

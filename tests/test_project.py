@@ -80,8 +80,9 @@ def captioner_imports(script) -> set[str]:
     return files  # a name defined in a module (captioner.CaptionerError) adds that module, found above
 
 
-# What never changes what a stage computes: the error type, params and layout, the param rules.
-NOT_RESULTS = {"captioner/__init__.py", "captioner/stage.py", "captioner/params.py"}
+# What never changes what a stage computes: the error type, params and layout, the param rules, the checks of
+# artifacts read back (they only refuse).
+NOT_RESULTS = {"captioner/__init__.py", "captioner/stage.py", "captioner/params.py", "captioner/artifacts.py"}
 
 
 def code_run_by(script) -> set[str]:

@@ -203,3 +203,40 @@ def test_size_thread_pools_sets_tensorflows_threads_per_op_from_the_param_before
     assert result.returncode == 0, result.stderr
     # TensorFlow reads TF_NUM_INTRAOP_THREADS when it starts; once it has, the call refuses rather than do nothing.
     assert result.stdout.splitlines() == [expected, "size_thread_pools must run before TensorFlow is imported"]
+
+
+def test_any_stage_run_removes_dead_writers_scratch_anywhere_under_the_outputs(project, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = [project / "data" / "features" / f".lite0.h5.{pid}.ab12_x.tmp", project / "models" / f".m.{pid}.zz.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    live = project / "metrics" / f".scores.json.{os.getpid()}.ab.tmp"
+    live.parent.mkdir()
+    live.mkdir()
+    (project / "data" / "keep.tmp").write_text("not a temporary of ours")
+    result = run_stage(project, "build_vocab")  # fails (no captions), after the clean-up
+    assert result.returncode == 1
+    assert not any(path.exists() for path in stale) and live.exists() and (project / "data" / "keep.tmp").exists()
+
+
+def test_a_write_the_machine_refuses_is_one_line_naming_the_path(tmp_path):
+    import resource
+
+    writer = "from captioner.stage import write_text\nimport sys\nwrite_text(sys.argv[1], 'x' * 100_000)"
+    probe = (
+        "import sys\nfrom captioner import CaptionerError\n"
+        f"try:\n    exec({writer!r})\nexcept CaptionerError as err:\n    print(err)"
+    )
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    target = tmp_path / "out" / "big.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(target)], capture_output=True, text=True, preexec_fn=small_files
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f"File too large (while writing {target})")
+    assert not target.exists() and list(target.parent.iterdir()) == []

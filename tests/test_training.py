@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner import batching, captioning, decoder, decoding, training
+from captioner import CaptionerError, batching, captioning, decoder, decoding, training
 from captioner.decoder import Stepper
 from captioner.text import Vocabulary, wrap
 
@@ -247,3 +247,45 @@ def test_the_training_log_replaces_the_last_one_only_when_training_finishes(tmp_
 
 if __name__ == "__main__" and sys.argv[1:] == ["compare-strategies"]:
     print(json.dumps(_compare_strategies()))
+
+
+def test_a_dev_score_that_never_moves_is_named_in_a_warning(capsys):
+    features, captions, vocab = toy_problem()
+    data = toy_batches(features, captions, vocab, "inject")
+    trainer = training.Trainer(toy_model(vocab, features, "inject"), learning_rate=0.01, clipnorm=5.0)
+    summary = trainer.fit(data, data, 3, 5, NullLive(), dev_scores=lambda: {"cider": 0.0}, metric="cider")
+    assert summary["best_epoch"] == 1
+    assert "train: warning: the greedy dev CIDEr-D was 0.0000 in every epoch, so it chose nothing" in (
+        capsys.readouterr().out
+    )
+    kept = training.KeepBest(trainer.model, margin=1e-5)
+    for epoch, score in enumerate([0.2, 0.2, 0.3], start=1):
+        kept.offer(epoch, score)
+    assert not kept.unmoved
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (None, "TF_CONFIG is not JSON"),
+        ("{oops", "TF_CONFIG is not JSON"),
+        ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG: task is missing"),
+        ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "cluster.worker is \\['a'\\]; it"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', "task worker 1 is not in its"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}', "index is '0'; it must be"),
+    ],
+)
+def test_a_cluster_description_is_checked_before_anything_waits_for_it(config, message):
+    with pytest.raises(CaptionerError, match=message):
+        training.cluster_task(config)
+    assert training.cluster_task('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}') == (
+        "worker",
+        1,
+        2,
+    )
+
+
+def test_a_wait_past_its_deadline_ends_the_process_with_one_error_line():
+    waits = "import time; from captioner.training import deadline\nwith deadline(0.5, 'no cluster'):\n  time.sleep(60)"
+    result = subprocess.run([sys.executable, "-c", waits], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (1, "error: no cluster")

@@ -6,6 +6,7 @@ The layout (see ``captioner.stage.Layout``): an image folder, ``Flickr8k.token.t
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -14,21 +15,28 @@ from pathlib import Path
 import numpy as np
 
 from captioner import CaptionerError, text
+from captioner.boundary import confine
 from captioner.stage import SPLITS, Layout, text_lines
 
 DATASETS = ("shapes", "flickr8k", "karpathy")
 
 
 def read_split_list(path: Path) -> list[str]:
+    """The image names a split list beside the image folder holds, each confined to that folder."""
     if not path.exists():
         raise CaptionerError(f"split list {path} is missing")
-    return [line.strip() for line in text_lines(path) if line.strip()]
+    images = path.parent / Layout.images.relative_to(Layout.raw)
+    names = []
+    for number, line in enumerate(text_lines(path), start=1):
+        if line.strip():
+            names.append(confine(images, line.strip(), f"{path}:{number}: image").name)
+    return names
 
 
 def parse_caption_line(line: str) -> tuple[str, str]:
     """``(image, caption)`` from a ``<image>#<n>\\t<caption>`` line; ValueError if it is not one."""
     caption_id, separator, caption = line.partition("\t")
-    image, hash_sign, number = caption_id.partition("#")
+    image, hash_sign, number = caption_id.rpartition("#")
     if not separator or not hash_sign or not image or not number.isdigit():
         raise ValueError(f"malformed caption line: {line[:80]!r}")
     return image, caption
@@ -80,12 +88,12 @@ def clean_release(raw: Path) -> CleanedRelease:
     captions_file = raw / Layout.captions_file.relative_to(Layout.raw)
     if not captions_file.exists():
         raise CaptionerError(f"caption file {captions_file} is missing")
-    present = {path.name for path in images.iterdir()} if images.is_dir() else set()
+    present = {entry.name for entry in os.scandir(images) if entry.is_file()} if images.is_dir() else set()
     warnings: list[str] = []
     split_of = _split_of_images(raw, present, warnings)
     cleaned: dict[str, list[tuple[str, list[str]]]] = {split: [] for split in SPLITS}
     skipped: Counter[str] = Counter()
-    for line in text_lines(captions_file):
+    for number, line in enumerate(text_lines(captions_file), start=1):
         if not line.strip():
             continue
         try:
@@ -93,6 +101,7 @@ def clean_release(raw: Path) -> CleanedRelease:
         except ValueError:
             skipped["malformed"] += 1
             continue
+        confine(images, image, f"{captions_file}:{number}: image")
         if image not in present:
             skipped["missing image"] += 1
             continue

@@ -6,8 +6,8 @@ into the release layout, so every later stage runs the same code for every sourc
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import os
 import shutil
 import urllib.parse
 import urllib.request
@@ -15,7 +15,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from captioner import CaptionerError
+from captioner import CaptionerError, boundary
+from captioner.boundary import confine
 from captioner.stage import SPLITS, Layout, progress, sha256_of, text_lines
 
 IMAGES_FOLDER_IN_ZIP = "Flicker8k_Dataset"  # the release's own spelling
@@ -76,15 +77,14 @@ def fetch(url: str, sha256: str | None, downloads: Path) -> Path:
     return path
 
 
-def _safe_members(archive: zipfile.ZipFile, path: Path) -> list[zipfile.ZipInfo]:
+def _safe_members(archive: zipfile.ZipFile, path: Path, target: Path) -> list[zipfile.ZipInfo]:
+    """The files of ``archive`` worth extracting (no folders, no ``__MACOSX`` clutter), each confined to
+    ``target``: checked before anything is written."""
     members = []
     for info in archive.infolist():
-        name = PurePosixPath(info.filename.replace("\\", "/"))
-        if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
-            raise CaptionerError(
-                f"{path}: member {info.filename!r} would escape the target folder; refusing to extract"
-            )
-        if name.parts and name.parts[0] != "__MACOSX" and not info.is_dir():
+        name = info.filename.replace("\\", "/")  # archives made on Windows
+        confine(target, name.rstrip("/"), f"{path}: member", flat=False)
+        if PurePosixPath(name).parts[0] != "__MACOSX" and not info.is_dir():
             members.append(info)
     return members
 
@@ -93,7 +93,7 @@ def extract(zip_path: Path, target: Path, keep) -> int:
     """Extract the members for which ``keep(name)`` gives a relative output path; returns how many."""
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            members = [(info, keep(PurePosixPath(info.filename))) for info in _safe_members(archive, zip_path)]
+            members = [(info, keep(PurePosixPath(info.filename))) for info in _safe_members(archive, zip_path, target)]
             members = [(info, out) for info, out in members if out is not None]
             for info, out in progress(members, desc=f"download: extracting {zip_path.name}", unit="file"):
                 destination = target / out
@@ -134,26 +134,35 @@ def kaggle_split(image: str) -> str:
 
 
 def kaggle_rows(captions: Path) -> Iterator[tuple[str, str]]:
-    """(image, caption) of each row of a Kaggle ``captions.txt`` (header ``image,caption``). A quoted caption is
-    read as CSV; an unquoted one is everything after the first comma, commas included (Kaggle's copy has
-    many such lines). Rows without an image name are left out; clean_captions counts what they leave."""
+    """(image, caption) of each row of a Kaggle ``captions.txt`` (header ``image,caption``), read strictly by
+    ``captioner.boundary.kaggle_rows``; each image name confined to the ``Images/`` folder beside it. Rows
+    without an image name are left out; clean_captions counts what they leave."""
     lines = text_lines(captions)
     header = next(lines, "")
     if [field.strip() for field in header.split(",")] != ["image", "caption"]:
         raise CaptionerError(f"{captions}:1: expected the header image,caption, found {header[:60]!r}")
-    for row in csv.reader(lines):
-        if row and row[0].strip():
-            yield row[0].strip(), ",".join(row[1:])
+    for number, image, caption in boundary.kaggle_rows(captions, lines):
+        if image:
+            yield confine(captions.parent / "Images", image, f"{captions}:{number}: image").name, caption
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no copy of a 13 GB corpus) where the file system allows one, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def install_kaggle(folder: Path, target: Path) -> None:
-    """Rewrite a Kaggle-layout folder (``Images/``, ``captions.txt`` with ``image,caption``) as the release layout."""
+    """Rewrite a Kaggle-layout folder (``Images/``, ``captions.txt`` with ``image,caption``) as the release layout:
+    the images its rows name linked (or copied) into the image folder, which clean_captions then reads."""
     images, captions = folder / "Images", folder / "captions.txt"
     for needed in (images, captions):
         if not needed.exists():
             raise CaptionerError(f"{folder} is not in the Kaggle layout: {needed.name} is missing")
     image_dir = target / Layout.images.relative_to(Layout.raw)
-    shutil.copytree(images, image_dir)
+    image_dir.mkdir(parents=True)
     numbers: dict[str, int] = {}
     lines, splits = [], {split: [] for split in SPLITS}
     for image, caption in kaggle_rows(captions):
@@ -162,8 +171,10 @@ def install_kaggle(folder: Path, target: Path) -> None:
         lines.append(f"{image}#{number}\t{' '.join(caption.split())}\n")  # no tab or newline inside
         if number == 0:
             splits[kaggle_split(image)].append(image)
-    (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines))
+            if (images / image).is_file():
+                link_or_copy(images / image, image_dir / image)
+    (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines), encoding="utf-8")
     for split in SPLITS:
         (target / Layout.split_list(split).relative_to(Layout.raw)).write_text(
-            "".join(f"{i}\n" for i in sorted(splits[split]))
+            "".join(f"{i}\n" for i in sorted(splits[split])), encoding="utf-8"
         )

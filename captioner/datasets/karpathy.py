@@ -11,13 +11,12 @@ token file, train (+ restval when asked) / val / test into the train / dev / tes
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from captioner import CaptionerError
-from captioner.datasets.flickr8k import extract, fetch
+from captioner.boundary import confine, field, shown
+from captioner.datasets.flickr8k import extract, fetch, link_or_copy
 from captioner.stage import SPLITS, Layout, progress
 
 OUR_SPLIT = {"train": "train", "val": "dev", "test": "test"}  # restval joins train when asked
@@ -34,28 +33,26 @@ def read_split_file(path: Path, member: str) -> dict:
                 data = json.loads(archive.read(names[0]))
         else:
             data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise CaptionerError(f"{path}: not a readable split JSON: {err}") from err
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise CaptionerError(f"{path}: a Karpathy split file has an 'images' list; this one has none")
     return data
 
 
-def _image_entry(entry, index: int, source: Path) -> tuple[str, str, str, list[str]]:
-    """(filename, filepath, split, raw captions) of one ``images`` entry; a CaptionerError naming it if malformed."""
-    try:
-        captions = [" ".join(str(sentence["raw"]).split()) for sentence in entry["sentences"]]
-        return entry["filename"], entry.get("filepath", ""), entry["split"], captions
-    except (KeyError, TypeError) as err:
-        raise CaptionerError(f"{source}: images[{index}] lacks {err} (needs filename, split, sentences[].raw)") from err
-
-
-def _link(source: Path, target: Path) -> None:
-    """A hard link (no copy of a 13 GB corpus) where the file system allows one, else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+def _image_entry(entry, where: str) -> tuple[str, str, str, list[str]]:
+    """(filename, filepath, split, raw captions) of one ``images`` entry, each of its type; a CaptionerError naming
+    ``where`` (the file and entry) if one is missing or of another type."""
+    if not isinstance(entry, dict):
+        raise CaptionerError(f"{where} is {shown(entry)}; it must be an object with filename, split, sentences")
+    filename, split = field(entry, "filename", str, where), field(entry, "split", str, where)
+    filepath = field(entry, "filepath", str, where, default="")
+    sentences = field(entry, "sentences", list, where)
+    captions = []
+    for number, sentence in enumerate(sentences):
+        raw = field(sentence if isinstance(sentence, dict) else {}, "raw", str, f"{where}.sentences[{number}]")
+        captions.append(" ".join(raw.split()))
+    return filename, filepath, split, captions
 
 
 def install_karpathy(split_file: dict, source: Path, images_root: Path, target: Path, restval: bool) -> list[str]:
@@ -67,20 +64,21 @@ def install_karpathy(split_file: dict, source: Path, images_root: Path, target: 
     lines, lists = [], {split: [] for split in SPLITS}
     missing, left_out, seen = [], 0, {}
     for index, entry in enumerate(progress(split_file["images"], desc="download: linking images", unit="image")):
-        filename, filepath, split, captions = _image_entry(entry, index, source)
+        where = f"{source}: images[{index}]"
+        filename, filepath, split, captions = _image_entry(entry, where)
         if split == "restval" and not restval:
             left_out += 1
             continue
         ours = "train" if split == "restval" else OUR_SPLIT.get(split)
         if ours is None:
-            raise CaptionerError(f"{source}: images[{index}] ({filename}) has split {split!r}; expected "
-                                 "train, val, test or restval")  # fmt: skip
+            raise CaptionerError(f"{where} ({filename}) has split {split!r}; expected train, val, test or restval")
         if filename in seen:
             raise CaptionerError(f"{source}: {filename} is listed twice ({seen[filename]} and {filepath or '.'})")
         seen[filename] = filepath or "."
-        image = images_root / filepath / filename
+        folder = confine(images_root, filepath, f"{where}: filepath", flat=False) if filepath else images_root
+        image = confine(folder, filename, f"{where}: filename")
         if image.is_file():
-            _link(image, image_dir / filename)
+            link_or_copy(image, image_dir / filename)
         else:
             missing.append(str(PurePosixPath(filepath) / filename))
         lists[ours].append(filename)

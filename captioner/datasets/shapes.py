@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from captioner import CaptionerError
 from captioner.stage import SPLITS, Layout, progress
 
 COLOURS = {
@@ -150,7 +151,16 @@ def _captions(things: list[Thing], rng: np.random.Generator) -> list[str]:
 def generate(
     target: Path, num_images: int, image_size: int, dev_fraction: float, test_fraction: float, seed: int
 ) -> None:
-    """Write ``num_images`` images, their captions and three split lists under ``target``."""
+    """Write ``num_images`` images, their captions and three split lists under ``target``; fractions that leave a
+    split without an image are a CaptionerError naming them, before anything is drawn."""
+    num_dev, num_test = round(num_images * dev_fraction), round(num_images * test_fraction)
+    sizes = {"dev": num_dev, "test": num_test, "train": num_images - num_dev - num_test}
+    empty = [split for split, size in sizes.items() if size < 1]
+    if empty:
+        raise CaptionerError(
+            f"shapes.dev_fraction {dev_fraction} and shapes.test_fraction {test_fraction} of shapes.num_images "
+            f"{num_images} leave the {' and '.join(empty)} split without images ({sizes}); every split needs one"
+        )
     rng = np.random.default_rng(seed)
     image_dir = target / Layout.images.relative_to(Layout.raw)
     image_dir.mkdir(parents=True)
@@ -162,7 +172,6 @@ def generate(
         lines += [f"{name}#{number}\t{caption}\n" for number, caption in enumerate(_captions(things, rng))]
     (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines))
     order = rng.permutation(num_images)
-    num_dev, num_test = round(num_images * dev_fraction), round(num_images * test_fraction)
     split_indices = {
         "dev": order[:num_dev],
         "test": order[num_dev : num_dev + num_test],

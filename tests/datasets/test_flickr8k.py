@@ -125,7 +125,7 @@ def test_member_escaping_the_folder_is_refused_before_anything_is_written(tmp_pa
     images, text = make_release(tmp_path / "zips")
     with zipfile.ZipFile(images, "a") as archive:
         archive.writestr(evil, b"payload")
-    with pytest.raises(CaptionerError, match="would escape the target folder"):
+    with pytest.raises(CaptionerError, match="member .* (climbs out with '..'|is absolute)"):
         flickr8k.install_release(images, text, tmp_path / "raw")
     assert not (tmp_path / "raw").exists() and not (tmp_path / "escape.txt").exists()
 
@@ -176,3 +176,38 @@ def test_kaggle_captions_without_the_header_are_refused_naming_the_file(tmp_path
     (tmp_path / "captions.txt").write_text("a.jpg,A dog .\n")
     with pytest.raises(CaptionerError, match=r"captions.txt:1: expected the header image,caption, found 'a.jpg,A dog"):
         flickr8k.install_kaggle(tmp_path, tmp_path / "raw")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("../../escape.jpg,A dog .", r"captions.txt:3: image '../../escape.jpg' climbs out with '..'"),
+        ("/etc/escape.jpg,A dog .", r"captions.txt:3: image '/etc/escape.jpg' is absolute"),
+        ("sub/b.jpg,A dog .", r"captions.txt:3: image 'sub/b.jpg' is not a plain file name"),
+        ("linked.jpg,A dog .", r"captions.txt:3: image .*linked.jpg' is a link to .*outside"),
+        ('b.jpg,"A dog\nc.jpg,A cat .', r"captions.txt:3: a quote opened here is still open at line 4"),
+    ],
+)
+def test_a_kaggle_row_naming_a_file_outside_images_or_left_open_is_refused(tmp_path, row, message):
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "Images" / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg", "c.jpg", "sub/b.jpg"):
+        (kaggle / "Images" / name).write_bytes(b"jpeg")
+    (tmp_path / "escape.jpg").write_bytes(b"outside")
+    (kaggle / "Images" / "linked.jpg").symlink_to(tmp_path / "escape.jpg")
+    (kaggle / "captions.txt").write_text(f"image,caption\na.jpg,A dog .\n{row}\n")
+    with pytest.raises(CaptionerError, match=message):
+        flickr8k.install_kaggle(kaggle, tmp_path / "raw")
+
+
+def test_kaggle_install_links_only_the_named_images_and_no_folder(tmp_path):
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "Images").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "big.jpg").write_bytes(b"not ours")
+    (kaggle / "Images" / "folder").symlink_to(tmp_path / "elsewhere")  # a symlinked folder is not copied whole
+    (kaggle / "Images" / "a.jpg").write_bytes(b"jpeg")
+    (kaggle / "captions.txt").write_text('image,caption\na.jpg,"A dog\nruns ."\n')
+    flickr8k.install_kaggle(kaggle, tmp_path / "raw")
+    assert [path.name for path in (tmp_path / "raw" / "Flicker8k_Dataset").iterdir()] == ["a.jpg"]
+    assert (tmp_path / "raw" / "Flickr8k.token.txt").read_text() == "a.jpg#0\tA dog runs .\n"

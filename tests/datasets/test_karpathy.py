@@ -1,11 +1,16 @@
 """Karpathy-split corpora (captioner.datasets.karpathy) land in the release layout the later stages read."""
 
 import json
+import os
+import shutil
 import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from captioner import CaptionerError, encoders, features
 from captioner.datasets import clean_release, karpathy, parse_caption_line, read_split_list
@@ -129,7 +134,7 @@ def test_a_coco_style_split_file_with_two_image_folders_restval_and_a_missing_im
 def test_a_broken_split_file_is_one_line_naming_the_culprit(tmp_path):
     bad = tmp_path / "dataset_coco.json"
     bad.write_text('{"images": [{"filename": "a.jpg", "split": "train"}]}')
-    with pytest.raises(CaptionerError, match=r"images\[0\] lacks 'sentences'"):
+    with pytest.raises(CaptionerError, match=r"images\[0\]: sentences is missing"):
         karpathy.install_karpathy(karpathy.read_split_file(bad, "x"), bad, tmp_path, tmp_path / "raw", True)
     bad.write_text('{"images": [{"filename": "a.jpg", "split": "extra", "sentences": []}]}')
     with pytest.raises(CaptionerError, match=r"images\[0\] \(a.jpg\) has split 'extra'"):
@@ -164,3 +169,67 @@ def test_image_zips_are_fetched_verified_and_extracted_once(tmp_path, capsys):
         karpathy.install(settings | {"image_sha256": ["0" * 64, "0" * 64]}, tmp_path / "downloads", tmp_path / "r3")
     with pytest.raises(CaptionerError, match="image_sha256 has 1 entries for 2 image_urls"):
         karpathy.install(settings | {"image_sha256": ["0" * 64]}, tmp_path / "downloads", tmp_path / "r4")
+
+
+ENTRY_VALUES = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["../x.jpg", "/etc/x.jpg", "a.jpg", "d/a.jpg", ".."]),
+    st.none(),
+    st.integers(),
+    st.lists(st.integers(), max_size=2),
+)
+ENTRIES = st.lists(
+    st.dictionaries(
+        st.sampled_from(["filename", "filepath", "split", "sentences"]),
+        st.one_of(
+            ENTRY_VALUES,
+            st.sampled_from(["train", "val", "test"]),
+            st.lists(st.one_of(st.fixed_dictionaries({"raw": ENTRY_VALUES}), ENTRY_VALUES), max_size=2),
+        ),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=ENTRIES)
+def test_hostile_split_entries_install_inside_the_target_or_fail_naming_the_file(tmp_path, entries):
+    root = tmp_path / "images"
+    (root / "d").mkdir(parents=True, exist_ok=True)
+    for name in ("a.jpg", "d/a.jpg"):
+        (root / name).write_bytes(b"jpeg")
+    target = tmp_path / "raw"
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        karpathy.install_karpathy({"images": entries}, Path("split.json"), root, target, restval=True)
+    except CaptionerError as err:
+        assert str(err).startswith("split.json: images[")
+        return
+    written = [path for path in target.rglob("*") if path.is_file()]
+    assert all(os.path.realpath(path).startswith(str(tmp_path)) for path in written)
+    assert not (tmp_path / "x.jpg").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"filename": "../../../../escape.jpg"}, r"images\[0\]: filename '../../../../escape.jpg' climbs out"),
+        ({"filename": "a.jpg", "filepath": "/etc"}, r"images\[0\]: filepath '/etc' is absolute"),
+        ({"filename": "/tmp/a.jpg"}, r"filename '/tmp/a.jpg' is absolute"),
+        ({"filename": "a.jpg", "filepath": None}, r"images\[0\]: filepath is None; it must be text"),
+        ({"filename": 7}, r"images\[0\]: filename is 7; it must be text"),
+        ({"filename": "linked.jpg"}, r"images\[0\]: filename .*linked.jpg' is a link to .*outside"),
+    ],
+)
+def test_a_split_entry_naming_a_file_outside_the_images_root_is_refused_before_anything_is_linked(
+    tmp_path, entry, message
+):
+    root, outside = tmp_path / "images", tmp_path / "outside.jpg"
+    root.mkdir()
+    outside.write_bytes(b"secret")
+    (root / "a.jpg").write_bytes(b"jpeg")
+    (root / "linked.jpg").symlink_to(outside)
+    split = {"images": [{"split": "train", "sentences": [{"raw": "A dog ."}]} | entry]}
+    with pytest.raises(CaptionerError, match=message):
+        karpathy.install_karpathy(split, Path("split.json"), root, tmp_path / "raw", restval=True)
+    assert not list((tmp_path / "raw").rglob("*.jpg"))

@@ -3,6 +3,8 @@
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from captioner import CaptionerError
 from captioner.datasets import clean_release, parse_caption_line, read_captions, write_captions
@@ -110,3 +112,52 @@ def test_a_caption_file_with_a_latin1_byte_is_an_error_naming_file_and_line(shap
         captions.write(b"shapes_000000.jpg#9\tA caf\xe9 .\n")
     with pytest.raises(CaptionerError, match=r"Flickr8k.token.txt:121: byte 0xe9 at column 26 is not UTF-8"):
         clean_release(raw)
+
+
+@pytest.mark.parametrize(
+    ("file", "line", "message"),
+    [
+        (
+            "Flickr_8k.devImages.txt",
+            "../../escape.jpg",
+            r"Flickr_8k.devImages.txt:\d+: image '../../escape.jpg' climbs",
+        ),
+        ("Flickr_8k.testImages.txt", "/etc/passwd", r"Flickr_8k.testImages.txt:\d+: image '/etc/passwd' is absolute"),
+        ("Flickr8k.token.txt", "../x.jpg#0\tA dog .", r"Flickr8k.token.txt:\d+: image '../x.jpg' climbs out"),
+        ("Flickr_8k.trainImages.txt", "linked.jpg", r"trainImages.txt:\d+: image .*linked.jpg' is a link to .*outside"),
+    ],
+)
+def test_a_name_leaving_the_image_folder_is_refused_naming_file_and_line(shapes_raw, tmp_path, file, line, message):
+    raw = tmp_path / "raw"
+    shutil.copytree(shapes_raw, raw)
+    (tmp_path / "secret.jpg").write_bytes(b"outside")
+    (raw / "Flicker8k_Dataset" / "linked.jpg").symlink_to(tmp_path / "secret.jpg")
+    with open(raw / file, "a") as listed:
+        listed.write(line + "\n")
+    with pytest.raises(CaptionerError, match=message):
+        clean_release(raw)
+
+
+VALID_LINES = ["shapes_000000.jpg#9\tA red dog .", "unlisted.jpg#0\tA cat .", "a#b.jpg#1\t!?", "x.jpg\tno hash"]
+
+
+def base_token_file(raw) -> str:
+    return (raw / "Flickr8k.token.txt").read_text(encoding="utf-8")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(st.text(max_size=30), st.sampled_from(VALID_LINES)), max_size=20))
+def test_hostile_caption_lines_are_each_kept_skipped_or_refused_naming_file_and_line(shapes_raw, tmp_path, lines):
+    raw = tmp_path / "raw"
+    if not raw.exists():
+        shutil.copytree(shapes_raw, raw)
+    body = "".join(f"{line}\n" for line in lines for line in line.splitlines() or [line])
+    (raw / "Flickr8k.token.txt").write_text(base_token_file(shapes_raw) + body, encoding="utf-8")
+    try:
+        release = clean_release(raw)
+    except CaptionerError as err:
+        assert str(err).startswith(f"{raw / 'Flickr8k.token.txt'}:")
+        return
+    read = [line for line in (raw / "Flickr8k.token.txt").read_text(encoding="utf-8").split("\n") if line.strip()]
+    kept = sum(len(pairs) for pairs in release.captions.values())  # every image with a file is in a split
+    assert kept + sum(release.skipped.values()) == len(read)

@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from captioner import CaptionerError
 from captioner.datasets import shapes
 from captioner.stage import SPLITS
 
@@ -66,3 +67,11 @@ def test_captions_are_true_to_the_drawn_image(seed):
             if first.colour != second.colour:
                 relation = shapes._relation(first, second)
                 assert any(phrase in caption for phrase in shapes.SYNONYMS[relation])
+
+
+def test_fractions_that_leave_a_split_without_images_are_named(tmp_path):
+    with pytest.raises(CaptionerError, match=r"shapes.dev_fraction 0.01 .* leave the dev split without images"):
+        shapes.generate(tmp_path / "raw", num_images=20, image_size=32, dev_fraction=0.01, test_fraction=0.2, seed=1)
+    with pytest.raises(CaptionerError, match="leave the train split without images"):
+        shapes.generate(tmp_path / "raw", num_images=10, image_size=32, dev_fraction=0.5, test_fraction=0.5, seed=1)
+    assert not (tmp_path / "raw").exists()

@@ -1,0 +1,71 @@
+"""Reading the pipeline's own outputs back: a corrupt, truncated or mismatched one is one line naming the file,
+what is wrong with it and how to get a good one, raised where it is read.
+
+How to get a good one comes from dvc.yaml, the one place that says which stage writes which output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from captioner import CaptionerError
+
+# What a damaged file of any format raises while it is parsed; a bug elsewhere still shows its traceback.
+DAMAGE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError)
+
+
+def remedy(path: Path | str, pipeline: Path = Path("dvc.yaml")) -> str:
+    """How to get a good copy of ``path``: ``dvc checkout`` and the stage that writes it, as dvc.yaml says."""
+    target = PurePosixPath(Path(path).as_posix())
+    try:
+        stages = yaml.safe_load(pipeline.read_text())["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        stages = {}
+    for stage, definition in stages.items():
+        template = definition.get("do", definition)
+        for out in template.get("outs", []) + template.get("metrics", []):
+            name = next(iter(out)) if isinstance(out, dict) else out
+            in_git = isinstance(out, dict) and (out[name] or {}).get("cache") is False
+            pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\$\{[^}]*\}", name))
+            for candidate in (target, *target.parents):
+                if re.fullmatch(pattern, str(candidate)):
+                    key = f"@{candidate.name}" if "${key}" in name else ""
+                    restore = "git checkout" if in_git else "dvc checkout"
+                    return f"`{restore} {candidate}` restores it, or `dvc repro -f -s {stage}{key}` rebuilds it"
+    return "rebuild it with `dvc repro`, or point at a good copy"
+
+
+def damaged(path: Path | str, what: str) -> CaptionerError:
+    """The one-line error for an output ``path`` that ``what`` describes the damage of."""
+    return CaptionerError(f"{path}: {what}; {remedy(path)}")
+
+
+@contextlib.contextmanager
+def reading(path: Path | str, what: str) -> Iterator[None]:
+    """Any ``DAMAGE`` raised inside becomes ``damaged(path, f"{what} (<the library's reason>)")``."""
+    try:
+        yield
+    except CaptionerError:
+        raise
+    except DAMAGE as err:
+        text = f"no {err}" if isinstance(err, KeyError) else str(err).strip()
+        reason = text.splitlines()[0][:120] if text else type(err).__name__
+        raise damaged(path, f"{what} ({reason})") from err
+
+
+def read_json(path: Path | str, kind: type = dict):
+    """The JSON value in ``path``, of type ``kind``; a missing, truncated or other file is ``damaged``."""
+    if not Path(path).is_file():
+        raise damaged(path, "missing" if not Path(path).exists() else "not a regular file")
+    with reading(path, "not readable JSON (truncated or overwritten?)"):
+        value = json.loads(Path(path).read_bytes())
+    if not isinstance(value, kind):
+        raise damaged(path, f"holds a JSON {type(value).__name__}, not the {kind.__name__} this file has")
+    return value

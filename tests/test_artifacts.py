@@ -1,0 +1,196 @@
+"""Every artifact a stage or the caption command reads back, damaged three ways (truncated, random bytes, the wrong
+shape) or disagreeing with another: one ``error:`` line naming the file and how to get a good one, exit 1, no
+traceback, outputs unchanged. The readers run in this process (a stage script as ``python stages/<stage>.py``
+would run it), on a small project whose artifacts the library writes directly."""
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import runpy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captioner import artifacts, captioning, cli, report
+from captioner.datasets import clean_release, shapes, write_captions
+from captioner.decoder import DecoderSpec, build
+from captioner.stage import SPLITS, Layout
+from captioner.text import Vocabulary
+from tests.conftest import copy_project
+from tests.test_stage import _features_of
+
+SPEC = DecoderSpec("gru", "inject", units=16, embedding_dim=8, dropout=0.0)
+OUTPUTS = ("models", "metrics")  # what the readers below may write; each must stay as it was
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """A project whose data, vocabulary, features, model and scores are whole (the model untrained)."""
+    root = tmp_path_factory.mktemp("pristine")
+    copy_project(root)
+    raw = root / Layout.raw
+    shapes.generate(raw, num_images=20, image_size=32, dev_fraction=0.25, test_fraction=0.25, seed=1)
+    release = clean_release(raw)
+    for split in SPLITS:
+        write_captions(root / Layout.split_captions(split), release.captions[split])
+    vocab = Vocabulary.build([tokens for _, tokens in release.captions["train"]], min_count=1, max_length=34)
+    vocab.save(root / Layout.vocab)
+    _features_of(root, sorted({image for pairs in release.captions.values() for image, _ in pairs}))
+    attrs = {"encoder": "efficientnet_lite0", "weights": "test", "weights_param": "imagenet", "input_size": 224}
+    captioning.save(root / Layout.models, build(len(vocab), (8,), SPEC), attrs, vocab, SPEC, dataset="shapes")
+    (root / Layout.scores).parent.mkdir()
+    (root / Layout.scores).write_text('{"bleu4": 0.5}\n')
+    return root
+
+
+@pytest.fixture
+def project(pristine, tmp_path) -> Path:
+    shutil.copytree(pristine, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in OUTPUTS
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+def run_stage(root: Path, stage: str, monkeypatch) -> tuple[int, str]:
+    """``python stages/<stage>.py`` in this process: (exit status, stderr)."""
+    monkeypatch.setattr("captioner.stage.size_thread_pools", lambda stage: None)  # TensorFlow is up already
+    monkeypatch.chdir(root)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(str(root / "stages" / f"{stage}.py"), run_name="__main__")
+            status = 0
+        except SystemExit as exit:
+            status = exit.code
+    return status, stderr.getvalue()
+
+
+def run_caption(root: Path, monkeypatch) -> tuple[int, str]:
+    monkeypatch.chdir(root)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        status = cli.main([str(next((root / Layout.images).iterdir()))])
+    return status, stderr.getvalue()
+
+
+def truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def random_bytes(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, max(path.stat().st_size, 64), np.uint8).tobytes())
+
+
+def edit_json(change):
+    def corrupt(path: Path) -> None:
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+    return corrupt
+
+
+def other_model(path: Path) -> None:
+    """A whole Keras model of another size than the card says."""
+    card = json.loads((path.parent / captioning.CARD_FILE).read_text())
+    build(card["vocabulary_size"], (8,), DecoderSpec("gru", "inject", 12, 8, 0.0)).save(path)
+
+
+def other_features(path: Path) -> None:
+    import h5py
+
+    with h5py.File(path, "a") as store:
+        del store["features"]
+        store["features"] = np.ones((3, 8), np.float16)  # three rows for every image name
+
+
+MODEL, CARD = Layout.models / captioning.MODEL_FILE, Layout.models / captioning.CARD_FILE
+FEATURES = Layout.features_file("efficientnet_lite0")
+CASES = {
+    "model truncated": (MODEL, truncated, ["evaluate", "caption"]),
+    "model random": (MODEL, random_bytes, ["evaluate", "caption"]),
+    "model of another size": (MODEL, other_model, ["evaluate", "caption"]),
+    "card truncated": (CARD, truncated, ["evaluate", "caption"]),
+    "card random": (CARD, random_bytes, ["evaluate", "caption"]),
+    "card vocabulary short": (CARD, edit_json(lambda c: c | {"vocabulary": c["vocabulary"][1:]}), ["evaluate"]),
+    "card vocabulary not words": (CARD, edit_json(lambda c: c | {"vocabulary": 5}), ["caption"]),
+    "card spec not the model's": (
+        CARD,
+        edit_json(lambda c: c | {"decoder": c["decoder"] | {"arch": "merge"}}),
+        ["evaluate", "caption"],
+    ),
+    "card spec of bad values": (CARD, edit_json(lambda c: c | {"decoder": c["decoder"] | {"units": "x"}}), ["caption"]),
+    "vocabulary truncated": (Layout.vocab, truncated, ["train", "evaluate"]),
+    "vocabulary random": (Layout.vocab, random_bytes, ["train", "evaluate"]),
+    "vocabulary of the wrong shape": (Layout.vocab, edit_json(lambda v: v | {"tokens": "abc"}), ["train", "evaluate"]),
+    "vocabulary not the model's": (Layout.vocab, edit_json(lambda v: v | {"tokens": v["tokens"][:-1]}), ["evaluate"]),
+    "features truncated": (FEATURES, truncated, ["train", "evaluate"]),
+    "features random": (FEATURES, random_bytes, ["train", "evaluate"]),
+    "features of the wrong shape": (FEATURES, other_features, ["train", "evaluate"]),
+    "params truncated": (Path("params.yaml"), truncated, ["train", "evaluate"]),
+    "params random": (Path("params.yaml"), random_bytes, ["train", "evaluate"]),
+    "params a list": (Path("params.yaml"), lambda path: path.write_text("- train\n- evaluate\n"), ["train"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "reader"), [(case, reader) for case, (_, _, readers) in CASES.items() for reader in readers]
+)
+def test_a_damaged_artifact_is_one_error_line_naming_it_and_nothing_is_written(project, monkeypatch, case, reader):
+    path, corrupt, _ = CASES[case]
+    corrupt(project / path)
+    before = snapshot(project)
+    if reader == "caption":
+        status, stderr = run_caption(project, monkeypatch)
+    else:
+        status, stderr = run_stage(project, reader, monkeypatch)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and status == 1, f"{case} / {reader}: exit {status}, stderr:\n{stderr}"
+    assert lines[0].startswith("caption: error: " if reader == "caption" else "error: ")
+    culprit = "data/vocab.json" if case == "vocabulary not the model's" else str(path)
+    assert culprit in lines[0] or path.name in lines[0], lines[0]
+    assert snapshot(project) == before
+
+
+def test_the_remedy_names_the_stage_that_writes_the_file_and_how_to_restore_it(pristine, monkeypatch):
+    monkeypatch.chdir(pristine)
+    assert artifacts.remedy("models/captioner.keras") == (
+        "`dvc checkout models` restores it, or `dvc repro -f -s train` rebuilds it"
+    )
+    assert "`dvc repro -f -s train_member@seed2`" in artifacts.remedy("ensemble/seed2/captioner.json")
+    assert "`git checkout metrics/scores.json`" in artifacts.remedy("metrics/scores.json")
+    assert "extract_features" in artifacts.remedy("data/features/resnet50.h5")
+    assert artifacts.remedy("/elsewhere/model.keras") == "rebuild it with `dvc repro`, or point at a good copy"
+
+
+@pytest.mark.parametrize("corrupt", [truncated, random_bytes, lambda path: path.write_text('{"bleu4": "high"}')])
+@pytest.mark.parametrize("command", [report.diff_main, report.experiments_main])
+def test_caption_diff_and_caption_exps_refuse_damaged_scores_naming_the_file(
+    project, monkeypatch, capsys, corrupt, command
+):
+    corrupt(project / Layout.scores)
+    monkeypatch.chdir(project)
+    assert command([]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "metrics/scores.json:" in error and "git checkout" in error
+
+
+def test_a_path_that_is_not_a_regular_file_is_refused_at_once(pristine, monkeypatch, capsys):
+    monkeypatch.chdir(pristine)
+    fifo = pristine / "pipe.jpg"
+    os.mkfifo(fifo)
+    try:
+        assert cli.main([str(fifo), "/dev/zero", str(pristine)]) == 1
+    finally:
+        fifo.unlink()
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ")[-1] for line in errors[-3:]] == ["not a regular file"] * 3
