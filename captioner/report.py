@@ -35,15 +35,16 @@ def _dvc(*args: str) -> str:
 
 
 def check_scores(path: Path = Path(SCORES)) -> None:
-    """A CaptionerError naming the workspace's scores file when it exists but is not a JSON object of numbers (DVC
-    would show its scores as blanks)."""
+    """A CaptionerError naming the workspace's scores file when it exists but is not a JSON object whose headline
+    scores are numbers (DVC would show them as blanks)."""
     from captioner import artifacts
 
     if not path.exists():
         return
     scores = artifacts.read_json(path)
-    if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in scores.values()):
-        raise artifacts.damaged(path, "a score that is not a number")
+    wrong = [key for key in HEADLINE if not isinstance(scores.get(key), int | float) or isinstance(scores[key], bool)]
+    if wrong:
+        raise artifacts.damaged(path, f"{', '.join(wrong)} not a number")
 
 
 def _changed(table: str, what: str) -> str:

@@ -43,7 +43,8 @@ def pristine(tmp_path_factory) -> Path:
     attrs = {"encoder": "efficientnet_lite0", "weights": "test", "weights_param": "imagenet", "input_size": 224}
     captioning.save(root / Layout.models, build(len(vocab), (8,), SPEC), attrs, vocab, SPEC, dataset="shapes")
     (root / Layout.scores).parent.mkdir()
-    (root / Layout.scores).write_text('{"bleu4": 0.5}\n')
+    scores = {"bleu4": 0.5, "cider": 1.2, "meteor": 0.4, "rouge_l": 0.6, "finetune_from": None, "beam_size": 3}
+    (root / Layout.scores).write_text(json.dumps(scores))
     return root
 
 
@@ -177,8 +178,9 @@ def test_the_remedy_names_the_stage_that_writes_the_file_and_how_to_restore_it(p
 def test_caption_diff_and_caption_exps_refuse_damaged_scores_naming_the_file(
     project, monkeypatch, capsys, corrupt, command
 ):
-    corrupt(project / Layout.scores)
     monkeypatch.chdir(project)
+    report.check_scores()  # the whole file passes: scores are numbers, settings beside them need not be
+    corrupt(project / Layout.scores)
     assert command([]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "metrics/scores.json:" in error and "git checkout" in error
