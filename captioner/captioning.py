@@ -114,6 +114,7 @@ def read_card(directory: Path) -> dict:
     if not card_file.exists():
         raise CaptionerError(f"{card_file} is missing; run `dvc repro` (the train stage) first")
     card = artifacts.read_json(card_file)
+    DecoderSpec.from_card(card, str(card_file))  # first: a card of an earlier version says so
     try:
         for key, kind in CARD_FIELDS.items():
             field(card, key, kind)

@@ -46,7 +46,7 @@ def test_vocabulary_round_trips_through_json(tmp_path):
 
 def test_vocabulary_refuses_a_file_with_other_special_tokens(tmp_path):
     (tmp_path / "vocab.json").write_text('{"max_length": 3, "tokens": ["<start>", "<pad>", "<end>", "<unk>", "a"]}')
-    with pytest.raises(ValueError, match="special tokens"):
+    with pytest.raises(CaptionerError, match=r"vocab.json: its special tokens differ from this version's"):
         Vocabulary.load(tmp_path / "vocab.json")
 
 
