@@ -8,6 +8,7 @@ the type of one value of a JSON entry. Each refusal is a ``CaptionerError`` nami
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -17,32 +18,40 @@ from captioner import CaptionerError
 
 MAX_CAPTION_CHARS = 5_000  # Flickr8k's longest caption has ~400; a field this long is a quote left open
 MAX_QUOTED_LINES = 4  # physical lines one quoted caption may span
+_CONTROL = re.compile(r"[\x00-\x1f]")
 _ROW_START = re.compile(r'[^",\s]+\.[A-Za-z0-9]{2,5},')  # "<image name>.<ext>," opening a line: a new row
 
 
 def confine(root: Path | str, name, where: str, flat: bool = True) -> Path:
     """``root / name`` for a ``name`` read from a data file (``where`` says which file, entry and field, e.g.
-    ``captions.txt:7: image``), or a
-    CaptionerError. The name must be text, relative, without ``..``, NUL, backslash or drive letter, and (when
-    ``flat``, as image names in the release layout are) a single component; the path, symlinks resolved,
-    must stay inside ``root``."""
+    ``captions.txt:7: image``), or a CaptionerError. The name must be text, relative, without ``..``, control
+    characters, backslash or drive letter, and (when ``flat``, as image names in the release layout are) a single
+    component; the path, symlinks resolved, must stay inside ``root``."""
     if not isinstance(name, str):
         raise CaptionerError(f"{where} {shown(name)} is not text")
     problem = _problem(name, flat)
     if problem:
         raise CaptionerError(f"{where} {shown(name)} {problem}; names in data files must stay inside their folder")
     joined = Path(root) / name
-    inside, real = os.path.realpath(root), os.path.realpath(joined)
+    if flat and not os.path.islink(joined):
+        return joined  # one component, not a link: inside by construction (and 1 system call, not a realpath)
+    inside, real = _real(str(root)), os.path.realpath(joined)
     if os.path.commonpath([inside, real]) != inside:
         raise CaptionerError(f"{where} {shown(name)} is a link to {real}, outside {root}; refusing to follow it")
     return joined
+
+
+@functools.lru_cache(maxsize=64)
+def _real(root: str) -> str:
+    """The resolved root: the same for every name of a file, so resolved once."""
+    return os.path.realpath(root)
 
 
 def _problem(name: str, flat: bool) -> str | None:
     path = PurePosixPath(name)
     checks = (
         (name in ("", "."), "is empty"),
-        (any(ord(character) < 32 for character in name), "holds a control character (NUL, tab, newline…)"),
+        (_CONTROL.search(name) is not None, "holds a control character (NUL, tab, newline…)"),
         ("\\" in name, "holds a backslash"),
         (path.is_absolute() or re.match(r"[A-Za-z]:", name) is not None, "is absolute"),
         (".." in path.parts, "climbs out with '..'"),

@@ -216,6 +216,7 @@ def extract(
     return Extractor(encoder, pooling, weights, image_size).write(paths, target, batch_size)
 
 
+UNREADABLE = "not a readable features file (truncated or overwritten?)"
 TABLE_BYTES = 256 << 20  # pooled features held in memory up to this size (50k images of 1280 channels)
 
 
@@ -226,24 +227,28 @@ class FeatureFile:
         if not Path(path).exists():
             raise CaptionerError(f"features file {path} is missing; run the extract_features stage")
         self.path = Path(path)
-        with artifacts.reading(path, "not a readable features file (truncated or overwritten?)"):
+        with artifacts.reading(path, UNREADABLE):
             self.store = h5py.File(path, "r")
-            try:
-                self.attrs = dict(self.store.attrs)
-                held, self.pooling = str(self.attrs["encoder"]), str(self.attrs["pooling"])
-                self._features = self.store["features"]
-                self.names = list(self.store["image_ids"].asstr()[:])  # image file name of each row
-            except BaseException:
-                self.store.close()
-                raise
-        shape, kind = self._features.shape, self._features.dtype.kind
-        if held != encoder or len(shape) not in (2, 4) or shape[0] != len(self.names) or kind != "f":
+        try:
+            self._check(encoder)
+        except BaseException:
             self.store.close()
-            if held != encoder:
-                raise CaptionerError(f"{path} holds {held} features, but params say encoder {encoder}")
-            what = f"features of shape {shape} ({self._features.dtype}) for {len(self.names)} images"
-            raise artifacts.damaged(path, f"{what}; a features file holds N×C or N×H×W×C floats")
+            raise
         self.row_of = {name: row for row, name in enumerate(self.names)}
+
+    def _check(self, encoder: str) -> None:
+        """Read the attributes and image names, and refuse a file of another encoder or of the wrong shape."""
+        with artifacts.reading(self.path, UNREADABLE):
+            self.attrs = dict(self.store.attrs)
+            held, self.pooling = str(self.attrs["encoder"]), str(self.attrs["pooling"])
+            self._features = self.store["features"]
+            self.names = list(self.store["image_ids"].asstr()[:])  # image file name of each row
+        if held != encoder:
+            raise CaptionerError(f"{self.path} holds {held} features, but params say encoder {encoder}")
+        shape, dtype = self._features.shape, self._features.dtype
+        if len(shape) not in (2, 4) or shape[0] != len(self.names) or dtype.kind != "f":
+            what = f"features of shape {shape} ({dtype}) for {len(self.names)} images"
+            raise artifacts.damaged(self.path, f"{what}; a features file holds N×C or N×H×W×C floats")
 
     @property
     def item_shape(self) -> tuple[int, ...]:

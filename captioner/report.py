@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner import CaptionerError
+from captioner import CaptionerError, artifacts
 
 SCORES, TRAINING = "metrics/scores.json", "metrics/train/metrics.json"
 TEST_CAPTIONS = Path("metrics/test_captions.tsv")  # written by captioner.evaluation.captions_table
@@ -37,8 +37,6 @@ def _dvc(*args: str) -> str:
 def check_scores(path: Path = Path(SCORES)) -> None:
     """A CaptionerError naming the workspace's scores file when it exists but is not a JSON object whose headline
     scores are numbers (DVC would show them as blanks)."""
-    from captioner import artifacts
-
     if not path.exists():
         return
     scores = artifacts.read_json(path)
