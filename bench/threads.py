@@ -15,14 +15,15 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 SETTINGS = {"all cores (threads_per_op 0)": "0", "one thread (threads_per_op 1)": "1"}
 
 
-def worker(steps: int) -> None:
-    """Build the step, then time ``steps`` of it for every line read from stdin, printing the seconds."""
+def train_steps(steps: int) -> tuple[str, Callable[[], None]]:
+    """(a description, a function running ``steps`` steps): the params' decoder's train step, compiled and warm,
+    on the train stage's first batches (seed 0)."""
     import itertools
-    import time
 
     from captioner import batching, decoder, training
     from captioner.datasets import read_captions
@@ -43,13 +44,25 @@ def worker(steps: int) -> None:
     training.deterministic_ops()
     model = decoder.build(len(vocab), shape, spec)
     step = training.Trainer(model, settings["learning_rate"], settings["clipnorm"]).step_for("train", data.element_spec)
-    for features, tokens in batches[:3]:  # compile and warm up
-        step(features, tokens)[0].numpy()
-    print(f"ready {spec.arch} {spec.rnn.upper()}-{spec.units}, batch {settings['batch_size']}", flush=True)
-    for _ in sys.stdin:
-        started = time.perf_counter()
+
+    def run() -> None:
         for features, tokens in batches:
             step(features, tokens)[0].numpy()
+
+    for features, tokens in batches[:3]:  # compile and warm up
+        step(features, tokens)[0].numpy()
+    return f"{spec.arch} {spec.rnn.upper()}-{spec.units}, batch {settings['batch_size']}", run
+
+
+def worker(steps: int) -> None:
+    """Build the step, then time ``steps`` of it for every line read from stdin, printing the seconds."""
+    import time
+
+    description, run = train_steps(steps)
+    print(f"ready {description}", flush=True)
+    for _ in sys.stdin:
+        started = time.perf_counter()
+        run()
         print(time.perf_counter() - started, flush=True)
 
 

@@ -29,7 +29,7 @@ def encode_split(
 ) -> tuple[np.ndarray, list[list[int]]]:
     """``encode_captions`` of one split, with a line saying what was kept; a CaptionerError if nothing was."""
     rows, sequences, dropped = encode_captions(captions, row_of, vocab)
-    print(f"train: {split}: {len(rows)} captions ({dropped} dropped: too long or image unreadable)")
+    print(f"train: {len(rows)} {split} captions ({dropped} dropped: too long or image unreadable)")
     if not len(rows):
         raise CaptionerError(
             f"no {split} caption is usable ({dropped} longer than the vocabulary's {vocab.max_length} tokens "

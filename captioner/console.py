@@ -73,11 +73,3 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own INFO lines, once its logging is up
     if not any(isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlow())
-
-
-def quiet_precision(precision: str) -> None:
-    """Before TensorFlow starts: under ``mixed_float16`` oneDNN logs an ERROR-level line on CPUs without
-    AVX-512 float16 (and falls back to Eigen's kernels anyway), so its CPU kernels are off for that run. float16
-    is for GPUs, which oneDNN does not drive; other precisions keep oneDNN."""
-    if precision == "mixed_float16" and not os.environ.get(VERBOSE):
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -164,6 +164,12 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Params that change how fast a stage runs, never a byte of its outputs (tests/test_pipeline.py proves each):
+# dvc.yaml does not list them, so changing one reruns nothing; a stage reading their section may read them.
+# Not features.batch_size: the encoder's convolutions sum in another order at another batch size (other bits).
+SPEED_ONLY = ("evaluate.batch_size", "train.threads_per_op")
+
+
 def check(name: str, value) -> None:
     """ParamError unless ``value`` fits the rule of param ``name`` (a dotted leaf name) or, for a section,
     every leaf under it fits its rule and the section holds no param without one (a typo)."""

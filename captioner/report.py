@@ -12,8 +12,11 @@ import argparse
 import csv
 import io
 import json
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +120,43 @@ def diff_report(base: str, captions: Path = TEST_CAPTIONS) -> str:
     )
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def draw_plots(base: str, folder: Path) -> list[str]:
+    """``dvc plots diff <base>`` drawn into ``folder`` without a browser, for a pull request: each curve plot one
+    PNG rendered from the Vega-Lite spec DVC builds (vl-convert), each image plot one copy per revision, and
+    ``index.md`` showing them under their names. Returns index.md's lines; a revision whose plots DVC could
+    not load (outputs neither in the cache nor pulled) is named there, not an error."""
+    import vl_convert
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        shown = json.loads(_dvc("plots", "diff", base, "--json", "-o", scratch))
+        lines = [f"# Plots: {base} vs the workspace", ""]
+        for name, plots in shown["data"].items():
+            for plot in plots:
+                revisions = ", ".join(plot["revisions"])
+                if plot["type"] == "vega":
+                    target = folder / f"{_slug(name)}.png"
+                    target.write_bytes(vl_convert.vegalite_to_png(plot["content"], scale=1.5))
+                else:  # an image, one per revision
+                    target = folder / f"{_slug(revisions)}-{Path(name).name}"
+                    shutil.copyfile(plot["url"], target)
+                lines += [f"## {name} ({revisions})", "", f"![{name}]({target.name})", ""]
+    for error in shown.get("errors") or []:
+        lines.append(f"Not drawn: {shown_error(error)}")
+    (folder / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
+
+
+def shown_error(error: dict) -> str:
+    """One line for an entry of ``dvc plots … --json``'s errors."""
+    where = " ".join(str(error.get(key)) for key in ("rev", "name", "source") if error.get(key))
+    return f"{where}: {error.get('msg') or error.get('type') or error}"
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
@@ -177,10 +217,14 @@ def diff_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caption-diff", description="Test scores, training summary and params "
                                      "of the workspace against a git revision, as Markdown.")  # fmt: skip
     parser.add_argument("base", nargs="?", default="main", help="git revision to compare with (default: main)")
+    drawn = "also draw `dvc plots diff BASE` into FOLDER as PNG images, with an index.md showing them"
+    parser.add_argument("--plots", type=Path, metavar="FOLDER", help=drawn)
     args = parser.parse_args(argv)
     try:
         check_scores()
         print(diff_report(args.base))
+        if args.plots:
+            draw_plots(args.base, args.plots)
     except (RuntimeError, FileNotFoundError, ValueError, CaptionerError) as error:
         print(f"caption-diff: error: {error}", file=sys.stderr)
         return 1

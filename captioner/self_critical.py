@@ -24,7 +24,7 @@ from captioner.decoder import DecoderSpec, Stepper
 from captioner.features import FeatureFile
 from captioner.stage import progress
 from captioner.text import Vocabulary
-from captioner.training import METRIC_NAMES, SCORE_MARGIN, KeepBest, Trainer, shown
+from captioner.training import BY_EPOCH, METRIC_NAMES, SCORE_MARGIN, KeepBest, Trainer, shown
 
 Words = list[str]
 
@@ -134,10 +134,10 @@ class SelfCritical:
             reward = self.run_epoch(f"self-critical: epoch {epoch}")
             scores = dev_scores()
             seconds = time.perf_counter() - started
-            live.log_metric("self_critical/reward", round(reward, 4))
+            live.log_metric(f"{BY_EPOCH}/self_critical_reward", round(reward, 4))
             for name, score in scores.items():
-                live.log_metric(f"dev/{name}", round(score, 4))
-            live.log_metric("learning_rate", float(f"{learning_rate:.3g}"))
+                live.log_metric(f"{BY_EPOCH}/dev_{name}", round(score, 4))
+            live.log_metric(f"{BY_EPOCH}/learning_rate", float(f"{learning_rate:.3g}"))
             live.log_metric("epoch_seconds", round(seconds, 1))
             live.next_step()
             print(

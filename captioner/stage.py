@@ -16,9 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from captioner import CaptionerError
+from captioner import CaptionerError, kernels
 from captioner import params as param_rules
-from captioner.console import quiet_precision
 
 
 class Layout:
@@ -56,10 +55,39 @@ SPLITS = ("train", "dev", "test")
 
 
 class Params(dict):
-    """The params a stage declared in dvc.yaml, and only those: reading another is a bug."""
+    """The params a stage declared in dvc.yaml, and only those: reading another is a bug. It remembers which it
+    read (``read``, dotted names), for the test that keeps dvc.yaml's lists equal to what the stages read."""
+
+    def __init__(self, values=(), prefix: str = "", read: set[str] | None = None, whole: str | None = None):
+        super().__init__(values)
+        self.prefix, self.read, self.whole = prefix, set() if read is None else read, whole
 
     def __missing__(self, key):
-        raise KeyError(f"param {key!r} is not declared for this stage in dvc.yaml")
+        raise KeyError(f"param {self.prefix + key!r} is not declared for this stage in dvc.yaml")
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if not isinstance(value, Params):
+            self.read.add(self.prefix + key)
+        elif value.whole:  # a declared param whose value is a mapping (ensemble)
+            self.read.add(value.whole)
+        return value
+
+    def __iter__(self):  # not dict's: dict(params) and f(**params) then read each value through __getitem__
+        return super().__iter__()
+
+    def items(self):
+        return [(key, self[key]) for key in self]
+
+    def values(self):
+        return [self[key] for key in self]
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def merged(self, overrides: dict) -> Params:
+        """These params with ``overrides`` over them (an ensemble member's), reading nothing yet."""
+        return Params({key: dict.__getitem__(self, key) for key in self} | overrides, self.prefix, self.read)
 
 
 def _lookup(tree: dict, dotted: str):
@@ -83,23 +111,36 @@ def _read_yaml(path: Path) -> dict:
     return value
 
 
-def declared_params(stage: str, root: Path = Path("."), member: str | None = None) -> Params:
-    """The values from params.yaml of the params dvc.yaml lists for ``stage``, each checked against its rule
-    in ``captioner.params`` (a CaptionerError naming the first that breaks it). With ``member``, those of the
-    ``foreach`` stage ``<stage>_member`` for that key (``${key}`` in its param names)."""
-    pipeline, values = _read_yaml(root / "dvc.yaml"), _read_yaml(root / "params.yaml")
+def stage_param_names(pipeline: dict, stage: str, member: str | None = None) -> list[str]:
+    """The params dvc.yaml lists for ``stage`` (with ``member``: for that key of the ``foreach`` stage
+    ``<stage>_member``), as dotted names; entries of the form ``{params.yaml: [names]}`` flattened."""
     if member is None:
-        names = pipeline["stages"][stage].get("params", [])
+        entries = pipeline["stages"][stage].get("params", [])
     else:
-        names = [name.replace("${key}", member) for name in pipeline["stages"][f"{stage}_member"]["do"]["params"]]
+        entries = pipeline["stages"][f"{stage}_member"]["do"]["params"]
+    names = [name for entry in entries for name in ([entry] if isinstance(entry, str) else entry["params.yaml"])]
+    return [name.replace("${key}", member) for name in names] if member else names
+
+
+def declared_params(stage: str, root: Path = Path("."), member: str | None = None) -> Params:
+    """The values from params.yaml of the params dvc.yaml lists for ``stage``, plus the speed-only params
+    (``captioner.params.SPEED_ONLY``) of the sections it reads. Every param of those sections is checked against
+    its rule in ``captioner.params`` (a CaptionerError naming the first that breaks it, or a typo)."""
+    pipeline, values = _read_yaml(root / "dvc.yaml"), _read_yaml(root / "params.yaml")
+    names = stage_param_names(pipeline, stage, member)
+    sections = {name.split(".")[0] for name in names}
+    names += [name for name in param_rules.SPEED_ONLY if name.split(".")[0] in sections]
+    for section in sections - {"ensemble"}:  # the whole section, so a misspelt key is caught too
+        param_rules.check(section, _lookup(values, section))
     params = Params()
     for name in names:
         node, target = params, name.split(".")
-        for part in target[:-1]:
-            node = node.setdefault(part, Params())
+        for depth, part in enumerate(target[:-1], start=1):
+            node = node.setdefault(part, Params(prefix=".".join(target[:depth]) + ".", read=params.read))
         leaf = _lookup(values, name)
-        param_rules.check(name, leaf)  # a ParamError, which run() reports like any CaptionerError
-        node[target[-1]] = Params(leaf) if isinstance(leaf, dict) else leaf
+        if name.startswith("ensemble"):
+            param_rules.check(name, leaf)  # a ParamError, which run() reports like any CaptionerError
+        node[target[-1]] = Params(leaf, f"{name}.", params.read, whole=name) if isinstance(leaf, dict) else leaf
     return params
 
 
@@ -222,17 +263,17 @@ def member_settings(params: dict) -> tuple[str | None, dict, dict]:
     ``train_member@<name>`` (whose declared params hold ``ensemble.<name>``) those with its overrides."""
     members = params["ensemble"] if "ensemble" in params else {}
     if not members:
-        return None, dict(params["decoder"]), dict(params["train"])
+        return None, params["decoder"], params["train"]
     ((name, overrides),) = members.items()
-    return (
-        name,
-        {**params["decoder"], **overrides.get("decoder", {})},
-        {**params["train"], **overrides.get("train", {})},
-    )
+    decoder, train = (params[section].merged(overrides.get(section, {})) for section in ("decoder", "train"))
+    return name, decoder, train
 
 
 def _member_argument() -> str | None:
     return sys.argv[2] if sys.argv[1:2] == ["--member"] and len(sys.argv) > 2 else None
+
+
+_read_before_start: set[str] = set()  # params size_thread_pools read, for the record run() keeps
 
 
 def size_thread_pools(stage: str) -> None:
@@ -251,7 +292,11 @@ def size_thread_pools(stage: str) -> None:
     settings = member_settings(params)[2]
     if settings["threads_per_op"]:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(settings["threads_per_op"])
-    quiet_precision(settings["precision"])
+    kernels.for_precision(settings["precision"])
+    _read_before_start.update(params.read)
+
+
+PARAMS_READ = "CAPTIONER_PARAMS_READ"  # a file: each stage run appends "<stage> <the params it read>"
 
 
 def run(main: Callable[[Params], None]) -> None:
@@ -265,7 +310,11 @@ def run(main: Callable[[Params], None]) -> None:
     os.chdir(script.parent.parent)
     try:
         remove_dead_scratch()
-        main(declared_params(script.stem, member=_member_argument()))
+        params = declared_params(script.stem, member=_member_argument())
+        main(params)
+        if os.environ.get(PARAMS_READ):  # the end-to-end tests' record of which params each stage read
+            with open(os.environ[PARAMS_READ], "a", encoding="utf-8") as record:
+                print(script.stem, *sorted(params.read | _read_before_start), file=record)
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

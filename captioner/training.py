@@ -72,6 +72,9 @@ SCORE_MARGIN = 1e-5  # a dev BLEU-4 or CIDEr-D higher by less than this is no im
 # epoch); the dev loss paces training either way.
 SELECT_BY = ("dev_loss", "dev_bleu4", "dev_cider")
 METRIC_NAMES = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}  # as printed
+# DVCLive's folder of the curves a run may or may not log (dev scores, the reward, the encoder's learning rate),
+# beside the learning rate it always logs: dvc.yaml plots each file in it, so an unlogged one is no empty plot.
+BY_EPOCH = "by_epoch"
 
 
 def shown(scores: dict[str, float]) -> str:
@@ -368,10 +371,10 @@ class Trainer:
             live.log_metric(f"{split}/loss", round(split_stats.loss, 4))
             live.log_metric(f"{split}/token_accuracy", round(split_stats.accuracy, 4))
         for metric, score in scores.items():
-            live.log_metric(f"dev/{metric}", round(score, 4))
-        live.log_metric("learning_rate", float(f"{rates[0]:.3g}"))
+            live.log_metric(f"{BY_EPOCH}/dev_{metric}", round(score, 4))
+        live.log_metric(f"{BY_EPOCH}/learning_rate", float(f"{rates[0]:.3g}"))
         if len(rates) > 1:
-            live.log_metric("encoder_learning_rate", float(f"{rates[1]:.3g}"))
+            live.log_metric(f"{BY_EPOCH}/encoder_learning_rate", float(f"{rates[1]:.3g}"))
         live.log_metric("epoch_seconds", round(seconds, 1))
         live.next_step()
 
@@ -386,8 +389,6 @@ class EpochLog:
     folder that replaces ``folder`` only when training finishes: an interrupted run leaves the last one's."""
 
     UNTRACKED = ("epoch_seconds",)
-    # Plotted when logged (dvc.yaml draws them); an unlogged one is a header-only file, which DVC skips quietly.
-    OPTIONAL = ("dev/bleu4", "dev/cider", "self_critical/reward")
 
     def __init__(self, folder: Path, timings: Path):
         self.folder, self.timings = Path(folder), Path(timings)
@@ -408,11 +409,6 @@ class EpochLog:
     def __exit__(self, *exc) -> bool:
         self.live.end()
         if exc[0] is None:
-            for name in self.OPTIONAL:
-                series = Path(self.live.plots_dir) / "metrics" / f"{name}.tsv"
-                if not series.exists():
-                    series.parent.mkdir(parents=True, exist_ok=True)
-                    series.write_text(f"step\t{name.split('/')[-1]}\n")
             rounded = {key: round(value, 4) for key, value in self.summary.items()}
             (Path(self.live.dir) / "metrics.json").write_text(json.dumps(rounded, indent=2) + "\n")
         return self.replacing.__exit__(*exc)

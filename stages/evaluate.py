@@ -29,7 +29,7 @@ def main(params: Params) -> None:
     evaluation.draw(result, cosines, Layout.images, Layout.figures)
     for note in notes:
         print(f"evaluate: {note}")
-    print(f"evaluate: {', '.join(f'{key} {value}' for key, value in scores.items())}")
+    print(f"evaluate: {', '.join(f'{key} {value}' for key, value in scores.items() if value is not None)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from captioner.datasets import shapes
+from captioner.stage import PARAMS_READ
 from tests.tiny_pipeline import ENVIRONMENT, TINY, commit_all, dvc
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -71,9 +72,11 @@ def repo(tmp_path_factory) -> tuple[Path, str]:
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(PROJECT / ".gitignore", repo / ".gitignore")  # data, models and logs stay out of git
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
+    for command in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=repo, check=True)
+    shutil.copy(PROJECT / ".dvc" / "config", repo / ".dvc" / "config")  # its remote: a folder beside the repo
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(["git", "commit", "-qm", "tiny"], cwd=repo, check=True, env=ENVIRONMENT)
-    first = dvc(repo, "repro")
+    first = dvc(repo, "repro", environment={PARAMS_READ: str(repo / ".git" / "params-read")})
     commit_all(repo, "tiny, reproduced")
     return repo, first

@@ -8,7 +8,7 @@ import tensorflow as tf
 from captioner import CaptionerError, captioning, decoding, training
 from captioner.decoder import Stepper
 from captioner.ensemble import EnsembleStepper, load_members, stepper_of
-from captioner.stage import member_settings
+from captioner.stage import Params, member_settings
 from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
 
 ATTRS = {"encoder": "toy", "weights": "w", "weights_param": "imagenet", "input_size": 96}
@@ -103,7 +103,8 @@ def test_members_must_share_the_vocabulary_and_have_no_fine_tuned_encoder(member
 
 
 def test_a_member_stage_reads_its_overrides_and_the_main_stage_none():
-    params = {"decoder": {"arch": "inject", "units": 512}, "train": {"seed": 1, "epochs": 15}}
+    decoder, train = Params({"arch": "inject", "units": 512}, "decoder."), Params({"seed": 1, "epochs": 15}, "train.")
+    params = Params({"decoder": decoder, "train": train})
     assert member_settings(params) == (None, params["decoder"], params["train"])
-    member = params | {"ensemble": {"attend": {"decoder": {"arch": "attention"}, "train": {"seed": 3}}}}
+    member = Params(params | {"ensemble": {"attend": {"decoder": {"arch": "attention"}, "train": {"seed": 3}}}})
     assert member_settings(member) == ("attend", {"arch": "attention", "units": 512}, {"seed": 3, "epochs": 15})

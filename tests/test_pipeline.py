@@ -10,12 +10,13 @@ import sys
 
 import yaml
 
+from captioner.params import RULES, SPEED_ONLY
+from captioner.stage import stage_param_names
 from tests.conftest import PROJECT_FILES
 from tests.tiny_pipeline import (
     BY_DEV_BLEU4,
     ENVIRONMENT,
     assert_selected_by_dev_bleu4,
-    commit_all,
     dvc,
     ran,
     reset_to_head,
@@ -42,6 +43,43 @@ def test_repro_runs_every_stage_and_writes_metrics(repo):
     assert (repo / "data" / "features" / "efficientnet_lite0.h5").exists()
     assert (repo / "metrics" / "train" / "plots" / "metrics" / "dev" / "loss.tsv").exists()
     assert "Data and pipelines are up to date" in dvc(repo, "status")
+
+
+def test_each_stage_lists_exactly_the_params_it_reads(repo):
+    repo, _ = repo
+    read = {}
+    for line in (repo / ".git" / "params-read").read_text().splitlines():  # the first repro's record
+        stage, *names = line.split()
+        read.setdefault(stage, set()).update(names)
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    # What the shapes default leaves unread: the other datasets' params, those of self-critical epochs.
+    unread_here = {
+        "download": {name for name in RULES if name.startswith(("flickr8k.", "karpathy."))},
+        "train": {"train.self_critical_lr", "train.self_critical_samples"},
+    }
+    for stage in set(pipeline["stages"]) - {"train_member"}:
+        listed = set(stage_param_names(pipeline, stage))
+        assert read[stage] - set(SPEED_ONLY) == listed - unread_here.get(stage, set()), stage
+        assert not listed & set(SPEED_ONLY), stage
+    assert set(SPEED_ONLY) <= set().union(*read.values())  # each one is read, by a stage that does not list it
+
+
+def test_speed_only_params_rerun_nothing_and_change_no_output_byte(repo):
+    repo, _ = repo
+    reset_to_head(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    values = {"evaluate.batch_size": 3, "train.threads_per_op": 2}
+    assert set(values) == set(SPEED_ONLY)
+    for name, value in values.items():
+        section, key = name.split(".")
+        assert params[section][key] != value
+        params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Data and pipelines are up to date" in dvc(repo, "status")
+    # Run the stages that read them anyway: every output, DVC-cached or in git, comes out byte for byte the same.
+    assert ran(dvc(repo, "repro", "--force", "--single-item", "train", "evaluate")) == {"train", "evaluate"}
+    assert tracked_changes(repo) == " M params.yaml\n"
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=repo, check=True)
 
 
 def test_a_second_forced_repro_leaves_every_tracked_file_byte_identical(repo):
@@ -162,15 +200,24 @@ def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
     assert tracked_changes(repo) == "" and (repo / "models" / "captioner.json").exists()
 
 
-def test_a_second_clone_pulls_features_and_model_from_a_remote_without_rerunning(repo, tmp_path):
+def plotted_revisions(repo, revision: str) -> tuple[dict, list]:
+    """``dvc plots diff <revision> --json`` in ``repo``: (plot name → the revisions it holds data of, errors)."""
+    result = run_dvc(repo, "plots", "diff", revision, "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)  # stderr: DVC's warning when a revision's plots did not load
+    revisions = {name: {rev for plot in plots for rev in plot["revisions"]} for name, plots in shown["data"].items()}
+    return revisions, shown.get("errors") or []
+
+
+def test_the_default_remote_shares_features_model_and_curves_with_a_second_clone(repo):
     repo, _ = repo
     reset_to_head(repo)
-    remote = tmp_path / "remote"
-    dvc(repo, "remote", "add", "--default", "shared", str(remote))
-    commit_all(repo, "state to share")
-    dvc(repo, "push")
-    clone = tmp_path / "clone"
+    dvc(repo, "push")  # to the default remote: captioner-dvc-storage beside the repo, created now
+    assert (repo.parent / "captioner-dvc-storage" / "files" / "md5").is_dir()
+    clone = repo.parent / f"{repo.name}-clone"  # beside it too, so its default remote is the same folder
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    errors = plotted_revisions(clone, "main")[1]
+    assert errors, "before dvc pull main's curves cannot load"
     dvc(clone, "pull")
     encoder = yaml.safe_load((clone / "params.yaml").read_text())["encoder"]
     assert (clone / "data" / "features" / f"{encoder}.h5").read_bytes() == (
@@ -179,6 +226,21 @@ def test_a_second_clone_pulls_features_and_model_from_a_remote_without_rerunning
     assert (clone / "models" / "captioner.keras").exists()
     assert "Data and pipelines are up to date" in dvc(clone, "status")
     assert ran(dvc(clone, "repro")) == set()
+    revisions, errors = plotted_revisions(clone, "main")
+    assert not errors and revisions["Loss (train vs dev)"] == {"main", "workspace"}
+    # No empty plot: each plotted file exists, the optional curves only when a run logs them.
+    assert all(revisions.values()) and "metrics/train/plots/metrics/by_epoch/learning_rate.tsv" in revisions
+    assert not any("dev_bleu4" in name for name in revisions)  # train.select_by: dev_loss scores no dev BLEU-4
+    assert {"metrics/figures/samples.png", "metrics/figures/cosine_similarity.png"} <= set(revisions)
+    # What the pull-request workflow attaches: main's and this side's curves drawn to PNG, without a browser.
+    command = ["caption-diff", "main", "--plots", "plots-diff"]
+    report = subprocess.run(command, cwd=clone, capture_output=True, text=True, env=ENVIRONMENT)
+    assert report.returncode == 0, report.stderr
+    index = (clone / "plots-diff" / "index.md").read_text()
+    assert "## Loss (train vs dev) (workspace, main)" in index and "Not drawn" not in index
+    drawn = re.findall(r"!\[[^]]*\]\(([^)]+)\)", index)
+    assert "loss-train-vs-dev.png" in drawn and "main-samples.png" in drawn
+    assert all((clone / "plots-diff" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in drawn)
 
 
 def _free_port() -> int:

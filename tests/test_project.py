@@ -1,6 +1,7 @@
 """Project files around the code: the pull-request workflow and the README's param table."""
 
 import ast
+import difflib
 import re
 import shutil
 import subprocess
@@ -108,3 +109,40 @@ def test_every_stage_lists_the_library_modules_it_imports_as_deps_and_none_it_ne
         assert listed <= runs, f"{name} lists {sorted(listed - runs)}, which it never runs"
     # Evaluation needs batching and the loss, not the trainer: a change to training reruns train only.
     assert not {"captioner/training.py", "captioner/finetuning.py"} & code_run_by(PROJECT / "stages" / "evaluate.py")
+
+
+def changed(value):
+    """Another value of the same type and length as ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value[:-1] + ("x" if value[-1] != "x" else "y")
+    return "x" if value is None else ["x"] if value == [] else []
+
+
+def test_a_set_param_changes_its_own_line_of_params_yaml_alone(tmp_path):
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` does to params.yaml
+
+    original = (PROJECT / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    for name in flatten(params):
+        value = params
+        for part in name.split("."):
+            value = value[part]
+        if isinstance(value, dict):  # ensemble: {}, set with +ensemble.<name>=…
+            continue
+        copy = tmp_path / "params.yaml"
+        copy.write_text(original)
+        new = changed(value)
+        apply_overrides(str(copy), [f"{name}={yaml.safe_dump(new, default_flow_style=True).splitlines()[0]}"])
+        before, after = original.splitlines(), copy.read_text().splitlines()
+        edits = [op for op in difflib.SequenceMatcher(None, before, after).get_opcodes() if op[0] != "equal"]
+        # One line replaced: by one line, or by the lines of a list (`image_urls: []` → `image_urls:` and `- x`).
+        shown = [(before[a:b], after[c:d]) for _, a, b, c, d in edits]
+        assert len(edits) == 1 and edits[0][2] - edits[0][1] == 1, f"-S {name} changed {shown}"
+        value = yaml.safe_load(copy.read_text())
+        for part in name.split("."):
+            value = value[part]
+        assert value == new, name

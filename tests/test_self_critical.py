@@ -102,11 +102,11 @@ def test_fit_keeps_the_best_dev_score_weights_stops_on_patience_and_keeps_the_st
     summary = scst.fit(epochs=6, patience=3, learning_rate=0.005, live=live, dev_scores=dev_scores, start_score=0.31,
                        metric=metric)  # fmt: skip
     assert summary == {"self_critical_epochs_run": 5, "self_critical_best_epoch": 2, f"best_dev_{metric}": 0.35}
-    assert [value for name, value in live.logged if name == f"dev/{metric}"] == [0.3, 0.35, 0.32, 0.33, 0.34]
-    assert len([name for name, _ in live.logged if name.startswith("dev/")]) == 10
+    assert [value for name, value in live.logged if name == f"by_epoch/dev_{metric}"] == [0.3, 0.35, 0.32, 0.33, 0.34]
+    assert len([name for name, _ in live.logged if name.startswith("by_epoch/dev_")]) == 10
     for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
         np.testing.assert_array_equal(restored, best)
-    assert [value for name, value in live.logged if name == "learning_rate"] == [0.005] * 5
+    assert [value for name, value in live.logged if name == "by_epoch/learning_rate"] == [0.005] * 5
 
     scores = iter([0.1, 0.2])
     summary = scst.fit(epochs=2, patience=3, learning_rate=0.005, live=live, dev_scores=lambda: {metric: next(scores)},

@@ -18,6 +18,24 @@ def test_declared_params_holds_only_what_dvc_yaml_lists(project):
         params["evaluate"]
 
 
+def test_declared_params_are_per_key_plus_the_speed_only_ones_and_remember_what_was_read(project):
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace(" train.clipnorm,", ""))
+    params = declared_params("train", project)
+    assert params["train"]["threads_per_op"] == 1  # speed-only: not listed, readable by a stage of its section
+    with pytest.raises(KeyError, match="param 'train.clipnorm' is not declared"):
+        params["train"]["clipnorm"]
+    merged = params["train"].merged({"seed": 5})
+    assert merged["seed"] == 5 and params["train"]["seed"] == 1
+    assert params.read == {"train.threads_per_op", "train.seed"}
+    dict(params["decoder"])  # copying reads every value
+    assert {"decoder.units", "decoder.rnn"} <= params.read
+    params_yaml = project / "params.yaml"
+    params_yaml.write_text(params_yaml.read_text().replace("  clipnorm: 5.0", "  clipnrom: 5.0"))
+    with pytest.raises(CaptionerError, match="params.yaml has train.clipnrom, which is no param"):
+        declared_params("train", project)
+
+
 def test_every_stage_param_exists_in_params_yaml(project):
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage in stages:

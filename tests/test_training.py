@@ -68,7 +68,7 @@ def test_every_decoder_learns_and_reloads_identically(arch, rnn, tmp_path):
     assert after.loss < before.loss / 3
     assert summary["best_dev_loss"] == pytest.approx(after.loss, rel=1e-5)
     logged = {name for name, _ in live.logged}
-    assert logged >= {"train/loss", "dev/loss", "train/token_accuracy", "dev/token_accuracy", "learning_rate"}
+    assert logged >= {"train/loss", "dev/loss", "train/token_accuracy", "dev/token_accuracy", "by_epoch/learning_rate"}
     assert "dev/perplexity" not in logged  # exp(loss): the loss plot says it already
 
     model.save(tmp_path / "model.keras")
@@ -90,7 +90,7 @@ def test_early_stopping_restores_the_best_weights_and_the_learning_rate_drops_on
     summary = trainer.fit(train, dev, epochs=30, patience=4, live=live, lr_patience=2, lr_factor=0.5)
     assert summary["epochs_run"] == summary["best_epoch"] + 4 < 30
     assert trainer.run_epoch(dev, "dev", "dev").loss == pytest.approx(summary["best_dev_loss"], rel=1e-5)
-    rates = [value for name, value in live.logged if name == "learning_rate"]
+    rates = [value for name, value in live.logged if name == "by_epoch/learning_rate"]
     assert rates[0] == pytest.approx(0.05) and rates[-1] == pytest.approx(0.025)
 
 
@@ -134,8 +134,8 @@ def test_a_dev_score_picks_the_weights_kept_while_the_dev_loss_paces_training(me
     for restored, kept in zip(model.get_weights(), snapshots[best - 1], strict=True):
         np.testing.assert_array_equal(restored, kept)
     for name, values in series.items():  # both scores logged, whichever keeps the weights
-        assert [value for logged, value in live.logged if logged == f"dev/{name}"] == values
-    rates = [value for name, value in live.logged if name == "learning_rate"]
+        assert [value for logged, value in live.logged if logged == f"by_epoch/dev_{name}"] == values
+    rates = [value for name, value in live.logged if name == "by_epoch/learning_rate"]
     assert rates == [pytest.approx(0.01)] * 6
 
 
@@ -241,7 +241,7 @@ def test_the_training_log_replaces_the_last_one_only_when_training_finishes(tmp_
         live.summary = {"best_epoch": 2}
     assert json.loads((folder / "metrics.json").read_text()) == {"best_epoch": 2}
     assert (folder / "plots" / "metrics" / "train" / "loss.tsv").read_text().split("\n")[1:3] == ["1\t1.0", "2\t0.5"]
-    assert (folder / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text() == "step\tbleu4\n"
+    assert not (folder / "plots" / "metrics" / "by_epoch").exists()  # nothing logged there: no file, no empty plot
     assert timings.read_text() == "epoch\tepoch_seconds\n1\t3.0\n2\t3.0\n"
 
 

@@ -26,16 +26,20 @@ def tf_noise(console: str) -> list[str]:
     return [line for line in console.splitlines() if line.startswith(TF_NOISE)]
 
 
-def run_dvc(repo, *args) -> subprocess.CompletedProcess:
+def run_dvc(repo, *args, environment: dict | None = None) -> subprocess.CompletedProcess:
     """``dvc *args`` in ``repo``, importing the repo's own copy of ``captioner``; it may fail."""
     return subprocess.run(
-        ["dvc", *args], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT | {"PYTHONPATH": str(repo)}
+        ["dvc", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=ENVIRONMENT | {"PYTHONPATH": str(repo)} | (environment or {}),
     )
 
 
-def dvc(repo, *args) -> str:
+def dvc(repo, *args, environment: dict | None = None) -> str:
     """``dvc *args`` in ``repo``, which must succeed with a quiet console: its stdout and stderr."""
-    result = run_dvc(repo, *args)
+    result = run_dvc(repo, *args, environment=environment)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     console = result.stdout + result.stderr
     assert not tf_noise(console), f"dvc {' '.join(args)} printed TensorFlow noise: {tf_noise(console)}"
@@ -66,7 +70,16 @@ def reset_to_head(repo) -> None:
 
 def assert_selected_by_dev_bleu4(repo) -> None:
     summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
-    logged = (repo / "metrics" / "train" / "plots" / "metrics" / "dev" / "bleu4.tsv").read_text().splitlines()
+    logged = (repo / "metrics" / "train" / "plots" / "metrics" / "by_epoch" / "dev_bleu4.tsv").read_text().splitlines()
     scores = [float(line.split("\t")[1]) for line in logged[1:]]
     assert len(scores) == summary["epochs_run"] and summary["best_dev_bleu4"] == max(scores)
     assert scores[summary["best_epoch"] - 1] == max(scores)
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict:
+    """Dotted param name → value (an empty mapping, like ``ensemble: {}``, is one value)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat |= flat_params(value, f"{name}.") if isinstance(value, dict) and value else {name: value}
+    return flat
