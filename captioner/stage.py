@@ -118,7 +118,11 @@ def stage_param_names(pipeline: dict, stage: str, member: str | None = None) -> 
         entries = pipeline["stages"][stage].get("params", [])
     else:
         entries = pipeline["stages"][f"{stage}_member"]["do"]["params"]
-    names = [name for entry in entries for name in ([entry] if isinstance(entry, str) else entry["params.yaml"])]
+    names = []
+    for entry in entries:
+        if isinstance(entry, dict) and set(entry) != {"params.yaml"}:
+            raise CaptionerError(f"dvc.yaml: stage {stage} lists params of {', '.join(entry)}; stages read params.yaml")
+        names += [entry] if isinstance(entry, str) else entry["params.yaml"]
     return [name.replace("${key}", member) for name in names] if member else names
 
 

@@ -44,7 +44,8 @@ def test_features_do_not_depend_on_the_kernels_a_cpu_would_pick(shapes_raw, tmp_
 
 
 def test_bfloat16_training_runs_native_kernels(monkeypatch):
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    for name, value in kernels.PORTABLE.items():  # restored after the test, whatever it changes
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(kernels, "_before", {"TF_ENABLE_ONEDNN_OPTS": None, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
     kernels.for_precision("mixed_bfloat16")
     assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"

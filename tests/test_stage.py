@@ -36,6 +36,13 @@ def test_declared_params_are_per_key_plus_the_speed_only_ones_and_remember_what_
         declared_params("train", project)
 
 
+def test_a_stage_listing_params_of_another_file_is_one_line(project):
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("- params.yaml: &train_params", "- other.yaml: &train_params"))
+    with pytest.raises(CaptionerError, match="dvc.yaml: stage train lists params of other.yaml; stages read params"):
+        declared_params("train", project)
+
+
 def test_every_stage_param_exists_in_params_yaml(project):
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     for stage in stages:
