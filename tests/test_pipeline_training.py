@@ -10,12 +10,12 @@ import time
 import pytest
 import yaml
 
+from captioner.report import _flat
 from tests.tiny_pipeline import (
     BY_DEV_BLEU4,
     ENVIRONMENT,
     assert_selected_by_dev_bleu4,
     dvc,
-    flat_params,
     ran,
     reset_to_head,
     run_dvc,
@@ -84,7 +84,7 @@ def queue_status(repo, deadline: float) -> str:
 def test_a_queued_sweep_starts_each_experiment_from_the_baseline(repo):
     repo, _ = repo
     reset_to_head(repo)
-    baseline = flat_params(yaml.safe_load((repo / "params.yaml").read_text()))
+    baseline = _flat(yaml.safe_load((repo / "params.yaml").read_text()))
     for units in (12, 20):
         dvc(repo, "exp", "run", "--queue", "-n", f"units-{units}", "-S", f"decoder.units={units}")
     assert tracked_changes(repo) == ""  # queued, not applied: the next idea starts from the baseline too
@@ -106,7 +106,7 @@ def test_a_queued_sweep_starts_each_experiment_from_the_baseline(repo):
             for revision in experiment["revs"]:
                 data = revision["data"]
                 rows[revision["name"]] = (
-                    flat_params(data["params"]["params.yaml"]["data"]),
+                    _flat(data["params"]["params.yaml"]["data"]),
                     data["metrics"]["metrics/scores.json"]["data"]["bleu4"],
                 )
     for units in (12, 20):

@@ -74,12 +74,3 @@ def assert_selected_by_dev_bleu4(repo) -> None:
     scores = [float(line.split("\t")[1]) for line in logged[1:]]
     assert len(scores) == summary["epochs_run"] and summary["best_dev_bleu4"] == max(scores)
     assert scores[summary["best_epoch"] - 1] == max(scores)
-
-
-def flat_params(tree: dict, prefix: str = "") -> dict:
-    """Dotted param name → value (an empty mapping, like ``ensemble: {}``, is one value)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        flat |= flat_params(value, f"{name}.") if isinstance(value, dict) and value else {name: value}
-    return flat
