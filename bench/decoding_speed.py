@@ -18,11 +18,12 @@ import time
 import numpy as np
 
 from captioner import decoding
-from captioner.captioning import Trained
+from captioner.checkpoint import Trained
 from captioner.datasets import read_captions
 from captioner.decoder import Stepper
 from captioner.features import FeatureFile
-from captioner.stage import Layout, declared_params
+from captioner.layout import Layout
+from captioner.stage import declared_params
 from captioner.text import Vocabulary
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     encoder, max_len = declared_params("evaluate")["encoder"], declared_params("evaluate")["evaluate"]["max_len"]
     vocab = Vocabulary.load(Layout.vocab)
     trained = Trained.load(Layout.models)  # timing needs only the decoder
-    stepper, pooled = Stepper(trained.decoder, trained.spec), not trained.spec.reads_grid
+    stepper, pooled = Stepper(trained.architecture), not trained.spec.reads_grid
     with FeatureFile(Layout.features_file(encoder), encoder) as store:
         images = sorted({image for image, _ in read_captions(Layout.split_captions("test"))} & set(store.row_of))
         images = images[: arguments.images]

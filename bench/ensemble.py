@@ -16,11 +16,13 @@ import time
 import numpy as np
 
 from captioner import decoding, metrics
-from captioner.captioning import Trained
+from captioner.checkpoint import Trained
 from captioner.datasets import read_captions, split_references
-from captioner.ensemble import FOLDER, load_members, stepper_of
+from captioner.ensemble import decoder_of
+from captioner.ensemble import members as ensemble_of
 from captioner.features import FeatureFile
-from captioner.stage import Layout, declared_params
+from captioner.layout import Layout
+from captioner.stage import declared_params
 from captioner.text import Vocabulary
 
 
@@ -30,16 +32,17 @@ def main() -> None:
     arguments = parser.parse_args()
     params = declared_params("evaluate")
     vocab = Vocabulary.load(Layout.vocab)
-    members = load_members(Trained.load(Layout.models), [FOLDER / name for name in params["ensemble"]])
+    others = [Layout.ensemble / name for name in params["ensemble"]]
+    members = ensemble_of(Trained.load(Layout.models), others)
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
         images, rows, references = split_references(read_captions(Layout.split_captions("test")), store.row_of)
-        print(f"{len(images)} test images, beam {arguments.beam}, members: models/, "
-              + ", ".join(f"{FOLDER}/{name}" for name in params["ensemble"]))  # fmt: skip
+        names = ", ".join(str(directory) for directory in [Layout.models, *others])
+        print(f"{len(images)} test images, beam {arguments.beam}, members: {names}")
         print("| members | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | METEOR | captions/s |")
         print("|---|---|---|---|---|---|---|---|")
         for count in range(1, len(members) + 1):
             chosen = members[:count]
-            stepper = stepper_of(chosen)
+            stepper = decoder_of(chosen)
             read = store.reader(not stepper.reads_grid)
             decode = (vocab.start_id, vocab.end_id, params["evaluate"]["max_len"])
             started = time.perf_counter()

@@ -18,6 +18,7 @@ one-time cost of the frozen layers per image.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import time
@@ -26,11 +27,14 @@ import keras
 import numpy as np
 from train_speed import timed_side_by_side
 
-from captioner import batching, decoder, encoders, finetuning, training
+from captioner import batching, decoder, encoders, finetuning
+from captioner.config import TrainConfig
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile, load_image
-from captioner.stage import Layout, declared_params
+from captioner.layout import Layout
+from captioner.stage import declared_params
 from captioner.text import Vocabulary
+from captioner.trainer import Trainer
 
 
 def endless(batches: batching.CaptionBatches):
@@ -47,7 +51,7 @@ def main() -> None:
     keras.utils.set_random_seed(0)
 
     params = declared_params("train")
-    spec, settings = params["decoder"], params["train"]
+    spec, settings, config = params["decoder"], params["train"], TrainConfig.from_params(params)
     encoder, vocab = encoders.get(params["encoder"]), Vocabulary.load(Layout.vocab)
     pooled = spec["arch"] != "attention"
     with FeatureFile(Layout.features_file(encoder.name), encoder.name) as store:
@@ -68,7 +72,8 @@ def main() -> None:
     features = np.concatenate([split.full.predict_on_batch(images[i : i + 32]) for i in range(0, len(images), 32)])
     features = features.reshape(len(images), *feature_shape)
 
-    decoder_model = decoder.build(len(vocab), feature_shape, decoder.DecoderSpec.from_params(spec))
+    architecture = decoder.architecture(config.decoder, len(vocab))
+    decoder_model = architecture.build(feature_shape)
     per_image = max(map(len, groups))
     images_per_step = max(1, settings["batch_size"] // per_image)
     inputs = {"whole encoder": images, "cached activations": activations, "frozen encoder": features}
@@ -85,8 +90,8 @@ def main() -> None:
             read, table.shape[1:], np.arange(len(table)), groups, per_image, images_per_step, seed=0
         )
         model = models.get(name, decoder_model)
-        trainer = training.Trainer(model, 1e-3, 5.0, spec["attention_reg"], encoder_lr=settings["encoder_lr"])
-        step = trainer.step_for("train", batches.element_spec)
+        trainer = Trainer(model, architecture.head, dataclasses.replace(config, learning_rate=1e-3, clipnorm=5.0))
+        step = trainer.train_step(batches.element_spec)
         methods[name] = (step, endless(batches), arguments.batches)
 
     print(

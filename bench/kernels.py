@@ -34,7 +34,8 @@ def worker(images: int, steps: int) -> None:
 
     from captioner import encoders, features
     from captioner.datasets import read_split_list
-    from captioner.stage import Layout, declared_params
+    from captioner.layout import Layout
+    from captioner.stage import declared_params
 
     params = declared_params("extract_features")
     encoder = encoders.get(params["encoder"])

@@ -13,6 +13,7 @@ test images. Prints each process's peak RSS and the ratio; the files are removed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import shutil
@@ -56,13 +57,17 @@ def write_dataset(folder: Path, images: int) -> None:
 def measure(folder: Path) -> dict:
     """In this (fresh) process: the train stage's reading and a training slice of both decoder kinds, then
     decoding; the peak RSS and the seconds each part took."""
-    from captioner import decoding, training
+    from captioner import decoding
     from captioner.batching import encode_split
+    from captioner.config import TrainConfig
     from captioner.datasets import read_captions
-    from captioner.decoder import DecoderSpec, Stepper, build
+    from captioner.decoder import DecoderSpec, Stepper, architecture
     from captioner.features import FeatureFile
+    from captioner.stage import declared_params
     from captioner.text import Vocabulary
+    from captioner.trainer import Trainer, frozen_run
 
+    defaults = TrainConfig.from_params(declared_params("train"))  # the params' train settings
     seconds = {}
     started = time.perf_counter()
     vocab = Vocabulary([f"w{index}" for index in range(WORDS)], max_length=20)
@@ -72,17 +77,18 @@ def measure(folder: Path) -> dict:
         for arch in ("inject", "attention"):
             started = time.perf_counter()
             spec = DecoderSpec("gru", arch, units=256, embedding_dim=128, dropout=0.0, attention_units=128)
-            model = build(len(vocab), store.shape(not spec.reads_grid), spec)
-            run = training.frozen_run(model, spec.reads_grid, store, encoded, batch_size=64, seed=0)
-            trainer = training.Trainer(model, learning_rate=1e-3, clipnorm=5.0)
+            decoder = architecture(spec, len(vocab))
+            model = decoder.build(store.shape(not spec.reads_grid))
+            config = dataclasses.replace(defaults, decoder=spec, batch_size=64, learning_rate=1e-3, seed=0)
+            run = frozen_run(model, config, store, encoded)
             batches = run.batches["train"]
-            step = trainer.step_for("train", batches.element_spec)
+            step = Trainer(model, decoder.head, config).train_step(batches.element_spec)
             for done, (features, tokens) in enumerate(batches):
                 step(features, tokens)
                 if done + 1 == STEPS:
                     break
             rows = np.linspace(0, len(store.row_of) - 1, DECODED).astype(np.int64)  # spread over the file
-            stepper = Stepper(model, spec)
+            stepper = Stepper(decoder)
             decoding.greedy(stepper, run.read, rows, vocab.start_id, vocab.end_id, 16)
             decoding.beam_search(stepper, run.read, rows, vocab.start_id, vocab.end_id, 16, beam_size=3)
             seconds[arch] = time.perf_counter() - started

@@ -26,13 +26,17 @@ def train_steps(steps: int) -> tuple[str, Callable[[], None]]:
     import itertools
 
     from captioner import batching, decoder, training
+    from captioner.config import TrainConfig
     from captioner.datasets import read_captions
     from captioner.features import FeatureFile
-    from captioner.stage import Layout, declared_params
+    from captioner.layout import Layout
+    from captioner.stage import declared_params
     from captioner.text import Vocabulary
+    from captioner.trainer import Trainer
 
     params = declared_params("train")
-    spec, settings = decoder.DecoderSpec.from_params(params["decoder"]), params["train"]
+    config = TrainConfig.from_params(params)
+    spec, settings = config.decoder, params["train"]
     vocab = Vocabulary.load(Layout.vocab)
     with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
         pooled = not spec.reads_grid
@@ -42,8 +46,9 @@ def train_steps(steps: int) -> tuple[str, Callable[[], None]]:
         batches = [batch for batch, _ in zip(itertools.cycle(data), range(steps), strict=False)]
     training.seed_everything(0)
     training.deterministic_ops()
-    model = decoder.build(len(vocab), shape, spec)
-    step = training.Trainer(model, settings["learning_rate"], settings["clipnorm"]).step_for("train", data.element_spec)
+    architecture = decoder.architecture(spec, len(vocab))
+    trainer = Trainer(architecture.build(shape), architecture.head, config)
+    step = trainer.train_step(data.element_spec)
 
     def run() -> None:
         for features, tokens in batches:

@@ -20,6 +20,7 @@ shape in the same dtype. ``--only flops`` runs just this part, ``--only prefix``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 
@@ -29,10 +30,13 @@ import tensorflow as tf
 from keras import layers
 
 from captioner import batching, decoder, training
+from captioner.config import PRECISIONS, TrainConfig
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
-from captioner.stage import Layout, declared_params
+from captioner.layout import Layout
+from captioner.stage import declared_params
 from captioner.text import Vocabulary
+from captioner.trainer import Trainer
 
 BATCH = 64
 SIZE = 256
@@ -105,30 +109,6 @@ def train_for(step, batches, seconds: float) -> int:
     return done
 
 
-def matmul_flops(spec: decoder.DecoderSpec, vocab_size: int, feature_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Forward matmul FLOPs (2 per multiply-add) of ``spec``'s training model: (per real token, per caption)."""
-    units, embedding, gates = spec.units, spec.embedding_dim, 3 if spec.rnn == "gru" else 4
-    channels = feature_shape[-1]
-    if spec.arch == "attention":
-        cells, attention = feature_shape[0], spec.attention_units
-        per_token = 2 * (
-            (embedding + units) * gates * units
-            + units * gates * units  # the cell reads word and context
-            + units * attention
-            + cells * attention
-            + cells * units
-            + units * units  # query, scores, context, gate
-            + 2 * units * embedding
-            + embedding * vocab_size  # deep output, vocabulary projection
-        )
-        per_caption = 2 * (cells * channels * units + cells * units * attention + spec.num_states * units * units)
-        return per_token, per_caption
-    per_token = 2 * (embedding * gates * units + units * gates * units + units * vocab_size)
-    if spec.arch == "merge":
-        return per_token + 2 * units * units, 2 * channels * units
-    return per_token, 2 * spec.num_states * channels * units
-
-
 def matmul_rate(rows: int, inner: int, columns: int, dtype: str, seconds: float = 3.0) -> float:
     """FLOP/s of a plain (rows × inner) · (inner × columns) matmul in ``dtype``, repeated for ``seconds``."""
     a = tf.random.normal((rows, inner), dtype=tf.float32)
@@ -146,21 +126,23 @@ def matmul_rate(rows: int, inner: int, columns: int, dtype: str, seconds: float 
 def machine_limit(table, rows, sequences, vocab, mixed: str, rounds: int) -> None:
     """The params' decoder's train step in float32 and in ``mixed``, taking turns: step times, their ratio, and
     each one's achieved FLOP/s as a fraction of a same-dtype dense matmul's in this run."""
-    spec = decoder.DecoderSpec.from_params(declared_params("train")["decoder"])
-    batch_size = declared_params("train")["train"]["batch_size"]
+    config = TrainConfig.from_params(declared_params("train"))
+    spec, batch_size = config.decoder, config.batch_size
     feature_shape = table.shape[1:]
     if spec.reads_grid:
         raise SystemExit("the FLOP/s part reads pooled features: run it with an inject or merge decoder")
-    per_token, per_caption = matmul_flops(spec, len(vocab), feature_shape)
+    counted = decoder.architecture(spec, len(vocab))
+    counted.build(feature_shape)
+    per_token, per_caption = counted.matmul_flops(feature_shape)
     data = batching.CaptionBatches(table.__getitem__, feature_shape, rows, sequences, batch_size, seed=0)
     batches = [batch for batch, _ in zip(itertools.cycle(data), range(50), strict=False)]
     flops = [3 * (per_token * int((tokens[:, 1:] != 0).sum()) + per_caption * len(tokens)) for _, tokens in batches]
     steps = {}
     for policy in ("float32", mixed):
         training.use_precision(policy)
-        model = decoder.build(len(vocab), feature_shape, spec)
-        trainer = training.Trainer(model, learning_rate=1e-3, clipnorm=5.0)
-        steps[policy] = trainer.step_for("train", data.element_spec)
+        architecture = decoder.architecture(spec, len(vocab))
+        trainer = Trainer(architecture.build(feature_shape), architecture.head, config)
+        steps[policy] = trainer.train_step(data.element_spec)
         for features, tokens in batches[:3]:  # compile and warm up
             steps[policy](features, tokens)
     training.use_precision("float32")
@@ -198,7 +180,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches of batch 64 per method and round")
     parser.add_argument("--rounds", type=int, default=8, help="rounds in which the methods take turns (default 8)")
     parser.add_argument("--budget", type=float, default=90.0, help="training seconds per method for the dev loss")
-    parser.add_argument("--mixed", default="mixed_bfloat16", choices=training.PRECISIONS[1:])
+    parser.add_argument("--mixed", default="mixed_bfloat16", choices=PRECISIONS[1:])
     parser.add_argument("--only", choices=("prefix", "flops"), help="run one part (default: both)")
     arguments = parser.parse_args()
     keras.utils.set_random_seed(0)
@@ -227,12 +209,13 @@ def main() -> None:
     seed_batches = prefix_batches(table, rows, sequences, len(vocab), max_len, np.random.default_rng(0))
     seed_step = seeds.train_on_batch
 
-    ours = decoder.build(len(vocab), table.shape[1:], decoder.DecoderSpec("lstm", "merge", SIZE, SIZE, dropout=0.5))
-    trainer = training.Trainer(ours, learning_rate=1e-3, clipnorm=5.0)
+    ours = decoder.architecture(decoder.DecoderSpec("lstm", "merge", SIZE, SIZE, dropout=0.5), len(vocab))
+    config = dataclasses.replace(TrainConfig.from_params(declared_params("train")), learning_rate=1e-3, clipnorm=5.0)
+    trainer = Trainer(ours.build(table.shape[1:]), ours.head, config)
 
     def our_batches(batch_size: int):
         data = batching.CaptionBatches(table.__getitem__, table.shape[1:], rows, sequences, batch_size, seed=0)
-        return trainer.step_for("train", data.element_spec), (batch for _ in itertools.count() for batch in data)
+        return trainer.train_step(data.element_spec), (batch for _ in itertools.count() for batch in data)
 
     # Ours at prefix expansion's batch size (the like-for-like figure) and at the Flickr8k preset's 128.
     ours_at = {size: our_batches(size) for size in (BATCH, 2 * BATCH)}
@@ -259,7 +242,7 @@ def main() -> None:
     print(f"after {arguments.budget:.0f} s of training each (+ the timed batches):")
     prefix_dev_loss = seed_dev_loss(seeds, table, dev_rows, dev_sequences, max_len)
     print(f"  prefix expansion: {seed_done} batches, dev loss {prefix_dev_loss:.3f}")
-    print(f"  ours:  {our_done} batches, dev loss {trainer.run_epoch(dev, 'dev', 'dev').loss:.3f}")
+    print(f"  ours:  {our_done} batches, dev loss {trainer.run_epoch(dev, False, 'dev').loss:.3f}")
 
 
 if __name__ == "__main__":

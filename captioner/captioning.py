@@ -2,205 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from captioner import CaptionerError, artifacts
-from captioner.boundary import field
-from captioner.decoder import DecoderSpec, disagreement, parts
-from captioner.encoders import Encoder
-from captioner.features import FeatureFile, written_by
-from captioner.stage import atomic_path
-from captioner.text import SPECIAL_TOKENS, Vocabulary
-
-MODEL_FILE, CARD_FILE = "captioner.keras", "captioner.json"
-
-
-def write_card(
-    directory: Path,
-    features_attrs: dict,
-    vocab: Vocabulary,
-    spec: DecoderSpec,
-    finetune_from: str | None = None,
-    dataset: str | None = None,
-) -> None:
-    """What decoding needs besides the weights: the encoder setup, the decoder spec and the vocabulary; and
-    the dataset the model learnt from, so the caption command can say when that was a toy one.
-
-    With ``finetune_from`` the model file holds its own fine-tuned encoder; the card says from where.
-    """
-    card = {"dataset": dataset}
-    card |= {key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size")}
-    card |= {"decoder": asdict(spec), "finetune_from": finetune_from, "vocabulary_size": len(vocab)}
-    card |= {"vocabulary": vocab.words, "max_length": vocab.max_length}
-    (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
-
-
-def save(directory: Path, model, features_attrs: dict, vocab: Vocabulary, spec: DecoderSpec, **card) -> None:
-    """The trained captioner ``model`` and its card (``write_card``; ``card`` its keyword arguments) into
-    ``directory``, all or nothing, byte-identical when the weights are (so DVC sees no change)."""
-    with atomic_path(directory) as temporary:
-        temporary.mkdir()
-        model.save(temporary / MODEL_FILE)
-        _without_timestamps(temporary / MODEL_FILE)
-        write_card(temporary, features_attrs, vocab, spec, **card)
-
-
-def _without_timestamps(path: Path) -> None:
-    """A Keras archive rewritten so the same weights give the same bytes: Keras stamps each member with the
-    time, its metadata with the save date, and its config with ``id()``s of shared objects (numbered here in
-    order instead); each made every retraining a new DVC output. Its dtype policies become float32."""
-    with zipfile.ZipFile(path) as archive:
-        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
-    rewritten = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members:
-            if name == "metadata.json":
-                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "date_saved"}).encode()
-            elif name == "config.json":
-                config = _numbered_shared_objects(data.decode())
-                parsed = json.loads(config)
-                float32 = _float32_policies(parsed)
-                data = (config if float32 == parsed else json.dumps(float32)).encode()
-            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
-    rewritten.replace(path)
-
-
-def _float32_policies(config):
-    """``config`` with every mixed precision dtype policy made float32: the variables already are, and a
-    model trained in mixed precision then reloads, decodes and fine-tunes in float32 like any other."""
-    if isinstance(config, list):
-        return [_float32_policies(item) for item in config]
-    if not isinstance(config, dict):
-        return config
-    if config.get("class_name") == "DTypePolicy" and str(config["config"].get("name", "")).startswith("mixed_"):
-        return config | {"config": config["config"] | {"name": "float32"}}
-    return {key: _float32_policies(value) for key, value in config.items()}
-
-
-def _numbered_shared_objects(config: str) -> str:
-    numbers: dict[str, int] = {}
-
-    def number(match: re.Match) -> str:
-        return f'"shared_object_id": {numbers.setdefault(match.group(1), len(numbers) + 1)}'
-
-    return re.sub(r'"shared_object_id": (\d+)', number, config)
-
-
-# What a model card holds (``write_card``), each of its type.
-CARD_FIELDS = {
-    "dataset": (str, type(None)),
-    "encoder": str,
-    "weights": str,
-    "weights_param": str,
-    "input_size": int,
-    "decoder": dict,
-    "finetune_from": (str, type(None)),
-    "vocabulary_size": int,
-    "vocabulary": list,
-    "max_length": int,
-}
-
-
-def read_card(directory: Path) -> dict:
-    """The model card in ``directory``, every field of its type and its vocabulary whole; else one line naming it."""
-    card_file = Path(directory) / CARD_FILE
-    if not card_file.exists():
-        raise CaptionerError(f"{card_file} is missing; run `dvc repro` (the train stage) first")
-    card = artifacts.read_json(card_file)
-    DecoderSpec.from_card(card, str(card_file))  # first: a card of an earlier version says so
-    try:
-        for key, kind in CARD_FIELDS.items():
-            field(card, key, kind)
-    except CaptionerError as err:
-        raise artifacts.damaged(card_file, str(err)) from None
-    words = card["vocabulary"]
-    if not all(isinstance(word, str) for word in words) or len(set(words)) != len(words):
-        raise artifacts.damaged(card_file, "its vocabulary holds a word that is not text, or one word twice")
-    if card["vocabulary_size"] != len(words) + len(SPECIAL_TOKENS):
-        raise artifacts.damaged(
-            card_file, f"vocabulary_size {card['vocabulary_size']} for a vocabulary of {len(words)} words"
-        )
-    return card
-
-
-@dataclass
-class Trained:
-    """A trained captioner as the train stage saved it: its card, decoder spec, fine-tuned encoder (or None)
-    and decoder."""
-
-    card: dict
-    spec: DecoderSpec
-    encoder: object | None
-    decoder: object
-
-    @property
-    def vocab(self) -> Vocabulary:
-        return Vocabulary(self.card["vocabulary"], self.card["max_length"])
-
-    @classmethod
-    def load(cls, directory: Path) -> Trained:
-        """The model directory's contents, checked to agree with each other; one line naming the file that is
-        absent, damaged or disagrees with its card."""
-        import keras
-
-        card, model_file = read_card(directory), Path(directory) / MODEL_FILE
-        spec = DecoderSpec.from_card(card, str(Path(directory) / CARD_FILE))
-        if not model_file.exists():
-            raise CaptionerError(f"{model_file} is missing; run `dvc repro` (the train stage) first")
-        with artifacts.reading(model_file, "not a readable Keras model (truncated or corrupt?)"):
-            if not zipfile.is_zipfile(model_file):
-                raise ValueError("not a zip archive")
-            encoder, decoder = parts(keras.saving.load_model(model_file))
-        mismatch = disagreement(decoder, spec, card["vocabulary_size"])
-        if mismatch:
-            raise artifacts.damaged(model_file, f"disagrees with its card {CARD_FILE}: {mismatch}")
-        return cls(card, spec, encoder, decoder)
-
-    def require_vocabulary(self, vocab: Vocabulary, source: Path) -> None:
-        """A CaptionerError unless this model was trained on ``vocab`` (read from ``source``)."""
-        if self.card["vocabulary"] != vocab.words:
-            raise CaptionerError(
-                f"{source} is not the vocabulary the model was trained on (its card: {len(self.card['vocabulary'])} "
-                f"words, {source}: {len(vocab.words)}); `dvc repro` retrains the model on this one"
-            )
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
-
-
-def features_seen_by(
-    trained: Trained, cached: FeatureFile, encoder: Encoder, paths: list[Path], batch_size: int
-) -> contextlib.AbstractContextManager[FeatureFile]:
-    """The features the decoder of ``trained`` reads for the images at ``paths``: the cached file when its
-    encoder was frozen, else a temporary file its fine-tuned encoder writes, read like the cached one."""
-    if trained.encoder is None:
-        return contextlib.nullcontext(cached)
-    return written_by(trained.encoder, cached, encoder, paths, batch_size, f"{encoder.name} (fine-tuned)")
+from captioner import decoding, encoders, ensemble
+from captioner.checkpoint import Trained
+from captioner.features import Extractor
 
 
 @dataclass
 class Captioner:
     trained: Trained
     extractor: object
-    members: list[Trained]  # the ensemble it decodes with: ``trained`` first; just it without members
+    members: list[Trained]  # the ensemble it decodes with: ``trained`` first; just it without others
 
     @classmethod
-    def load(cls, directory: Path, members: list[Path] = ()) -> Captioner:
-        """The captioner in ``directory``, decoding as an ensemble with the models in ``members`` if any."""
-        from captioner import encoders
-        from captioner.ensemble import load_members
-        from captioner.features import Extractor
-
+    def load(cls, directory: Path, others: list[Path] = ()) -> Captioner:
+        """The captioner in ``directory``, decoding as an ensemble with the models in ``others`` if any."""
         trained = Trained.load(directory)
-        every = load_members(trained, list(members))
+        every = ensemble.members(trained, list(others))
         card, pooling = trained.card, "grid" if any(member.spec.reads_grid for member in every) else "avg"
         extractor = Extractor(
             encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=trained.encoder
@@ -212,9 +34,6 @@ class Captioner:
     ) -> tuple[dict[Path, str], dict[Path, str]]:
         """Captions of the readable images (beams ranked as ``decoding.beam_search`` says), and the reason each
         other path failed."""
-        from captioner import decoding
-        from captioner.ensemble import stepper_of
-
         features, failures = self.extractor.features(paths)
         if self.extractor.pooling == "grid":
             features = features.reshape(len(features), -1, features.shape[-1])
@@ -223,7 +42,7 @@ class Captioner:
             return {}, failures
         vocab = self.trained.vocab
         ids, _ = decoding.beam_search(
-            stepper_of(self.members),
+            ensemble.decoder_of(self.members),
             features.__getitem__,
             np.arange(len(readable)),
             vocab.start_id,

@@ -34,26 +34,36 @@ def non_negative(value: str) -> float:
     return number
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caption", description="Caption images with a trained captioner.")
     parser.add_argument("images", nargs="+", type=Path, help="JPEG or PNG files, any size")
     parser.add_argument(
         "--model-dir", type=Path, default=Path("models"), help="the train stage's output (default: models)"
     )
     parser.add_argument(
-        "--member", type=Path, action="append", default=[], metavar="DIR",
+        "--member",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
         help="decode as an ensemble with this model directory too (e.g. ensemble/<name>); repeat for more",
-    )  # fmt: skip
+    )
     parser.add_argument("--beam", type=positive, default=3, help="beam width; 1 is greedy (default: 3)")
     parser.add_argument(
-        "--length-penalty", type=non_negative, default=0.0,
+        "--length-penalty",
+        type=non_negative,
+        default=0.0,
         help="beams ranked by log-prob ÷ length**this; 1: per token, longer captions (default: 0, as evaluate's)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--max-len", type=positive, default=None, help="longest caption in tokens (default: the vocabulary's)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line: image, caption")
-    arguments = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = arguments_parser().parse_args(argv)
 
     from captioner import CaptionerError
     from captioner.captioning import Captioner
@@ -64,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caption: error: {err}", file=sys.stderr)
         return 1
     if captioner.trained.card.get("dataset") == "shapes":
-        print(f"caption: note: the model in {arguments.model_dir}/ was trained on generated shapes and describes only "
-              "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"caption: note: the model in {arguments.model_dir}/ was trained on generated shapes and describes only "
+            "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
+            file=sys.stderr,
+        )
     captions, failures = captioner.caption(
         arguments.images, beam_size=arguments.beam, max_len=arguments.max_len, length_penalty=arguments.length_penalty
     )

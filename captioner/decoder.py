@@ -1,8 +1,9 @@
 """Caption decoders: a GRU or LSTM conditioned on the image by merge, init-inject or soft attention.
 
-``build`` gives the teacher-forced training model: (image features, caption tokens) → next-token
-logits at every position, the ``hidden`` vectors they are projected from (and, for attention, the
-attention weights). ``Stepper`` runs the same layers one token at a time for decoding.
+One class per architecture (``ARCHITECTURES``) owns its layers and both ways of running them: ``build``
+wires the teacher-forced model, (image features, caption tokens) → next-token logits at every position,
+the ``hidden`` vectors they are projected from (and, for attention, the attention weights); ``start`` and
+``step`` run the same layers one token at a time for decoding (``Stepper`` compiles them).
 
 - merge: the RNN reads only words; the projected image is added to its outputs.
 - init-inject (``inject``): the projected image is the RNN's initial state.
@@ -12,18 +13,15 @@ attention weights). ``Stepper`` runs the same layers one token at a time for dec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Protocol
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from captioner import CaptionerError, artifacts
-from captioner import params as param_rules
+from captioner.config import ARCHS, RNN_STATES, DecoderSpec
 
-ARCHS = ("merge", "inject", "attention")
-RNNS = {"gru": (layers.GRU, layers.GRUCell, 1), "lstm": (layers.LSTM, layers.LSTMCell, 2)}  # layer, cell, states
+RNNS = {"gru": (layers.GRU, layers.GRUCell), "lstm": (layers.LSTM, layers.LSTMCell)}  # layer, cell (config.RNN_STATES)
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -100,103 +98,196 @@ class AttentionRNN(layers.Layer):
         }
 
 
-@dataclass(frozen=True)
-class DecoderSpec:
-    """A decoder's architecture as data: built from the ``decoder`` params, saved in the model card, read back
-    on load. Training-only settings (initial embeddings, the attention penalty's weight) are not part of it."""
+class Architecture:
+    """A decoder's layers, wired two ways: ``build`` (the whole caption at once, for training and the teacher-forced
+    loss) and ``start`` / ``step`` (one token at a time, for decoding), so the two cannot drift apart.
 
-    rnn: str  # gru | lstm
-    arch: str  # merge | inject | attention
-    units: int
-    embedding_dim: int
-    dropout: float
-    attention_units: int = 256
-    train_embeddings: bool = True
+    Layers are created in ``__init__`` in a fixed order: Keras draws each layer's initial weights when it is
+    created, so that order (with ``train.seed``) fixes the trained model.
+    """
 
-    @property
-    def reads_grid(self) -> bool:
-        """Whether the decoder reads the H×W feature grid (attention) rather than the pooled vector."""
-        return self.arch == "attention"
-
-    @property
-    def num_states(self) -> int:
-        return RNNS[self.rnn][2]
-
-    @classmethod
-    def from_params(cls, params: dict) -> DecoderSpec:
-        return cls(**{field.name: params[field.name] for field in fields(cls)})
-
-    @classmethod
-    def from_card(cls, card: dict, source: str) -> DecoderSpec:
-        """The spec a model card holds under ``decoder``; a CaptionerError naming what is missing."""
-        saved = card.get("decoder")
-        if not isinstance(saved, dict):
-            raise CaptionerError(f"{source} has no decoder spec (saved by an earlier version); retrain: dvc repro")
-        missing = [field.name for field in fields(cls) if field.name not in saved]
-        if missing:
-            raise CaptionerError(f"{source}: the decoder spec lacks {', '.join(missing)}; retrain: dvc repro")
-        try:  # the spec's fields are decoder params: the same rules hold
-            for field in fields(cls):
-                param_rules.check(f"decoder.{field.name}", saved[field.name])
-        except CaptionerError as err:
-            raise artifacts.damaged(source, f"its decoder spec: {err}") from None
-        return cls(**{field.name: saved[field.name] for field in fields(cls)})
-
-
-def build(
-    vocab_size: int, feature_shape: tuple[int, ...], spec: DecoderSpec, embeddings: np.ndarray | None = None
-) -> keras.Model:
-    """The training model. ``feature_shape`` is (C,) for merge/inject and (H·W, C) for attention."""
-    rnn, arch, units, embedding_dim, dropout = spec.rnn, spec.arch, spec.units, spec.embedding_dim, spec.dropout
-    rnn_layer, num_states = RNNS[rnn][0], spec.num_states
-    features = keras.Input(feature_shape, name="features")
-    tokens = keras.Input((None,), dtype="int32", name="tokens")
-    embedding = layers.Embedding(
-        vocab_size, embedding_dim, mask_zero=True, trainable=spec.train_embeddings, name="embedding"
-    )
-    words = layers.Dropout(dropout, name="embedding_dropout")(embedding(tokens))
-    outputs = {}
-    if arch == "inject":
-        image = layers.Dropout(dropout, name="feature_dropout")(features)
-        states = [layers.Dense(units, activation="tanh", name=f"init_state_{i}")(image) for i in range(num_states)]
-        sequence = rnn_layer(units, return_sequences=True, return_state=True, name="rnn")(words, initial_state=states)[
-            0
-        ]
-        hidden = layers.Dropout(dropout, name="output_dropout")(sequence)
-    elif arch == "merge":
-        sequence = rnn_layer(units, return_sequences=True, return_state=True, name="rnn")(words)[0]
-        image = layers.Dense(units, activation="relu", name="image_projection")(
-            layers.Dropout(dropout, name="feature_dropout")(features)
+    def __init__(self, spec: DecoderSpec, vocab_size: int):
+        self.spec, self.vocab_size = spec, vocab_size
+        self.embedding = layers.Embedding(
+            vocab_size, spec.embedding_dim, mask_zero=True, trainable=spec.train_embeddings, name="embedding"
         )
-        merged = layers.Add(name="merge")([sequence, ops.expand_dims(image, 1)])
-        hidden = layers.Dense(units, activation="relu", name="merge_hidden")(merged)
-        hidden = layers.Dropout(dropout, name="output_dropout")(hidden)
-    else:
+        self.embedding_dropout = layers.Dropout(spec.dropout, name="embedding_dropout")
+        self.create_layers()
+        # float32 even under a mixed precision policy: the softmax over the vocabulary needs its range.
+        self.head = layers.Dense(vocab_size, name="logits", dtype="float32")
+        self.model: keras.Model | None = None
+
+    def create_layers(self) -> None:
+        """The architecture's own layers, between the embedding and the vocabulary projection."""
+        raise NotImplementedError
+
+    def forward(self, features, words) -> dict:
+        """The whole caption at once: ``hidden`` at every position (and ``attention``, if it attends)."""
+        raise NotImplementedError
+
+    def start(self, features) -> list:
+        """The states before the first token."""
+        raise NotImplementedError
+
+    def step(self, tokens, states: list) -> tuple:
+        """One token per row: (next-token logits, new states, attention weights or None)."""
+        raise NotImplementedError
+
+    def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
+        """Forward matmul FLOPs (2 per multiply-add) of the teacher-forced model, from its layers' kernels: (per real
+        token, per caption). For benchmarks: the fraction of a dense matmul's FLOP/s a train step reaches."""
+        raise NotImplementedError
+
+    @staticmethod
+    def kernel_flops(*kernels) -> int:
+        return 2 * sum(int(np.prod(kernel.shape)) for kernel in kernels)
+
+    def recurrent(self) -> layers.Layer:
+        rnn_layer = RNNS[self.spec.rnn][0]
+        return rnn_layer(self.spec.units, return_sequences=True, return_state=True, name="rnn")
+
+    def initial_states(self) -> list[layers.Layer]:
+        units, states = self.spec.units, self.spec.num_states
+        return [layers.Dense(units, activation="tanh", name=f"init_state_{i}") for i in range(states)]
+
+    def build(self, feature_shape: tuple[int, ...], embeddings: np.ndarray | None = None) -> keras.Model:
+        """The teacher-forced model over features of ``feature_shape`` ((C,) pooled, (H·W, C) the grid), its
+        embedding set to ``embeddings`` if given. ``hidden`` is an output too, so training can project only the
+        real (non-padding) positions onto the vocabulary."""
+        features = keras.Input(feature_shape, name="features")
+        tokens = keras.Input((None,), dtype="int32", name="tokens")
+        outputs = self.forward(features, self.embedding_dropout(self.embedding(tokens)))
+        outputs["logits"] = self.head(outputs["hidden"])
+        self.model = keras.Model([features, tokens], outputs, name=DECODER)
+        if embeddings is not None:
+            self.embedding.set_weights([embeddings])
+        return self.model
+
+
+class Inject(Architecture):
+    """Init-inject: the projected image is the RNN's initial state."""
+
+    def create_layers(self) -> None:
+        self.feature_dropout = layers.Dropout(self.spec.dropout, name="feature_dropout")
+        self.init_states = self.initial_states()
+        self.rnn = self.recurrent()
+        self.output_dropout = layers.Dropout(self.spec.dropout, name="output_dropout")
+
+    def forward(self, features, words) -> dict:
+        image = self.feature_dropout(features)
+        sequence = self.rnn(words, initial_state=[layer(image) for layer in self.init_states])[0]
+        return {"hidden": self.output_dropout(sequence)}
+
+    def start(self, features) -> list:
+        return [layer(features) for layer in self.init_states]
+
+    def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
+        cell = self.rnn.cell
+        per_token = self.kernel_flops(cell.kernel, cell.recurrent_kernel, self.head.kernel)
+        return per_token, self.kernel_flops(*(layer.kernel for layer in self.init_states))
+
+    def step(self, tokens, states: list) -> tuple:
+        outputs = self.rnn(self.embedding(tokens[:, None]), initial_state=list(states))
+        return self.head(outputs[0][:, 0]), list(outputs[1:]), None
+
+
+class Merge(Architecture):
+    """Merge: the RNN reads only words; the projected image is added to its outputs."""
+
+    def create_layers(self) -> None:
+        self.rnn = self.recurrent()
+        self.image_projection = layers.Dense(self.spec.units, activation="relu", name="image_projection")
+        self.feature_dropout = layers.Dropout(self.spec.dropout, name="feature_dropout")
+        self.merge = layers.Add(name="merge")
+        self.merge_hidden = layers.Dense(self.spec.units, activation="relu", name="merge_hidden")
+        self.output_dropout = layers.Dropout(self.spec.dropout, name="output_dropout")
+
+    def forward(self, features, words) -> dict:
+        sequence = self.rnn(words)[0]
+        image = self.image_projection(self.feature_dropout(features))
+        merged = self.merge([sequence, ops.expand_dims(image, 1)])
+        return {"hidden": self.output_dropout(self.merge_hidden(merged))}
+
+    def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
+        cell = self.rnn.cell
+        per_token = self.kernel_flops(cell.kernel, cell.recurrent_kernel, self.merge_hidden.kernel, self.head.kernel)
+        return per_token, self.kernel_flops(self.image_projection.kernel)
+
+    def start(self, features) -> list:
+        zeros = ops.zeros((ops.shape(features)[0], self.spec.units))
+        return [zeros] * self.spec.num_states + [self.image_projection(features)]
+
+    def step(self, tokens, states: list) -> tuple:
+        *rnn_states, image = states
+        outputs = self.rnn(self.embedding(tokens[:, None]), initial_state=rnn_states)
+        return self.head(self.merge_hidden(outputs[0][:, 0] + image)), [*outputs[1:], image], None
+
+
+class Attention(Architecture):
+    """Soft attention (Show, Attend and Tell): at every step a gated, Bahdanau-scored context vector over the
+    H×W feature grid joins the word input; the initial state comes from the mean feature."""
+
+    def create_layers(self) -> None:
+        spec = self.spec
         # Without dropout on the grid the attention decoder overfits Flickr8k within a few epochs.
-        grid = layers.Dropout(dropout, name="feature_dropout")(features)
-        mean = ops.mean(grid, axis=1)
-        states = [layers.Dense(units, activation="tanh", name=f"init_state_{i}")(mean) for i in range(num_states)]
+        self.feature_dropout = layers.Dropout(spec.dropout, name="feature_dropout")
+        self.init_states = self.initial_states()
         # Attending over a projection rather than the raw channels keeps the per-step work small.
-        memory = layers.Dense(units, name="memory_projection")(grid)
-        attend = AttentionRNN(rnn, units, spec.attention_units, embedding_dim, units, name="attention_rnn")
-        sequence, contexts, outputs["attention"] = attend(words, memory, states)
+        self.memory_projection = layers.Dense(spec.units, name="memory_projection")
+        self.attend = AttentionRNN(
+            spec.rnn, spec.units, spec.attention_units, spec.embedding_dim, spec.units, name="attention_rnn"
+        )
         # Show-Attend-Tell's deep output: tanh(L_h h + L_z z + E y) before the vocabulary projection.
-        deep_hidden = layers.Dense(embedding_dim, name="deep_hidden")(sequence)
-        deep_context = layers.Dense(embedding_dim, name="deep_context")(contexts)
-        hidden = layers.Dropout(dropout, name="output_dropout")(ops.tanh(deep_hidden + deep_context + words))
-    # ``hidden`` too, so training can project only the real (non-padding) positions onto the vocabulary.
-    # float32 even under a mixed precision policy: the softmax over the vocabulary needs its range.
-    outputs["hidden"], outputs["logits"] = hidden, layers.Dense(vocab_size, name="logits", dtype="float32")(hidden)
-    model = keras.Model([features, tokens], outputs, name=DECODER)
-    if embeddings is not None:
-        model.get_layer("embedding").set_weights([embeddings])
-    return model
+        self.deep_hidden = layers.Dense(spec.embedding_dim, name="deep_hidden")
+        self.deep_context = layers.Dense(spec.embedding_dim, name="deep_context")
+        self.output_dropout = layers.Dropout(spec.dropout, name="output_dropout")
+
+    def deep_output(self, output, context, words):
+        return ops.tanh(self.deep_hidden(output) + self.deep_context(context) + words)
+
+    def forward(self, features, words) -> dict:
+        grid = self.feature_dropout(features)
+        states = [layer(ops.mean(grid, axis=1)) for layer in self.init_states]
+        sequence, contexts, attention = self.attend(words, self.memory_projection(grid), states)
+        return {"attention": attention, "hidden": self.output_dropout(self.deep_output(sequence, contexts, words))}
+
+    def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
+        cells, attend = feature_shape[0], self.attend
+        per_token = self.kernel_flops(
+            attend.cell.kernel,
+            attend.cell.recurrent_kernel,
+            attend.hidden_query.kernel,
+            attend.gate.kernel,
+            self.deep_hidden.kernel,
+            self.deep_context.kernel,
+            self.head.kernel,
+        ) + cells * (self.kernel_flops(attend.score.kernel) + 2 * self.spec.units)  # scores, the weighted sum
+        per_caption = cells * self.kernel_flops(self.memory_projection.kernel, attend.memory_keys.kernel)
+        return per_token, per_caption + self.kernel_flops(*(layer.kernel for layer in self.init_states))
+
+    def start(self, features) -> list:
+        memory = self.memory_projection(features)
+        return [layer(ops.mean(features, axis=1)) for layer in self.init_states] + [memory, self.attend.keys(memory)]
+
+    def step(self, tokens, states: list) -> tuple:
+        words = self.embedding(tokens)
+        *rnn_states, memory, keys = states
+        output, context, alpha, new_states = self.attend.step(words, rnn_states, memory, keys)
+        return self.head(self.deep_output(output, context, words)), [*new_states, memory, keys], alpha
 
 
-def disagreement(model: keras.Model, spec: DecoderSpec, vocab_size: int) -> str | None:
-    """How a loaded decoder differs from the one ``spec`` and ``vocab_size`` build (the first layer whose weights
-    differ in shape), or None when they agree."""
-    reference = build(vocab_size, tuple(model.inputs[0].shape[1:]), spec)
+ARCHITECTURES: dict[str, type[Architecture]] = {"merge": Merge, "inject": Inject, "attention": Attention}
+assert tuple(ARCHITECTURES) == ARCHS and tuple(RNNS) == tuple(RNN_STATES), "captioner.config names these choices"
+
+
+def architecture(spec: DecoderSpec, vocab_size: int) -> Architecture:
+    """The layers of the decoder ``spec`` describes, for a vocabulary of ``vocab_size``, newly initialised."""
+    return ARCHITECTURES[spec.arch](spec, vocab_size)
+
+
+def disagreement(model: keras.Model, reference: keras.Model) -> str | None:
+    """How a loaded decoder differs from ``reference`` (the first layer whose weights differ in shape), or None when
+    their weights have the same layout."""
 
     def layers_of(decoder: keras.Model) -> list[tuple[str, list[tuple[int, ...]]]]:
         return [(layer.name, [tuple(weight.shape) for weight in layer.weights]) for layer in decoder.layers]
@@ -210,31 +301,6 @@ def disagreement(model: keras.Model, spec: DecoderSpec, vocab_size: int) -> str 
 
 
 DECODER, ENCODER = "decoder", "encoder"  # the names of the parts inside a captioner model
-
-
-@keras.saving.register_keras_serializable(package="captioner")
-class PerCaption(layers.Layer):
-    """Each image's features once per caption row: (B, …) → (B·captions_per_image, …), image by image; what joins
-    a fine-tuned encoder to the decoder (``captioner.finetuning.joint_model``).
-
-    A broadcast and a reshape rather than ``ops.repeat``: with a free batch dimension the gradient of
-    TensorFlow's repeat (or tile) logs a spurious oneDNN "DT_INT32" error line on every fine-tuning run.
-    """
-
-    def __init__(self, captions_per_image: int, **kwargs):
-        super().__init__(**kwargs)
-        self.captions_per_image = captions_per_image
-
-    def call(self, features):
-        shape = ops.shape(features)
-        copies = ops.broadcast_to(ops.expand_dims(features, 1), (shape[0], self.captions_per_image, *shape[1:]))
-        return ops.reshape(copies, (-1, *features.shape[1:]))
-
-    def compute_output_shape(self, shape):
-        return (None if shape[0] is None else shape[0] * self.captions_per_image, *shape[1:])
-
-    def get_config(self):
-        return super().get_config() | {"captions_per_image": self.captions_per_image}
 
 
 def parts(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
@@ -258,63 +324,18 @@ class StepwiseDecoder(Protocol):
 
 
 class Stepper:
-    """One-token-at-a-time views of a trained model: ``start(features) → states``, ``step(tokens, states)``.
+    """An architecture's ``start`` and ``step``, compiled: ``start(features) → states``, ``step(tokens, states) →
+    (logits, new states, attention weights or None)``; ``start`` takes the grid when ``reads_grid``, else the
+    pooled vector."""
 
-    ``step`` returns (logits, new states, attention weights or None); ``start`` takes the grid when
-    ``reads_grid``, else the pooled vector.
-    """
-
-    def __init__(self, model: keras.Model, spec: DecoderSpec):
+    def __init__(self, decoder: Architecture):
         import tensorflow as tf
 
-        self.arch, num_states, self.reads_grid = spec.arch, spec.num_states, spec.reads_grid
-        embedding, head = model.get_layer("embedding"), model.get_layer("logits")
-
-        if self.arch == "attention":
-            attend = model.get_layer("attention_rnn")
-            init = [model.get_layer(f"init_state_{i}") for i in range(num_states)]
-            deep = [model.get_layer(name) for name in ("deep_hidden", "deep_context")]
-
-            project = model.get_layer("memory_projection")
-
-            def start(features):
-                memory = project(features)
-                return [layer(ops.mean(features, axis=1)) for layer in init] + [memory, attend.keys(memory)]
-
-            def step(tokens, states):
-                words = embedding(tokens)
-                *rnn_states, memory, keys = states
-                output, context, alpha, new_states = attend.step(words, rnn_states, memory, keys)
-                logits = head(ops.tanh(deep[0](output) + deep[1](context) + words))
-                return logits, [*new_states, memory, keys], alpha
-
-        else:
-            rnn = model.get_layer("rnn")
-            if self.arch == "inject":
-                init = [model.get_layer(f"init_state_{i}") for i in range(num_states)]
-
-                def start(features):
-                    return [layer(features) for layer in init]
-            else:
-                project, merge_hidden = model.get_layer("image_projection"), model.get_layer("merge_hidden")
-
-                def start(features):
-                    zeros = ops.zeros((ops.shape(features)[0], rnn.units))
-                    return [zeros] * num_states + [project(features)]
-
-            def step(tokens, states):
-                rnn_states = states if self.arch == "inject" else states[:-1]
-                outputs = rnn(embedding(tokens[:, None]), initial_state=list(rnn_states))
-                output, new_states = outputs[0][:, 0], list(outputs[1:])
-                if self.arch == "merge":
-                    output = merge_hidden(output + states[-1])
-                    new_states = [*new_states, states[-1]]
-                return head(output), new_states, None
-
+        self.reads_grid = decoder.spec.reads_grid
         # Signatures with any batch size: one trace each, whatever the batch sizes (a trace per batch shape made
         # the Steppers of a 3-member ensemble trip TensorFlow's retracing warning).
-        features = model.inputs[0]
-        self.start = tf.function(start, input_signature=[tf.TensorSpec(features.shape, features.dtype)])
+        features = decoder.model.inputs[0]
+        self.start = tf.function(decoder.start, input_signature=[tf.TensorSpec(features.shape, features.dtype)])
         states = self.start.get_concrete_function().structured_outputs
         state_specs = [tf.TensorSpec(state.shape, state.dtype) for state in states]
-        self.step = tf.function(step, input_signature=[tf.TensorSpec((None,), tf.int32), state_specs])
+        self.step = tf.function(decoder.step, input_signature=[tf.TensorSpec((None,), tf.int32), state_specs])

@@ -8,7 +8,7 @@ import numpy as np
 
 from captioner import metrics
 from captioner.decoder import StepwiseDecoder
-from captioner.stage import progress
+from captioner.files import progress
 from captioner.text import Vocabulary
 
 
@@ -77,10 +77,17 @@ def greedy(
     weights over the grid at every step (max_len × H·W).
     """
     batches = [
-        _decode(stepper, read(np.asarray(rows[begin : begin + batch_size])), start_id, end_id, max_len,
-                _most_likely, attention)
+        _decode(
+            stepper,
+            read(np.asarray(rows[begin : begin + batch_size])),
+            start_id,
+            end_id,
+            max_len,
+            _most_likely,
+            attention,
+        )
         for begin in batch_starts(len(rows), batch_size, "greedy decoding")
-    ]  # fmt: skip
+    ]
     return np.concatenate(batches) if batches else np.full((0, max_len), end_id, dtype=np.int32)
 
 
@@ -141,52 +148,63 @@ def beam_search(
     length_penalty: float = 0.0,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best token ids (N × max_len) and their log-probabilities, by beam search over images × beams at once.
+    """Best token ids (N × max_len) and their log-probabilities, by beam search over images × beams at once,
+    ``batch_size`` images at a time.
 
     Beams are ranked by summed log-probability while searching; at the end each image's hypotheses
     are ranked by log-probability ÷ length**``length_penalty`` (0: none). A beam that has emitted
     ``end_id`` stays finished; if no beam of an image ever ends, its best unfinished one is taken.
     """
-    import tensorflow as tf
-
     best = np.full((len(rows), max_len), end_id, dtype=np.int32)
     best_scores = np.zeros(len(rows), dtype=np.float32)
     for begin in batch_starts(len(rows), batch_size, f"beam search (beam {beam_size})"):
         features = read(np.asarray(rows[begin : begin + batch_size]))
-        count, width = len(features), beam_size
-        states = stepper.start(tf.constant(np.repeat(features, width, axis=0)))  # (count·width, …)
-        scores = np.full((count, width), -np.inf, dtype=np.float32)
-        scores[:, 0] = 0.0  # every beam starts identical: expand only the first
-        sequences = np.full((count, width, max_len), end_id, dtype=np.int32)
-        lengths = np.zeros((count, width), dtype=np.int32)
-        finished = np.zeros((count, width), dtype=bool)
-        tokens = np.full(count * width, start_id, dtype=np.int32)
-        for position in range(max_len):
-            logits, states, _ = stepper.step(tf.constant(tokens), states)
-            log_probs = tf.nn.log_softmax(logits).numpy().reshape(count, width, -1)
-            vocab_size = log_probs.shape[-1]
-            # A finished beam may only "emit" end again, at no cost, so it keeps its score and place.
-            log_probs[finished] = -np.inf
-            log_probs[finished, end_id] = 0.0
-            candidates = (scores[..., None] + log_probs).reshape(count, -1)
-            chosen = np.argsort(-candidates, axis=1, kind="stable")[:, :width]
-            source, token = chosen // vocab_size, (chosen % vocab_size).astype(np.int32)
-            scores = np.take_along_axis(candidates, chosen, axis=1)
-            sequences = np.take_along_axis(sequences, source[..., None], axis=1)
-            was_finished = np.take_along_axis(finished, source, axis=1)
-            lengths = np.take_along_axis(lengths, source, axis=1) + ~was_finished
-            sequences[:, :, position] = np.where(was_finished, end_id, token)
-            finished = was_finished | (token == end_id)
-            flat = (source + np.arange(count)[:, None] * width).reshape(-1)
-            states = [tf.gather(state, flat) for state in states]
-            tokens = sequences[:, :, position].reshape(-1)
-            if finished.all():
-                break
+        sequences, scores, lengths = _beams(stepper, features, start_id, end_id, max_len, beam_size)
+        count = len(features)
         ranked = scores / np.maximum(lengths, 1) ** length_penalty
         pick = np.argmax(np.where(np.isfinite(scores), ranked, -np.inf), axis=1)
         best[begin : begin + count] = sequences[np.arange(count), pick]
         best_scores[begin : begin + count] = scores[np.arange(count), pick]
     return best, best_scores
+
+
+def _beams(
+    stepper: StepwiseDecoder, features: np.ndarray, start_id: int, end_id: int, max_len: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``width`` beams of each image of ``features`` when the search ends: their token ids (images × width ×
+    max_len), summed log-probabilities and lengths (images × width)."""
+    import tensorflow as tf
+
+    count = len(features)
+    states = stepper.start(tf.constant(np.repeat(features, width, axis=0)))  # (count·width, …)
+    scores = np.full((count, width), -np.inf, dtype=np.float32)
+    scores[:, 0] = 0.0  # every beam starts identical: expand only the first
+    sequences = np.full((count, width, max_len), end_id, dtype=np.int32)
+    lengths = np.zeros((count, width), dtype=np.int32)
+    finished = np.zeros((count, width), dtype=bool)
+    tokens = np.full(count * width, start_id, dtype=np.int32)
+    for position in range(max_len):
+        logits, states, _ = stepper.step(tf.constant(tokens), states)
+        log_probs = tf.nn.log_softmax(logits).numpy().reshape(count, width, -1)
+        vocab_size = log_probs.shape[-1]
+        # A finished beam may only "emit" end again, at no cost, so it keeps its score and place.
+        log_probs[finished] = -np.inf
+        log_probs[finished, end_id] = 0.0
+        candidates = (scores[..., None] + log_probs).reshape(count, -1)
+        chosen = np.argsort(-candidates, axis=1, kind="stable")[:, :width]
+        source, token = chosen // vocab_size, (chosen % vocab_size).astype(np.int32)
+        scores = np.take_along_axis(candidates, chosen, axis=1)
+        sequences = np.take_along_axis(sequences, source[..., None], axis=1)
+        was_finished = np.take_along_axis(finished, source, axis=1)
+        lengths = np.take_along_axis(lengths, source, axis=1) + ~was_finished
+        sequences[:, :, position] = np.where(was_finished, end_id, token)
+        finished = was_finished | (token == end_id)
+        flat = (source + np.arange(count)[:, None] * width).reshape(-1)
+        states = [tf.gather(state, flat) for state in states]
+        tokens = sequences[:, :, position].reshape(-1)
+        if finished.all():
+            break
+    return sequences, scores, lengths
 
 
 def sequence_log_prob(

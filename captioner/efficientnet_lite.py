@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.stage import sha256_of
+from captioner.files import sha256_of
 
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -78,6 +78,7 @@ def _round_channels(channels: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * channels else rounded
 
 
+# One row per variant reads as a table: the formatter would spread each over seven lines (hence fmt: skip).
 VARIANTS = {
     variant.name: variant
     for variant in [

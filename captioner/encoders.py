@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captioner import CaptionerError, efficientnet_lite
-from captioner.stage import choice, sha256_of
+from captioner.files import sha256_of
+from captioner.params import choice
 
 WEIGHTS_CHOICES = "imagenet | none | <path to a Keras .weights.h5 file>"
 
@@ -99,7 +100,7 @@ REGISTRY: dict[str, Encoder] = {
                 None,
             )
             for lite in efficientnet_lite.VARIANTS.values()
-        ),  # fmt: skip
+        ),
         Encoder("vgg16", 224, 7, 512, _CAFFE, "vgg16.VGG16"),
         Encoder("resnet50", 224, 7, 2048, _CAFFE, "resnet.ResNet50"),
         Encoder("resnet152", 448, 14, 2048, _CAFFE, "resnet.ResNet152"),

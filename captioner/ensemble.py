@@ -1,9 +1,10 @@
 """Ensembles: several trained decoders decoding as one, their next-word log-probabilities averaged at every step.
 
-The main model (``models/``) is the first member; the train stage's ``ensemble`` params name the others, each
-trained by its own ``train_member@<name>`` stage into ``ensemble/<name>/`` (a model directory with its card;
-its params: ``captioner.stage.member_settings``).
-Members share the vocabulary and the cached features; each may have its own decoder and seed.
+An ensemble's *members* are all the models it averages, the main one (``models/``) first. The ``ensemble``
+params name the others, each trained by its own ``train_member@<name>`` stage into ``ensemble/<name>/`` (a
+model directory with its card; its params: ``captioner.stage.member_settings``). Members share the vocabulary
+and the cached features; each may have its own decoder and seed. ``decoder_of`` makes any list of members,
+one or several, a ``StepwiseDecoder``: decoding never asks which it has.
 """
 
 from __future__ import annotations
@@ -11,32 +12,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner import CaptionerError
-from captioner.captioning import Trained
+from captioner.checkpoint import Trained
 from captioner.decoder import Stepper, StepwiseDecoder
 
-FOLDER = Path("ensemble")  # ensemble/<name>/: one member's model directory
 
-
-def load_members(main: Trained, directories: list[Path]) -> list[Trained]:
-    """The models in ``directories``, checked to decode with ``main``: the same vocabulary and features, and
-    no fine-tuned encoder (each would need features of its own)."""
-    members = [main]
+def members(main: Trained, directories: list[Path]) -> list[Trained]:
+    """The ensemble of ``main`` and the models in ``directories``, in that order, checked to decode together: the
+    same vocabulary and features, and no fine-tuned encoder (each would need features of its own)."""
+    every = [main]
     for directory in directories:
         member = Trained.load(directory)
         for key in ("vocabulary", "encoder", "weights", "input_size"):
             if member.card.get(key) != main.card.get(key):
-                raise CaptionerError(f"ensemble member {directory} has another {key} than the main model; "
-                                     "members share the vocabulary and features (retrain it: dvc repro)")  # fmt: skip
-        members.append(member)
-    if len(members) > 1 and any(member.encoder is not None for member in members):
+                raise CaptionerError(
+                    f"ensemble member {directory} has another {key} than the main model; "
+                    "members share the vocabulary and features (retrain it: dvc repro)"
+                )
+        every.append(member)
+    if len(every) > 1 and any(member.encoder is not None for member in every):
         raise CaptionerError("an ensemble decodes cached features: its members cannot have fine-tuned encoders")
-    return members
+    return every
 
 
-def stepper_of(members: list[Trained]) -> StepwiseDecoder:
+def decoder_of(members: list[Trained]) -> StepwiseDecoder:
     """What decodes ``members`` as one: a lone model's own ``Stepper``, or their ``EnsembleStepper``."""
     if len(members) == 1:
-        return Stepper(members[0].decoder, members[0].spec)
+        return Stepper(members[0].architecture)
     return EnsembleStepper(members)
 
 
@@ -46,7 +47,7 @@ class EnsembleStepper:
     member reads it (the others average it to the pooled vector, as the features file does)."""
 
     def __init__(self, members: list[Trained]):
-        self.steppers = [Stepper(member.decoder, member.spec) for member in members]
+        self.steppers = [Stepper(member.architecture) for member in members]
         self.reads_grid = any(member.spec.reads_grid for member in members)
         self.pools = [self.reads_grid and not member.spec.reads_grid for member in members]
         self.sizes: list[int] = []

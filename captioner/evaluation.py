@@ -9,11 +9,11 @@ import numpy as np
 
 from captioner import decoding, figures, metrics
 from captioner.batching import CaptionBatches, encode_captions
-from captioner.captioning import Trained, features_seen_by
+from captioner.checkpoint import Trained, features_seen_by
 from captioner.datasets import split_references
-from captioner.decoder import Stepper
+from captioner.decoder import Stepper, StepwiseDecoder
 from captioner.encoders import Encoder
-from captioner.ensemble import stepper_of
+from captioner.ensemble import decoder_of
 from captioner.features import FeatureFile
 from captioner.teacher_forcing import EpochStats, teacher_forced
 from captioner.text import Vocabulary, strip_special
@@ -32,42 +32,54 @@ class Evaluation:
 
 
 def caption_test_images(
-    trained: Trained,
+    members: list[Trained],
     cached: FeatureFile,
     encoder: Encoder,
     images_folder: Path,
     test: list[tuple[str, list[str]]],
     vocab: Vocabulary,
     settings: dict,
-    members: list[Trained] = (),
 ) -> Evaluation:
     """Decode the test images that have ``cached`` features as the ``evaluate`` params say (beam search, or greedy
-    for ``beam_size`` 1), through the fine-tuned encoder when ``trained`` has one, or as an ensemble with the
-    other ``members`` (``captioner.ensemble``). The teacher-forced scores and attention maps are ``trained``'s."""
+    for ``beam_size`` 1), ``settings["batch_size"]`` images at a time, with the ensemble of ``members`` (one model
+    or several, ``captioner.ensemble``), through the fine-tuned encoder when the main model (the first) has one.
+    The teacher-forced scores and attention maps are the main model's."""
+    trained = members[0]
     images, _, references = split_references(test, cached.row_of)
     paths = [images_folder / image for image in images]
     pooled, batch_size = not trained.spec.reads_grid, settings["batch_size"]
     with features_seen_by(trained, cached, encoder, paths, batch_size) as store:
         read, rows = store.reader(pooled), np.array([store.row_of[image] for image in images])
-        stepper, decode = Stepper(trained.decoder, trained.spec), (vocab.start_id, vocab.end_id, settings["max_len"])
-        decoder = stepper_of([trained, *members]) if members else stepper
+        decoder = decoder_of(members)
         # A second reader only when the ensemble reads the other form: a pooled reader loads its whole table.
         decoder_read = read if decoder.reads_grid == trained.spec.reads_grid else store.reader(not decoder.reads_grid)
-        if settings["beam_size"] > 1:
-            beam = (settings["beam_size"], settings["length_penalty"])
-            generated, _ = decoding.beam_search(decoder, decoder_read, rows, *decode, *beam)
-        else:
-            generated = decoding.greedy(decoder, decoder_read, rows, *decode, batch_size)
+        generated = _decoded(decoder, decoder_read, rows, vocab, settings)
         test_rows, sequences, _ = encode_captions(test, store.row_of, vocab)
         test_batches = CaptionBatches(read, store.shape(pooled), test_rows, sequences, batch_size)
-        forced = teacher_forced(trained.decoder, test_batches)
-        attention: list = []
+        forced = teacher_forced(trained.decoder, trained.architecture.head, test_batches)
         attended = []
-        if not pooled:
-            attended = decoding.greedy(stepper, read, rows[:ATTENTION_IMAGES], *decode, attention=attention)
-    words = [vocab.decode(ids) for ids in attended]
-    attended_words = [(w, alphas[: len(w)]) for w, alphas in zip(words, attention, strict=True)]
-    return Evaluation(images, references, [vocab.decode(ids) for ids in generated], forced, attended_words)
+        if not pooled:  # the main model's own stepper: an ensemble's has no attention weights
+            stepper = decoder if len(members) == 1 else Stepper(trained.architecture)
+            attended = _attended(stepper, read, rows[:ATTENTION_IMAGES], vocab, settings["max_len"])
+    return Evaluation(images, references, [vocab.decode(ids) for ids in generated], forced, attended)
+
+
+def _decoded(decoder: StepwiseDecoder, read, rows: np.ndarray, vocab: Vocabulary, settings: dict) -> np.ndarray:
+    decode = (vocab.start_id, vocab.end_id, settings["max_len"])
+    if settings["beam_size"] == 1:
+        return decoding.greedy(decoder, read, rows, *decode, settings["batch_size"])
+    beam = (settings["beam_size"], settings["length_penalty"])
+    return decoding.beam_search(decoder, read, rows, *decode, *beam, batch_size=settings["batch_size"])[0]
+
+
+def _attended(
+    stepper: StepwiseDecoder, read, rows: np.ndarray, vocab: Vocabulary, max_len: int
+) -> list[tuple[Words, np.ndarray]]:
+    """The greedy words of the images at ``rows`` and the attention weights each word was chosen with."""
+    attention: list = []
+    generated = decoding.greedy(stepper, read, rows, vocab.start_id, vocab.end_id, max_len, attention=attention)
+    words = [vocab.decode(ids) for ids in generated]
+    return [(w, alphas[: len(w)]) for w, alphas in zip(words, attention, strict=True)]
 
 
 def scores(
@@ -76,11 +88,11 @@ def scores(
     vocab: Vocabulary,
     train: list[tuple[str, list[str]]],
     settings: dict,
-    members: int = 1,
+    ensemble_size: int = 1,
 ) -> tuple[dict, np.ndarray, list[str]]:
     """The test scores (rounded to 4 digits) with the settings they were decoded with; the cosine similarity of
     each image's caption to its references (for the histogram); notes on metrics that could not be computed."""
-    embeddings = trained.decoder.get_layer("embedding").get_weights()[0]  # the space of the cosine similarity
+    embeddings = trained.architecture.embedding.get_weights()[0]  # the space of the cosine similarity
     train_captions = {" ".join(strip_special(tokens)) for _, tokens in train}
     text_scores, cosines, notes = metrics.caption_scores(
         evaluation.references, evaluation.hypotheses, embeddings, vocab.ids, train_captions
@@ -94,7 +106,7 @@ def scores(
         "beam_size": settings["beam_size"],
         "length_penalty": settings["length_penalty"],
         "max_len": settings["max_len"],
-        **({"ensemble_members": members} if members > 1 else {}),
+        **({"ensemble_members": ensemble_size} if ensemble_size > 1 else {}),
     }
     rounded = {key: round(value, 4) if isinstance(value, float) else value for key, value in values.items()}
     return rounded, cosines, notes

@@ -20,7 +20,7 @@ import numpy as np
 
 from captioner import CaptionerError, artifacts
 from captioner.encoders import Encoder
-from captioner.stage import atomic_path, progress
+from captioner.files import atomic_path, progress
 
 POOLINGS = ("avg", "grid")
 

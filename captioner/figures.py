@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.stage import atomic_path
+from captioner.files import atomic_path
 
 
 def _pyplot():

@@ -24,10 +24,13 @@ from keras import layers
 
 from captioner import CaptionerError
 from captioner.batching import ImageCaptionBatches, captions_by_image
-from captioner.decoder import ENCODER, DecoderSpec, PerCaption
+from captioner.checkpoint import PerCaption
+from captioner.config import TrainConfig
+from captioner.decoder import ENCODER
 from captioner.encoders import Encoder
 from captioner.features import FeatureFile, written_by
-from captioner.training import TrainingRun
+from captioner.layout import Layout
+from captioner.trainer import TrainingRun
 
 
 @dataclass
@@ -158,29 +161,25 @@ def image_caption_batches(
 @contextlib.contextmanager
 def training_run(
     model: keras.Model,
-    spec: DecoderSpec,
+    config: TrainConfig,
     cached: FeatureFile,
     encoded: dict[str, tuple[np.ndarray, list[list[int]]]],
     encoder: Encoder,
-    images: Path,
-    finetune_from: str,
-    batch_size: int,
-    seed: int,
     strategy: tf.distribute.Strategy,
 ) -> Iterator[TrainingRun]:
-    """What fine-tuning from ``finetune_from`` trains: ``encoder``'s unfrozen layers joined to the decoder
-    ``model`` (built from ``spec``), on image-grouped batches of the frozen layers' activations (computed
-    once, into a temporary file that lives as long as the run). Encoder weights and input size are those
-    the ``cached`` features were made with; ``encoded`` holds each split's caption rows of ``cached``."""
-    pooling = "grid" if spec.reads_grid else "avg"
+    """What fine-tuning from ``config.finetune_from`` trains: ``encoder``'s unfrozen layers joined to the decoder
+    ``model``, on image-grouped batches of the frozen layers' activations (computed once, into a temporary file
+    that lives as long as the run; the images are read from ``Layout.images``). Encoder weights and input size
+    are those the ``cached`` features were made with; ``encoded`` holds each split's caption rows of ``cached``."""
+    pooling, batch_size = "grid" if config.decoder.reads_grid else "avg", config.batch_size
     with strategy.scope():
         split = finetunable_encoder(
-            encoder, str(cached.attrs["weights_param"]), int(cached.attrs["input_size"]), pooling, finetune_from
+            encoder, str(cached.attrs["weights_param"]), int(cached.attrs["input_size"]), pooling, config.finetune_from
         )
-    print(f"train: fine-tuning {encoder.name} from layer {finetune_from}")
+    print(f"train: fine-tuning {encoder.name} from layer {config.finetune_from}")
     image_rows = [row for rows, _ in encoded.values() for row in rows]
-    with frozen_activations(split, cached, encoder, images, image_rows, batch_size) as activations:
-        seeds = {"train": seed, "dev": None}
+    with frozen_activations(split, cached, encoder, Layout.images, image_rows, batch_size) as activations:
+        seeds = {"train": config.seed, "dev": None}
         batches, per_image = image_caption_batches(encoded, cached, activations, batch_size, seeds)
         with strategy.scope():
             trained = joint_model(split.trainable, model, per_image)

@@ -130,8 +130,8 @@ RULES: dict[str, Rule] = {
     "features.batch_size": integer(high=4096),
     "vocab.min_count": integer(),
     "vocab.max_length": integer(low=3, high=1000, why="<start>, one word and <end>"),
-    "decoder.rnn": one_of("captioner.decoder:RNNS"),
-    "decoder.arch": one_of("captioner.decoder:ARCHS"),
+    "decoder.rnn": one_of("captioner.config:RNN_STATES"),
+    "decoder.arch": one_of("captioner.config:ARCHS"),
     "decoder.units": integer(high=16384),
     "decoder.embedding_dim": integer(high=16384),
     "decoder.dropout": number(low=0, below=1),
@@ -143,13 +143,13 @@ RULES: dict[str, Rule] = {
     "train.epochs": integer(high=10_000),
     "train.learning_rate": number(above=0),
     "train.clipnorm": number(above=0),
-    "train.select_by": one_of("captioner.training:SELECT_BY"),
+    "train.select_by": one_of("captioner.config:SELECT_BY"),
     "train.patience": integer(high=10_000),
     "train.lr_patience": integer(low=0, high=10_000),
     "train.lr_factor": number(above=0, high=1),
     "train.seed": SEED,
-    "train.strategy": one_of("captioner.training:STRATEGIES"),
-    "train.precision": one_of("captioner.training:PRECISIONS"),
+    "train.strategy": one_of("captioner.config:STRATEGIES"),
+    "train.precision": one_of("captioner.config:PRECISIONS"),
     "train.threads_per_op": integer(low=0, high=1024),
     "train.finetune_from": text(optional=True),
     "train.encoder_lr": number(above=0),
@@ -184,7 +184,7 @@ def check(name: str, value) -> None:
     rule = RULES[name]
     if rule.accepts(value):
         return
-    if rule.kind == "choice" and value is not None:  # the wording of captioner.stage.choice
+    if rule.kind == "choice" and value is not None:  # the wording of captioner.params.choice
         raise ParamError(f"unknown {name} {value!r}; choose {rule.allowed()}")
     raise ParamError(f"{name} is {value!r}{': ' + rule.why if rule.why else ''}; it must be {rule.allowed()}")
 
@@ -204,10 +204,19 @@ def _check_members(name: str, value) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(member)):
             raise ParamError(f"ensemble member name {member!r}: use letters, digits, _ and - (it names a folder)")
         if not isinstance(overrides, dict) or set(overrides) - set(MEMBER_SECTIONS):
-            raise ParamError(f"ensemble.{member} is {overrides!r}; it must set params of "
-                             f"{' and '.join(MEMBER_SECTIONS)} only, e.g. {{train: {{seed: 2}}}}")  # fmt: skip
+            raise ParamError(
+                f"ensemble.{member} is {overrides!r}; it must set params of "
+                f"{' and '.join(MEMBER_SECTIONS)} only, e.g. {{train: {{seed: 2}}}}"
+            )
         for section, values in overrides.items():
             if not isinstance(values, dict) or not values:
                 raise ParamError(f"ensemble.{member}.{section} is {values!r}; it must map param names to values")
             for key, leaf in values.items():
                 check(f"{section}.{key}", leaf)
+
+
+def choice(value: str, allowed, what: str) -> str:
+    """``value`` if it is one of ``allowed``, else a CaptionerError listing them."""
+    if value not in allowed:
+        raise CaptionerError(f"unknown {what} {value!r}; choose one of: {', '.join(sorted(allowed))}")
+    return value

@@ -214,8 +214,10 @@ def experiments_table(show: list[dict]) -> str:
 
 
 def diff_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="caption-diff", description="Test scores, training summary and params "
-                                     "of the workspace against a git revision, as Markdown.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="caption-diff",
+        description="Test scores, training summary and params of the workspace against a git revision, as Markdown.",
+    )
     parser.add_argument("base", nargs="?", default="main", help="git revision to compare with (default: main)")
     drawn = "also draw `dvc plots diff BASE` into FOLDER as PNG images, with an index.md showing them"
     parser.add_argument("--plots", type=Path, metavar="FOLDER", help=drawn)
@@ -232,8 +234,11 @@ def diff_main(argv: list[str] | None = None) -> int:
 
 
 def experiments_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="caption-exps", description="Every experiment (dvc exp show): the params "
-                                     "that differ between them and the headline test scores.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="caption-exps",
+        description="Every experiment (dvc exp show): the params "
+        "that differ between them and the headline test scores.",
+    )
     parser.parse_args(argv)
     try:
         check_scores()

@@ -11,20 +11,20 @@ greedy decode is needed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from captioner import CaptionerError, decoding, metrics
 from captioner.batching import pad
-from captioner.datasets import split_references
-from captioner.decoder import DecoderSpec, Stepper
-from captioner.features import FeatureFile
-from captioner.stage import progress
+from captioner.config import TrainConfig
+from captioner.decoder import StepwiseDecoder
+from captioner.epochs import BY_EPOCH, METRIC_NAMES, SCORE_MARGIN, Epoch, KeepBest, shown
+from captioner.files import progress
 from captioner.text import Vocabulary
-from captioner.training import BY_EPOCH, METRIC_NAMES, SCORE_MARGIN, KeepBest, Trainer, shown
+from captioner.trainer import Trainer
 
 Words = list[str]
 
@@ -44,48 +44,58 @@ def advantages(rewards: np.ndarray) -> np.ndarray:
     return rewards - (rewards.sum(axis=1, keepdims=True) - rewards) / (samples - 1)
 
 
-class SelfCritical:
-    """Self-critical epochs over the images at ``rows`` (features from ``read``), rewarded against ``references``.
+@dataclass
+class SampledImages:
+    """The images self-critical training samples captions of: rows of features (``read`` gives them, each of
+    ``feature_shape``) and each image's reference captions (word lists), in the words of ``vocab``."""
 
-    ``trainer.model`` must be a decoder from ``captioner.decoder.build`` (a frozen encoder). Each step
-    takes ``images_per_step`` images and ``samples`` captions of each, drawn with ``seed``.
+    read: Callable[[np.ndarray], np.ndarray]
+    feature_shape: tuple[int, ...]
+    rows: np.ndarray
+    references: list[list[Words]]
+    vocab: Vocabulary
+
+
+class SelfCritical:
+    """Self-critical epochs (a ``captioner.epochs.Phase``) over the ``images``, decoded by ``stepper`` (the trained
+    model's), as ``config`` says.
+
+    ``trainer.model`` must be a decoder from ``captioner.decoder.Architecture.build`` (a frozen encoder). Each step
+    takes ``batch_size // self_critical_samples`` images and ``self_critical_samples`` captions of each, drawn with
+    the seed. The weights kept are those of the best greedy dev ``config.metric`` (of ``dev_scores``, all logged),
+    the weights it starts from if none beats them; it stops after ``patience`` epochs without a better one.
     """
+
+    name, epoch_label, lr_patience, lr_factor = "self-critical training", "self-critical epoch", 0, 1.0
+    keep_margin = pace_margin = SCORE_MARGIN
 
     def __init__(
         self,
         trainer: Trainer,
-        spec: DecoderSpec,
-        read: Callable[[np.ndarray], np.ndarray],
-        feature_shape: tuple[int, ...],
-        rows: np.ndarray,
-        references: list[list[Words]],
-        vocab: Vocabulary,
-        samples: int,
-        images_per_step: int,
-        seed: int,
+        stepper: StepwiseDecoder,
+        images: SampledImages,
+        config: TrainConfig,
+        dev_scores: Callable[[], dict[str, float]] | None = None,
     ):
+        samples = config.self_critical_samples
         if samples < 2:
             raise ValueError(f"self-critical training needs 2 or more samples per image (got {samples})")
-        self.trainer, self.read, self.rows, self.vocab = trainer, read, np.asarray(rows), vocab
-        self.samples, self.images_per_step = samples, images_per_step
-        self.cider = metrics.CiderD(references)
-        self.stepper = Stepper(trainer.model, spec)
-        self.rng = np.random.default_rng(seed)
-        self.step = trainer.step_for(
-            "policy",
-            (
-                tf.TensorSpec((None, *feature_shape), tf.float32),
-                tf.TensorSpec((None, None), tf.int32),
-                tf.TensorSpec((None,), tf.float32),
-            ),
-        )
+        self.trainer, self.stepper, self.dev_scores, self.metric = trainer, stepper, dev_scores, config.metric
+        self.read, self.rows, self.vocab = images.read, np.asarray(images.rows), images.vocab
+        self.samples, self.images_per_step = samples, max(1, config.batch_size // samples)
+        self.epochs, self.patience = config.self_critical_epochs, config.patience
+        self.learning_rate = config.self_critical_lr
+        self.score_name = self.pace_name = f"greedy dev {METRIC_NAMES[self.metric]}"
+        self.cider = metrics.CiderD(images.references)
+        self.rng = np.random.default_rng(config.seed)
+        specs = (tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.float32))
+        self.step = trainer.policy_step((tf.TensorSpec((None, *images.feature_shape), tf.float32), *specs))
 
     @staticmethod
-    def check_supported(finetune_from: str | None, strategy: tf.distribute.Strategy) -> None:
-        """A CaptionerError unless self-critical training can run with these settings."""
-        if finetune_from is not None:
-            raise CaptionerError("train.self_critical_epochs needs a frozen encoder: set train.finetune_from to null")
-        if strategy.num_replicas_in_sync > 1:
+    def check_devices(replicas: int) -> None:
+        """A CaptionerError unless self-critical training can run on this many replicas (the config checked the
+        rest: ``TrainConfig.check``)."""
+        if replicas > 1:
             raise CaptionerError("train.self_critical_epochs runs on one device: set train.strategy to default")
 
     def rewards(self, images: np.ndarray, sampled: np.ndarray) -> np.ndarray:
@@ -93,93 +103,48 @@ class SelfCritical:
         pairs = zip(images, sampled, strict=True)
         return np.array([self.cider.score(image, self.vocab.decode(ids)) for image, ids in pairs])
 
-    def run_epoch(self, description: str) -> float:
-        """One pass over the images in a new random order; the mean reward of the captions sampled."""
+    def train_epoch(self, description: str) -> tuple[float, float]:
+        """One pass over the images in a new random order: the mean reward of the captions sampled, and the policy
+        loss per token (finite unless training diverged)."""
         order, vocab = self.rng.permutation(len(self.rows)), self.vocab
-        total = 0.0
+        total, sums = 0.0, np.zeros(3)
         for begin in progress(range(0, len(order), self.images_per_step), desc=description, unit="step", leave=False):
             images = order[begin : begin + self.images_per_step]
             features = np.repeat(self.read(self.rows[images]), self.samples, axis=0)
             sampled = decoding.sample(self.stepper, features, vocab.start_id, vocab.end_id, vocab.max_length, self.rng)
             rewards = self.rewards(np.repeat(images, self.samples), sampled).reshape(len(images), self.samples)
-            self.step(
-                features,
-                caption_tokens(sampled, vocab.start_id, vocab.end_id),
-                advantages(rewards).reshape(-1).astype(np.float32),
-            )
+            sums += [
+                float(value)
+                for value in self.step(
+                    features,
+                    caption_tokens(sampled, vocab.start_id, vocab.end_id),
+                    advantages(rewards).reshape(-1).astype(np.float32),
+                )
+            ]
             total += rewards.sum()
-        return total / (len(order) * self.samples)
+        return total / (len(order) * self.samples), sums[0] / max(sums[2], 1.0)
 
-    def fit(
-        self,
-        epochs: int,
-        patience: int,
-        learning_rate: float,
-        live,
-        dev_scores: Callable[[], dict[str, float]],
-        start_score: float,
-        metric: str = "bleu4",
-    ) -> dict:
-        """Up to ``epochs`` self-critical epochs at ``learning_rate``; stop after ``patience`` without a better
-        greedy dev ``metric`` (of ``dev_scores``, all logged) and keep the best weights (those given, scoring
-        ``start_score``, if none beat them)."""
-        model = self.trainer.model
+    def start(self, summary: dict) -> float:
+        """Adam afresh at the self-critical rate; the dev score of the weights teacher forcing kept."""
+        print(f"train: self-critical training on {len(self.rows)} images, {self.samples} sampled captions each")
+        kept = f"best_dev_{self.metric}"
+        start_score = summary[kept] if kept in summary else self.dev_scores()[self.metric]
         # Adam's moments from teacher forcing describe another loss. Kept, on Flickr8k (attention, seed 1)
         # the mean reward rose 0.35 → 0.46 in five epochs instead of 0.39 → 0.57, and dev BLEU-4 stalled.
-        self.trainer.restart(learning_rate)
-        kept = KeepBest(model, SCORE_MARGIN, score=start_score)
-        epoch = 0
-        for epoch in range(1, epochs + 1):
-            started = time.perf_counter()
-            reward = self.run_epoch(f"self-critical: epoch {epoch}")
-            scores = dev_scores()
-            seconds = time.perf_counter() - started
-            live.log_metric(f"{BY_EPOCH}/self_critical_reward", round(reward, 4))
-            for name, score in scores.items():
-                live.log_metric(f"{BY_EPOCH}/dev_{name}", round(score, 4))
-            live.log_metric(f"{BY_EPOCH}/learning_rate", float(f"{learning_rate:.3g}"))
-            live.log_metric("epoch_seconds", round(seconds, 1))
-            live.next_step()
-            print(
-                f"train: self-critical epoch {epoch}: mean sampled CIDEr-D {reward:.3f}, "
-                f"{shown(scores).removeprefix(', ')} ({seconds:.1f}s)"
-            )
-            if not kept.offer(epoch, scores[metric]) and epoch - kept.epoch >= patience:
-                print(
-                    f"train: stopping self-critical training, best dev {METRIC_NAMES[metric]} {kept.score:.4f} "
-                    f"at epoch {kept.epoch}"
-                )
-                break
-        kept.restore()
+        self.trainer.restart(self.learning_rate)
+        return start_score
+
+    def run_epoch(self, epoch: int) -> Epoch:
+        reward, policy_loss = self.train_epoch(f"self-critical: epoch {epoch}")
+        scores = self.dev_scores()
+        logged = {f"{BY_EPOCH}/self_critical_reward": round(reward, 4)}
+        logged |= {f"{BY_EPOCH}/dev_{name}": round(score, 4) for name, score in scores.items()}
+        text = f"mean sampled CIDEr-D {reward:.3f}{shown(scores)}"
+        return Epoch(logged, text, scores[self.metric], scores[self.metric], losses={"policy": policy_loss})
+
+    def summary(self, kept: KeepBest, epochs_run: int) -> dict:
         return {
-            "self_critical_epochs_run": epoch,
+            "self_critical_epochs_run": epochs_run,
             "self_critical_best_epoch": kept.epoch,
-            f"best_dev_{metric}": kept.score,
+            f"best_dev_{self.metric}": kept.score,
         }
-
-
-def after_teacher_forcing(
-    trainer: Trainer,
-    spec: DecoderSpec,
-    read: Callable[[np.ndarray], np.ndarray],
-    features: FeatureFile,
-    train_captions: list[tuple[str, list[str]]],
-    vocab: Vocabulary,
-    settings: dict,
-    live,
-    dev_scores: Callable[[], dict[str, float]],
-    start_score: float,
-    metric: str,
-) -> dict:
-    """Self-critical training of ``trainer.model`` on the train images (rows of ``features``, read by ``read``)
-    as the ``train`` params say, rewarded against all their references, the epoch kept by the greedy dev
-    ``metric`` (of ``dev_scores``); its summary."""
-    images, rows, references = split_references(train_captions, features.row_of)
-    samples = settings["self_critical_samples"]
-    print(f"train: self-critical training on {len(images)} images, {samples} sampled captions each")
-    training = SelfCritical(
-        trainer, spec, read, features.shape(not spec.reads_grid), rows, references, vocab,
-        samples, max(1, settings["batch_size"] // samples), settings["seed"],
-    )  # fmt: skip
-    epochs, learning_rate = settings["self_critical_epochs"], settings["self_critical_lr"]
-    return training.fit(epochs, settings["patience"], learning_rate, live, dev_scores, start_score, metric)

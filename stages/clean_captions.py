@@ -1,7 +1,8 @@
 """Stage clean_captions: cleaned, start/end-wrapped captions, one file per split."""
 
 from captioner.datasets import clean_release, write_captions
-from captioner.stage import SPLITS, Layout, Params, run
+from captioner.layout import SPLITS, Layout
+from captioner.stage import Params, run
 
 
 def main(params: Params) -> None:

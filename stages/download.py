@@ -3,7 +3,9 @@
 from pathlib import Path
 
 from captioner.datasets import flickr8k, karpathy, shapes
-from captioner.stage import Layout, Params, atomic_path, run
+from captioner.files import atomic_path
+from captioner.layout import Layout
+from captioner.stage import Params, run
 
 
 def main(params: Params) -> None:

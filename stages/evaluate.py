@@ -2,11 +2,13 @@
 
 import json
 
-from captioner import encoders, ensemble, evaluation
-from captioner.captioning import Trained
+from captioner import CaptionerError, encoders, ensemble, evaluation
+from captioner.checkpoint import Trained
 from captioner.datasets import read_captions
 from captioner.features import FeatureFile
-from captioner.stage import CaptionerError, Layout, Params, run, write_text
+from captioner.files import write_text
+from captioner.layout import Layout
+from captioner.stage import Params, run
 from captioner.text import Vocabulary
 
 
@@ -19,11 +21,11 @@ def main(params: Params) -> None:
             raise CaptionerError(f"no test image has both captions and features in {cached.path}; nothing to score")
         trained = Trained.load(Layout.models)
         trained.require_vocabulary(vocab, Layout.vocab)
-        members = ensemble.load_members(trained, [ensemble.FOLDER / name for name in params["ensemble"]])[1:]
+        members = ensemble.members(trained, [Layout.ensemble / name for name in params["ensemble"]])
         encoder = encoders.get(params["encoder"])
-        result = evaluation.caption_test_images(trained, cached, encoder, Layout.images, test, vocab, settings, members)
+        result = evaluation.caption_test_images(members, cached, encoder, Layout.images, test, vocab, settings)
     train = read_captions(Layout.split_captions("train"))
-    scores, cosines, notes = evaluation.scores(result, trained, vocab, train, settings, 1 + len(members))
+    scores, cosines, notes = evaluation.scores(result, trained, vocab, train, settings, len(members))
     write_text(Layout.scores, json.dumps(scores, indent=2) + "\n")
     write_text(Layout.test_captions, evaluation.captions_table(result))
     evaluation.draw(result, cosines, Layout.images, Layout.figures)

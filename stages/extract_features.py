@@ -2,7 +2,8 @@
 
 from captioner import encoders, features
 from captioner.datasets import read_split_list
-from captioner.stage import SPLITS, Layout, Params, run
+from captioner.layout import SPLITS, Layout
+from captioner.stage import Params, run
 
 
 def main(params: Params) -> None:

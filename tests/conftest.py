@@ -1,14 +1,20 @@
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from captioner import batching, decoder, epochs
+from captioner.config import TrainConfig
 from captioner.datasets import shapes
 from captioner.stage import PARAMS_READ
+from captioner.text import Vocabulary, wrap
+from captioner.training import TeacherForcing
 from tests.tiny_pipeline import ENVIRONMENT, TINY, commit_all, dvc
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -61,11 +67,26 @@ def shared_flickr8k() -> Path:
     return SHARED_FLICKR8K
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> tuple[Path, str]:
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory, worker_id) -> tuple[Path, str]:
     """A git + DVC repo of the project on the ``TINY`` params, committed after one ``dvc repro``: (its path, that
-    repro's output). One per test module, whose tests change it in turn."""
-    repo = tmp_path_factory.mktemp("pipeline")
+    repro's output). Made once for all test processes; tests work on copies of it (``repo``), never on it."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent  # the folder every xdist worker's temp is in
+    base, first = shared / "tiny-repo" / "repo", shared / "tiny-repo" / "first-repro.txt"
+    with FileLock(str(shared / "tiny-repo.lock")):
+        if not first.exists():
+            shutil.rmtree(base.parent, ignore_errors=True)
+            base.mkdir(parents=True)
+            output = make_tiny_repo(base)
+            first.write_text(output)
+    return base, first.read_text()
+
+
+def make_tiny_repo(repo: Path) -> str:
+    """The project in ``repo`` on the ``TINY`` params, in git, reproduced and committed; the repro's output."""
     copy_project(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY.items():
@@ -79,4 +100,99 @@ def repo(tmp_path_factory) -> tuple[Path, str]:
     subprocess.run(["git", "commit", "-qm", "tiny"], cwd=repo, check=True, env=ENVIRONMENT)
     first = dvc(repo, "repro", environment={PARAMS_READ: str(repo / ".git" / "params-read")})
     commit_all(repo, "tiny, reproduced")
-    return repo, first
+    return first
+
+
+@pytest.fixture
+def repo(tiny_repo, tmp_path) -> tuple[Path, str]:
+    """This test's own copy of the reproduced tiny repo (``tiny_repo``), alone in its folder (its DVC remote goes
+    beside it): (its path, the first repro's output). No test sees another's changes."""
+    base, first = tiny_repo
+    copy = tmp_path / "work" / "repo"
+    shutil.copytree(base, copy, symlinks=True)
+    return copy, first
+
+
+# Toy decoders: what the unit tests of training, decoding, ensembles and self-critical training share.
+
+
+def toy_problem(num_images=16, grid=4, channels=8, seed=0):
+    """Each image's caption names the channel that peaks in its grid: learnable from the features alone."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(num_images, grid, channels)).astype(np.float32)
+    words = [f"w{i}" for i in range(channels)]
+    peak = [int(np.argmax(features[i].mean(axis=0))) for i in range(num_images)]
+    captions = [(f"{i}.jpg", wrap(["the", words[peak[i]], "thing"])) for i in range(num_images)]
+    vocab = Vocabulary.build([tokens for _, tokens in captions], min_count=1, max_length=10)
+    return features, captions, vocab
+
+
+def toy_batches(features, captions, vocab, arch, shuffle_seed=0, reverse_rows=False):
+    rows, sequences, _ = batching.encode_captions(captions, {f"{i}.jpg": i for i in range(len(features))}, vocab)
+    if reverse_rows:
+        rows = rows[::-1].copy()
+    table = features if arch == "attention" else features.mean(axis=1)
+    return batching.CaptionBatches(table.__getitem__, table.shape[1:], rows, sequences, batch_size=8, seed=shuffle_seed)
+
+
+def toy_spec(arch, rnn="gru", dropout=0.0):
+    return decoder.DecoderSpec(rnn, arch, units=32, embedding_dim=16, dropout=dropout, attention_units=16)
+
+
+def toy_decoder(vocab, features, arch, rnn="gru", dropout=0.0) -> decoder.Architecture:
+    """A newly initialised decoder of ``arch`` for the toy ``features``, its model built."""
+    architecture = decoder.architecture(toy_spec(arch, rnn, dropout), len(vocab))
+    architecture.build(features.shape[1:] if arch == "attention" else features.shape[2:])
+    return architecture
+
+
+def toy_config(arch="inject", **train) -> TrainConfig:
+    """A training config for toy decoders of ``arch``; ``train`` overrides its train settings."""
+    defaults = TrainConfig(
+        decoder=toy_spec(arch),
+        dataset="shapes",
+        encoder="toy",
+        member=None,
+        embeddings="learned",
+        attention_reg=0.0,
+        batch_size=8,
+        epochs=5,
+        learning_rate=0.01,
+        clipnorm=5.0,
+        select_by="dev_loss",
+        patience=5,
+        lr_patience=0,
+        lr_factor=0.5,
+        seed=0,
+        strategy="default",
+        precision="float32",
+        finetune_from=None,
+        encoder_lr=1e-4,
+        self_critical_epochs=0,
+        self_critical_lr=5e-5,
+        self_critical_samples=4,
+    )
+    return dataclasses.replace(defaults, **train)
+
+
+class NullLive:
+    """A training log that remembers what was logged."""
+
+    def __init__(self):
+        self.logged = []
+
+    def log_metric(self, name, value):
+        self.logged.append((name, value))
+
+    def next_step(self):
+        pass
+
+    def values(self, name):
+        return [value for logged, value in self.logged if logged == name]
+
+
+def teacher_forced_fit(trainer, train, dev, live=None, dev_scores=None, **settings) -> dict:
+    """Teacher-forced training of ``trainer``'s model through the one epoch loop, as ``toy_config(**settings)``
+    says; its summary."""
+    phase = TeacherForcing(trainer, {"train": train, "dev": dev}, toy_config(**settings), dev_scores)
+    return epochs.fit([phase], trainer, live if live is not None else NullLive())

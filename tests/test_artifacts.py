@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner import artifacts, captioning, cli, report
+from captioner import artifacts, checkpoint, cli, report
 from captioner.datasets import clean_release, shapes, write_captions
-from captioner.decoder import DecoderSpec, build
-from captioner.stage import SPLITS, Layout
+from captioner.decoder import DecoderSpec, architecture
+from captioner.layout import SPLITS, Layout
 from captioner.text import Vocabulary
 from tests.conftest import copy_project
 from tests.test_stage import _features_of
@@ -41,7 +41,8 @@ def pristine(tmp_path_factory) -> Path:
     vocab.save(root / Layout.vocab)
     _features_of(root, sorted({image for pairs in release.captions.values() for image, _ in pairs}))
     attrs = {"encoder": "efficientnet_lite0", "weights": "test", "weights_param": "imagenet", "input_size": 224}
-    captioning.save(root / Layout.models, build(len(vocab), (8,), SPEC), attrs, vocab, SPEC, dataset="shapes")
+    model = architecture(SPEC, len(vocab)).build((8,))
+    checkpoint.save(root / Layout.models, model, attrs, vocab, SPEC, {"dataset": "shapes"})
     (root / Layout.scores).parent.mkdir()
     scores = {"bleu4": 0.5, "cider": 1.2, "meteor": 0.4, "rouge_l": 0.6, "finetune_from": None, "beam_size": 3}
     (root / Layout.scores).write_text(json.dumps(scores))
@@ -102,8 +103,8 @@ def edit_json(change):
 
 def other_model(path: Path) -> None:
     """A whole Keras model of another size than the card says."""
-    card = json.loads((path.parent / captioning.CARD_FILE).read_text())
-    build(card["vocabulary_size"], (8,), DecoderSpec("gru", "inject", 12, 8, 0.0)).save(path)
+    card = json.loads((path.parent / checkpoint.CARD_FILE).read_text())
+    architecture(DecoderSpec("gru", "inject", 12, 8, 0.0), card["vocabulary_size"]).build((8,)).save(path)
 
 
 def other_features(path: Path) -> None:
@@ -114,7 +115,7 @@ def other_features(path: Path) -> None:
         store["features"] = np.ones((3, 8), np.float16)  # three rows for every image name
 
 
-MODEL, CARD = Layout.models / captioning.MODEL_FILE, Layout.models / captioning.CARD_FILE
+MODEL, CARD = Layout.models / checkpoint.MODEL_FILE, Layout.models / checkpoint.CARD_FILE
 FEATURES = Layout.features_file("efficientnet_lite0")
 CASES = {
     "model truncated": (MODEL, truncated, ["evaluate", "caption"]),

@@ -4,23 +4,31 @@ import keras
 import numpy as np
 import pytest
 
-from captioner import decoder, decoding, metrics, training
+from captioner import decoder, decoding, metrics
 from captioner.decoder import Stepper
-from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
+from captioner.trainer import Trainer
+from tests.conftest import teacher_forced_fit, toy_batches, toy_config, toy_decoder, toy_problem
+
+
+def trained(vocab, features, captions, arch, epochs, rnn="gru") -> decoder.Architecture:
+    data = toy_batches(features, captions, vocab, arch)
+    architecture = toy_decoder(vocab, features, arch, rnn)
+    trainer = Trainer(architecture.model, architecture.head, toy_config(arch))
+    teacher_forced_fit(trainer, data, data, epochs=epochs, patience=epochs)
+    return architecture
 
 
 @pytest.mark.parametrize("arch", decoder.ARCHS)
 def test_greedy_captions_a_trained_model_and_agrees_with_teacher_forcing(arch):
     keras.utils.set_random_seed(1)
     features, captions, vocab = toy_problem()
-    data = toy_batches(features, captions, vocab, arch)
-    model = toy_model(vocab, features, arch, rnn="lstm")
-    training.Trainer(model, learning_rate=0.01, clipnorm=5.0).fit(data, data, epochs=50, patience=50, live=NullLive())
+    architecture = trained(vocab, features, captions, arch, epochs=50, rnn="lstm")
+    model = architecture.model
 
     table = features if arch == "attention" else features.mean(axis=1)
     rows = np.arange(16)
     generated = decoding.greedy(
-        Stepper(model, toy_spec(arch, "lstm")), table.__getitem__, rows, vocab.start_id, vocab.end_id, 8, batch_size=5
+        Stepper(architecture), table.__getitem__, rows, vocab.start_id, vocab.end_id, 8, batch_size=5
     )
     assert generated.shape == (16, 8)
     decoded = [vocab.decode(ids) for ids in generated]
@@ -36,13 +44,13 @@ def test_greedy_captions_a_trained_model_and_agrees_with_teacher_forcing(arch):
 
 
 def test_a_model_that_never_ends_yields_max_len_tokens():
-    spec = decoder.DecoderSpec("gru", "inject", units=8, embedding_dim=4, dropout=0.0)
-    model = decoder.build(6, (4,), spec)
-    head = model.get_layer("logits")
-    kernel, _ = head.get_weights()
-    head.set_weights([np.zeros_like(kernel), np.eye(6)[5] * 10.0])  # always the word with id 5
+    architecture = decoder.architecture(decoder.DecoderSpec("gru", "inject", units=8, embedding_dim=4, dropout=0.0), 6)
+    architecture.build((4,))
+    kernel, _ = architecture.head.get_weights()
+    architecture.head.set_weights([np.zeros_like(kernel), np.eye(6)[5] * 10.0])  # always the word with id 5
     table = np.ones((3, 4), np.float32)
-    generated = decoding.greedy(Stepper(model, spec), table.__getitem__, np.arange(3), start_id=1, end_id=2, max_len=7)
+    stepper = Stepper(architecture)
+    generated = decoding.greedy(stepper, table.__getitem__, np.arange(3), start_id=1, end_id=2, max_len=7)
     assert generated.shape == (3, 7) and (generated == 5).all()
 
 
@@ -50,10 +58,7 @@ def test_a_model_that_never_ends_yields_max_len_tokens():
 def trained_inject():
     keras.utils.set_random_seed(2)
     features, captions, vocab = toy_problem()
-    data = toy_batches(features, captions, vocab, "inject")
-    model = toy_model(vocab, features, "inject")
-    training.Trainer(model, learning_rate=0.01, clipnorm=5.0).fit(data, data, epochs=8, patience=8, live=NullLive())
-    return Stepper(model, toy_spec("inject")), features.mean(axis=1), vocab
+    return Stepper(trained(vocab, features, captions, "inject", epochs=8)), features.mean(axis=1), vocab
 
 
 def test_greedy_scores_are_the_corpus_bleu4_and_the_coco_cider_d_of_the_greedy_captions(trained_inject):
@@ -94,13 +99,12 @@ def test_wider_beams_find_sequences_at_least_as_likely_as_greedy(trained_inject)
 
 
 def test_beam_search_on_a_model_that_never_ends_takes_the_best_unfinished_beam():
-    spec = decoder.DecoderSpec("gru", "inject", units=8, embedding_dim=4, dropout=0.0)
-    model = decoder.build(6, (4,), spec)
-    head = model.get_layer("logits")
-    kernel, _ = head.get_weights()
-    head.set_weights([np.zeros_like(kernel), np.array([0, 0, -5.0, 0, 3.0, 4.0])])  # <end> (id 2) never wins
+    architecture = decoder.architecture(decoder.DecoderSpec("gru", "inject", units=8, embedding_dim=4, dropout=0.0), 6)
+    architecture.build((4,))
+    kernel, _ = architecture.head.get_weights()
+    architecture.head.set_weights([np.zeros_like(kernel), np.array([0, 0, -5.0, 0, 3.0, 4.0])])  # <end> never wins
     table = np.ones((3, 4), np.float32)
     beam, scores = decoding.beam_search(
-        Stepper(model, spec), table.__getitem__, np.arange(3), 1, 2, max_len=7, beam_size=3
+        Stepper(architecture), table.__getitem__, np.arange(3), 1, 2, max_len=7, beam_size=3
     )
     assert beam.shape == (3, 7) and (beam == 5).all() and np.isfinite(scores).all()

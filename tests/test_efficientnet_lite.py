@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 
 from captioner import efficientnet_lite
-from captioner.stage import sha256_of
+from captioner.files import sha256_of
 
 # ImageNet class ids: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso, 968 cup, 504 coffee mug.
 CATS, COFFEE = {281, 282, 283, 284, 285}, {967, 968, 504}

@@ -5,22 +5,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner import CaptionerError, captioning, decoding, training
+from captioner import CaptionerError, checkpoint, decoding
+from captioner.config import member_settings
 from captioner.decoder import Stepper
-from captioner.ensemble import EnsembleStepper, load_members, stepper_of
-from captioner.stage import Params, member_settings
-from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
+from captioner.ensemble import EnsembleStepper, decoder_of
+from captioner.ensemble import members as ensemble_of
+from captioner.stage import Params
+from captioner.trainer import Trainer
+from tests.conftest import teacher_forced_fit, toy_batches, toy_config, toy_decoder, toy_problem, toy_spec
 
 ATTRS = {"encoder": "toy", "weights": "w", "weights_param": "imagenet", "input_size": 96}
 
 
 def trained_member(tmp_path, name, arch, seed, features, captions, vocab):
     keras.utils.set_random_seed(seed)
-    model = toy_model(vocab, features, arch)
-    trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0)
-    trainer.fit(*[toy_batches(features, captions, vocab, arch, shuffle_seed=seed)] * 2, 6, 6, live=NullLive())
-    captioning.save(tmp_path / name, model, ATTRS, vocab, toy_spec(arch))
-    return captioning.Trained.load(tmp_path / name)
+    architecture = toy_decoder(vocab, features, arch)
+    trainer = Trainer(architecture.model, architecture.head, toy_config(arch))
+    data = toy_batches(features, captions, vocab, arch, shuffle_seed=seed)
+    teacher_forced_fit(trainer, data, data, epochs=6, patience=6)
+    checkpoint.save(tmp_path / name, architecture.model, ATTRS, vocab, toy_spec(arch))
+    return checkpoint.Trained.load(tmp_path / name)
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +33,13 @@ def members(tmp_path_factory):
     features, captions, vocab = toy_problem()
     main = trained_member(tmp_path, "main", "inject", 1, features, captions, vocab)
     others = [trained_member(tmp_path, "attend", "attention", 2, features, captions, vocab)]
-    return load_members(main, [tmp_path / "attend"]), features, vocab, others
+    return ensemble_of(main, [tmp_path / "attend"]), features, vocab, others
 
 
 def averaged_greedy(members, features, vocab, max_len):
     """The reference: each step, every member's log-softmax (pooled members reading the mean vector), averaged,
     argmax; finished rows hold <end>."""
-    steppers = [Stepper(member.decoder, member.spec) for member in members]
+    steppers = [Stepper(member.architecture) for member in members]
     inputs = [features if member.spec.reads_grid else features.mean(axis=1) for member in members]
     states = [stepper.start(tf.constant(x)) for stepper, x in zip(steppers, inputs, strict=True)]
     tokens = np.full(len(features), vocab.start_id, dtype=np.int32)
@@ -66,20 +70,19 @@ def test_a_two_member_ensemble_decodes_and_beam_1_is_the_argmax_of_the_averaged_
     assert (beam_3[:, 0] != vocab.end_id).all()  # real captions, not empty ones
     # Not a copy of either member: the members disagree somewhere, so averaging matters.
     pooled = features.mean(axis=1).__getitem__
+    ends = (vocab.start_id, vocab.end_id, 6)
     alone = [
-        decoding.greedy(Stepper(m.decoder, m.spec), read if m.spec.reads_grid else pooled, rows, vocab.start_id,
-                        vocab.end_id, 6)
-        for m in members
-    ]  # fmt: skip
+        decoding.greedy(Stepper(m.architecture), read if m.spec.reads_grid else pooled, rows, *ends) for m in members
+    ]
     assert not np.array_equal(alone[0], alone[1])
 
 
 def test_one_member_decodes_through_its_own_stepper_and_several_through_the_ensemble(members):
     members, *_ = members
-    alone, both = stepper_of(members[:1]), stepper_of(members)
+    alone, both = decoder_of(members[:1]), decoder_of(members)
     assert type(alone) is Stepper and not alone.reads_grid  # inject reads the pooled vector
     assert type(both) is EnsembleStepper and both.reads_grid  # attention makes the ensemble read the grid
-    assert stepper_of(members[1:]).reads_grid
+    assert decoder_of(members[1:]).reads_grid
 
 
 def test_each_member_traces_once_whatever_the_batch_sizes_so_tensorflow_warns_of_no_retracing(members):
@@ -96,10 +99,10 @@ def test_members_must_share_the_vocabulary_and_have_no_fine_tuned_encoder(member
     (main, _), features, vocab, _ = members
     other_vocab = type(vocab)([*vocab.words, "extra"], vocab.max_length)
     keras.utils.set_random_seed(0)
-    odd = toy_model(other_vocab, features, "inject")
-    captioning.save(tmp_path / "odd", odd, ATTRS, other_vocab, toy_spec("inject"))
+    odd = toy_decoder(other_vocab, features, "inject").model
+    checkpoint.save(tmp_path / "odd", odd, ATTRS, other_vocab, toy_spec("inject"))
     with pytest.raises(CaptionerError, match=r"ensemble member .*odd has another vocabulary than the main model"):
-        load_members(main, [tmp_path / "odd"])
+        ensemble_of(main, [tmp_path / "odd"])
 
 
 def test_a_member_stage_reads_its_overrides_and_the_main_stage_none():

@@ -4,12 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from captioner import CaptionerError, batching, decoder, encoders, features, finetuning, training
-from captioner.captioning import Captioner, write_card
+from captioner import CaptionerError, batching, checkpoint, decoder, encoders, features, finetuning
+from captioner.captioning import Captioner
+from captioner.checkpoint import write_card
 from captioner.datasets import clean_release
 from captioner.features import load_image
 from captioner.text import Vocabulary
-from tests.test_training import NullLive
+from captioner.trainer import Trainer
+from tests.conftest import teacher_forced_fit, toy_config
 
 LITE0, SIZE, LAST_BLOCK = encoders.get("efficientnet_lite0"), 64, "_blocks.15._expand_conv"
 
@@ -56,10 +58,10 @@ def test_the_frozen_then_the_trainable_part_compute_the_whole_encoder(block):
 @pytest.mark.parametrize("shape", [(3, 5), (3, 4, 5)])
 def test_per_caption_repeats_each_image_for_its_captions_in_order(shape):
     features = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    layer = decoder.PerCaption(2)
+    layer = checkpoint.PerCaption(2)
     np.testing.assert_array_equal(layer(features), np.repeat(features, 2, axis=0))
     assert layer.compute_output_shape((None, *shape[1:])) == (None, *shape[1:])
-    assert decoder.PerCaption.from_config(layer.get_config()).captions_per_image == 2
+    assert checkpoint.PerCaption.from_config(layer.get_config()).captions_per_image == 2
 
 
 def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_the_saved_model_captions(
@@ -73,7 +75,8 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
     features.extract(LITE0, [images / name for name in names], tmp_path / "lite0.h5", "avg", 8, "imagenet", SIZE)
     split = finetuning.finetunable_encoder(LITE0, "imagenet", SIZE, "avg", LAST_BLOCK)
     spec = decoder.DecoderSpec("gru", "inject", units=16, embedding_dim=8, dropout=0.0)
-    decoder_model = decoder.build(len(vocab), (1280,), spec)
+    architecture = decoder.architecture(spec, len(vocab))
+    decoder_model = architecture.build((1280,))
     with (
         features.FeatureFile(tmp_path / "lite0.h5", LITE0.name) as cached,
         finetuning.frozen_activations(split, cached, LITE0, images, list(cached.row_of.values()), 8) as activations,
@@ -92,10 +95,10 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
         model = finetuning.joint_model(split.trainable, decoder_model, per_image)
         frozen_before = [v.numpy().copy() for v in split.full.non_trainable_variables]
         tuned_before = [v.numpy().copy() for v in split.full.trainable_variables]
-        trainer = training.Trainer(model, learning_rate=0.01, clipnorm=5.0, encoder_lr=0.001)
+        trainer = Trainer(model, architecture.head, toy_config(learning_rate=0.01, encoder_lr=0.001))
         assert [float(o.learning_rate.numpy()) for o in trainer.optimizers] == pytest.approx([0.01, 0.001])
         capfd.readouterr()
-        summary = trainer.fit(data, data, epochs=2, patience=2, live=NullLive())
+        summary = teacher_forced_fit(trainer, data, data, epochs=2, patience=2)
         assert np.isfinite(summary["best_dev_loss"])
         assert "oneDNN" not in capfd.readouterr().err  # a repeat's gradient logged a DT_INT32 "error" here
         # Frozen layers and every BatchNorm's moving statistics are untouched; the unfrozen layers moved.
@@ -114,7 +117,7 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
     saved = finetuning.joint_model(split.full, decoder_model, per_image)
     saved.save(directory / "captioner.keras")
     attrs = {"encoder": LITE0.name, "weights": "w", "weights_param": "imagenet", "input_size": SIZE, "pooling": "avg"}
-    write_card(directory, attrs, vocab, spec, LAST_BLOCK)
+    write_card(directory, attrs, vocab, spec, {"finetune_from": LAST_BLOCK})
     reloaded = keras.saving.load_model(directory / "captioner.keras", safe_mode=True)
     tokens = np.array([vocab.encode(captions[0][1])] * per_image, dtype=np.int32)
     np.testing.assert_allclose(saved([image, tokens])["logits"], reloaded([image, tokens])["logits"], atol=1e-5)

@@ -17,10 +17,11 @@ from tests.tiny_pipeline import (
     assert_selected_by_dev_bleu4,
     dvc,
     ran,
-    reset_to_head,
     run_dvc,
     tracked_changes,
 )
+
+pytestmark = pytest.mark.e2e  # `pytest -m "not e2e"` runs the unit tests alone
 
 
 def test_finetuning_reruns_train_and_evaluate_and_scores_record_it(repo):
@@ -83,7 +84,6 @@ def queue_status(repo, deadline: float) -> str:
 
 def test_a_queued_sweep_starts_each_experiment_from_the_baseline(repo):
     repo, _ = repo
-    reset_to_head(repo)
     baseline = _flat(yaml.safe_load((repo / "params.yaml").read_text()))
     for units in (12, 20):
         dvc(repo, "exp", "run", "--queue", "-n", f"units-{units}", "-S", f"decoder.units={units}")
@@ -117,7 +117,6 @@ def test_a_queued_sweep_starts_each_experiment_from_the_baseline(repo):
 
 def test_an_ensemble_member_trains_alone_and_evaluate_decodes_with_both(repo):
     repo, _ = repo
-    reset_to_head(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["ensemble"] = {"seed2": {"train": {"seed": 2}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -82,8 +82,15 @@ def captioner_imports(script) -> set[str]:
 
 
 # What never changes what a stage computes: the error type, params and layout, the param rules, the checks of
-# artifacts read back (they only refuse).
-NOT_RESULTS = {"captioner/__init__.py", "captioner/stage.py", "captioner/params.py", "captioner/artifacts.py"}
+# artifacts read back (they only refuse), atomic writes and strict text reading.
+NOT_RESULTS = {
+    "captioner/__init__.py",
+    "captioner/stage.py",
+    "captioner/params.py",
+    "captioner/artifacts.py",
+    "captioner/layout.py",
+    "captioner/files.py",
+}
 
 
 def code_run_by(script) -> set[str]:
@@ -146,3 +153,60 @@ def test_a_set_param_changes_its_own_line_of_params_yaml_alone(tmp_path):
         for part in name.split("."):
             value = value[part]
         assert value == new, name
+
+
+def library_imports() -> dict[str, set[str]]:
+    """Each captioner module → the captioner modules it imports anywhere in it, but for type checking only."""
+    graph = {}
+    for path in sorted((PROJECT / "captioner").rglob("*.py")):
+        module = ".".join(path.relative_to(PROJECT).with_suffix("").parts).removesuffix(".__init__")
+        tree, imported = ast.parse(path.read_text()), set()
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only or not isinstance(node, ast.ImportFrom | ast.Import):
+                continue
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if isinstance(node, ast.ImportFrom):
+                names += [f"{node.module}.{alias.name}" for alias in node.names]
+            imported |= {name for name in names if name.startswith("captioner")}
+        graph[module] = imported
+    return {module: {name for name in names if name in graph and name != module} for module, names in graph.items()}
+
+
+def test_the_library_has_no_import_cycle():
+    graph = library_imports()
+    assert {"captioner.checkpoint", "captioner.decoder"} <= graph["captioner.ensemble"]  # the graph is read
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            raise AssertionError("import cycle: " + " → ".join(path[path.index(module) :] + [module]))
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph[module] - {"captioner"}):  # the package itself: its __init__ imports no module
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+
+
+def test_no_function_is_longer_than_50_lines_and_no_layout_is_kept_from_the_formatter_without_a_reason():
+    for path in sorted([*(PROJECT / "captioner").rglob("*.py"), *(PROJECT / "stages").glob("*.py")]):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 50, f"{path.relative_to(PROJECT)}: {node.name} is {length} lines"
+        lines = text.splitlines()
+        for number, line in enumerate(lines):
+            if "# fmt: skip" in line:  # the reason in a comment line above the statement it keeps
+                before = "\n".join(lines[max(0, number - 12) : number])
+                assert "fmt: skip)" in before, f"{path.relative_to(PROJECT)}:{number + 1}: # fmt: skip without a why"

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from captioner import decoder, decoding, training
-from captioner.self_critical import SelfCritical, advantages, caption_tokens
+from captioner import decoding, epochs
+from captioner.decoder import Stepper
+from captioner.self_critical import SampledImages, SelfCritical, advantages, caption_tokens
 from captioner.text import strip_special
-from tests.test_training import NullLive, toy_batches, toy_model, toy_problem, toy_spec
+from captioner.trainer import Trainer
+from tests.conftest import NullLive, toy_batches, toy_config, toy_decoder, toy_problem
 
 
 def test_caption_tokens_start_the_caption_stop_at_its_first_end_and_pad_the_rest():
@@ -23,17 +25,18 @@ def test_each_samples_baseline_is_the_mean_reward_of_the_images_other_samples():
     np.testing.assert_allclose(advantages(rewards), [[1 - 2.5, 2 - 2.0, 3 - 1.5], [0, 0, 0]])
 
 
-def toy_self_critical(arch="attention", samples=4, seed=0, dropout=0.0, learning_rate=0.01):
+def toy_self_critical(arch="attention", samples=4, seed=0, dropout=0.0, dev_scores=None, **train):
     features, captions, vocab = toy_problem(num_images=24)
-    shape = features.shape[1:] if arch == "attention" else features.shape[2:]
     keras.utils.set_random_seed(seed)
-    spec = toy_spec(arch, dropout=dropout)
-    model = decoder.build(len(vocab), shape, spec)
+    architecture = toy_decoder(vocab, features, arch, dropout=dropout)
     table = features if arch == "attention" else features.mean(axis=1)
     references = [[strip_special(tokens)] for _, tokens in captions]
-    trainer = training.Trainer(model, learning_rate=learning_rate, clipnorm=5.0)
+    settings = {"self_critical_samples": samples, "batch_size": 8 * samples, "seed": seed} | train
+    config = toy_config(arch, **settings)
+    trainer = Trainer(architecture.model, architecture.head, config)
     rows = np.arange(len(features))
-    scst = SelfCritical(trainer, spec, table.__getitem__, shape, rows, references, vocab, samples, 8, seed=seed)
+    images = SampledImages(table.__getitem__, table.shape[1:], rows, references, vocab)
+    scst = SelfCritical(trainer, Stepper(architecture), images, config, dev_scores)
     return scst, table, rows, vocab
 
 
@@ -43,8 +46,8 @@ def test_the_policy_step_makes_a_caption_with_positive_advantage_likelier_and_ne
     sampled = decoding.sample(scst.stepper, features, vocab.start_id, vocab.end_id, 6, np.random.default_rng(0))
 
     def log_probs():
-        return decoding.sequence_log_prob(scst.stepper, table.__getitem__, rows[:2], sampled, vocab.start_id,
-                                          vocab.end_id)  # fmt: skip
+        ids = (vocab.start_id, vocab.end_id)
+        return decoding.sequence_log_prob(scst.stepper, table.__getitem__, rows[:2], sampled, *ids)
 
     before = log_probs()
     tokens = caption_tokens(sampled, vocab.start_id, vocab.end_id)
@@ -80,16 +83,13 @@ def test_self_critical_epochs_raise_the_reward_repeatably():
     rewards = []
     for _ in range(2):
         scst, *_ = toy_self_critical(arch="inject", samples=4)
-        rewards.append([scst.run_epoch("epoch") for _ in range(16)])
+        rewards.append([scst.train_epoch("epoch")[0] for _ in range(16)])
     assert rewards[0] == rewards[1]  # same seed, same samples, same updates
     assert np.mean(rewards[0][-3:]) > 2.5 * np.mean(rewards[0][:3])  # CIDEr-D 0.38 → 1.2
 
 
 @pytest.mark.parametrize("metric", ["bleu4", "cider"])
-def test_fit_keeps_the_best_dev_score_weights_stops_on_patience_and_keeps_the_start_if_nothing_beats_it(metric):
-    scst, *_ = toy_self_critical(arch="inject")
-    model = scst.trainer.model
-    start = model.get_weights()
+def test_the_phase_keeps_the_best_dev_score_weights_stops_on_patience_and_keeps_the_start_if_nothing_beats_it(metric):
     scores, snapshots = iter([0.3, 0.35, 0.32, 0.33, 0.34, 0.9]), []
 
     def dev_scores():
@@ -98,33 +98,42 @@ def test_fit_keeps_the_best_dev_score_weights_stops_on_patience_and_keeps_the_st
         other = "cider" if metric == "bleu4" else "bleu4"
         return {metric: score, other: 1 - score}  # logged, but best at epoch 1: it must not decide
 
-    live = NullLive()
-    summary = scst.fit(epochs=6, patience=3, learning_rate=0.005, live=live, dev_scores=dev_scores, start_score=0.31,
-                       metric=metric)  # fmt: skip
+    settings = {"self_critical_epochs": 6, "patience": 3, "self_critical_lr": 0.005, "select_by": f"dev_{metric}"}
+    scst, *_ = toy_self_critical(arch="inject", dev_scores=dev_scores, **settings)
+    model, live = scst.trainer.model, NullLive()
+    start = model.get_weights()
+    summary = epochs.run_phase(scst, scst.trainer, live, {f"best_dev_{metric}": 0.31})
     assert summary == {"self_critical_epochs_run": 5, "self_critical_best_epoch": 2, f"best_dev_{metric}": 0.35}
-    assert [value for name, value in live.logged if name == f"by_epoch/dev_{metric}"] == [0.3, 0.35, 0.32, 0.33, 0.34]
+    assert live.values(f"by_epoch/dev_{metric}") == [0.3, 0.35, 0.32, 0.33, 0.34]
     assert len([name for name, _ in live.logged if name.startswith("by_epoch/dev_")]) == 10
     for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
         np.testing.assert_array_equal(restored, best)
-    assert [value for name, value in live.logged if name == "by_epoch/learning_rate"] == [0.005] * 5
+    assert live.values("by_epoch/learning_rate") == [0.005] * 5
 
     scores = iter([0.1, 0.2])
-    summary = scst.fit(epochs=2, patience=3, learning_rate=0.005, live=live, dev_scores=lambda: {metric: next(scores)},
-                       start_score=0.31, metric=metric)  # fmt: skip
+    scst.dev_scores, scst.epochs = lambda: {metric: next(scores)}, 2
+    summary = epochs.run_phase(scst, scst.trainer, live, {f"best_dev_{metric}": 0.31})
     assert summary["self_critical_best_epoch"] == 0
     for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
         np.testing.assert_array_equal(restored, best)
     assert any(np.abs(a - b).max() > 0 for a, b in zip(start, snapshots[1], strict=True))
 
 
+def test_without_a_kept_dev_score_the_phase_starts_from_the_score_of_the_weights_it_was_given():
+    scst, *_ = toy_self_critical(arch="inject", dev_scores=lambda: {"bleu4": 0.4}, self_critical_epochs=1)
+    assert scst.start({"best_epoch": 3, "best_dev_loss": 1.2}) == 0.4
+    assert scst.start({"best_dev_bleu4": 0.2}) == 0.2
+
+
 def test_self_critical_training_starts_adam_afresh_as_if_the_teacher_forced_steps_had_left_no_moments():
     features, captions, vocab = toy_problem()
     batches = toy_batches(features, captions, vocab, "inject")
-    forced = training.Trainer(toy_model(vocab, features, "inject"), learning_rate=0.01, clipnorm=5.0)
-    forced.run_epoch(batches, "train", "teacher forcing")
-    fresh_model = toy_model(vocab, features, "inject")
+    first, second = (toy_decoder(vocab, features, "inject") for _ in range(2))
+    forced = Trainer(first.model, first.head, toy_config(learning_rate=0.01))
+    forced.run_epoch(batches, True, "teacher forcing")
+    fresh_model = second.model
     fresh_model.set_weights(forced.model.get_weights())
-    fresh = training.Trainer(fresh_model, learning_rate=0.002, clipnorm=5.0)
+    fresh = Trainer(fresh_model, second.head, toy_config(learning_rate=0.002))
     forced.restart(0.002)
     assert int(forced.optimizers[0].iterations.numpy()) == 0
     spec = (*batches.element_spec, tf.TensorSpec((None,), tf.float32))
@@ -132,7 +141,7 @@ def test_self_critical_training_starts_adam_afresh_as_if_the_teacher_forced_step
     advantage = np.linspace(-1, 1, len(tokens)).astype(np.float32)
     for trainer in (forced, fresh):
         for _ in range(3):
-            trainer.step_for("policy", spec)(table, tokens, advantage)
+            trainer.policy_step(spec)(table, tokens, advantage)
     for restarted, new in zip(forced.model.get_weights(), fresh_model.get_weights(), strict=True):
         np.testing.assert_allclose(restarted, new, rtol=1e-5, atol=1e-7)
 

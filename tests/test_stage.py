@@ -6,7 +6,10 @@ import pytest
 import yaml
 
 from captioner import CaptionerError
-from captioner.stage import SPLITS, atomic_path, choice, declared_params
+from captioner.files import atomic_path
+from captioner.layout import SPLITS
+from captioner.params import choice
+from captioner.stage import declared_params
 from tests.conftest import run_stage
 
 
@@ -108,7 +111,7 @@ def test_a_killed_run_leaves_scratch_that_the_next_write_of_the_same_target_remo
 
     target = tmp_path / "data" / "raw"
     writer = (
-        "import sys, time; from pathlib import Path; from captioner.stage import atomic_path\n"
+        "import sys, time; from pathlib import Path; from captioner.files import atomic_path\n"
         "with atomic_path(Path(sys.argv[1])) as temporary:\n"
         "    temporary.mkdir(); (temporary / 'half.bin').write_bytes(b'x' * 1000); print('writing', flush=True)\n"
         "    time.sleep(60)\n"
@@ -135,7 +138,7 @@ def test_a_killed_run_leaves_scratch_that_the_next_write_of_the_same_target_remo
 
 
 def test_text_lines_skip_a_byte_order_mark_and_name_the_line_of_a_byte_that_is_not_utf8(tmp_path):
-    from captioner.stage import read_text, text_lines
+    from captioner.files import read_text, text_lines
 
     path = tmp_path / "list.txt"
     path.write_bytes("\ufeffa.jpg\r\nb.jpg\nc\u00e9.jpg\n".encode())
@@ -249,7 +252,7 @@ def test_any_stage_run_removes_dead_writers_scratch_anywhere_under_the_outputs(p
 def test_a_write_the_machine_refuses_is_one_line_naming_the_path(tmp_path):
     import resource
 
-    writer = "from captioner.stage import write_text\nimport sys\nwrite_text(sys.argv[1], 'x' * 100_000)"
+    writer = "from captioner.files import write_text\nimport sys\nwrite_text(sys.argv[1], 'x' * 100_000)"
     probe = (
         "import sys\nfrom captioner import CaptionerError\n"
         f"try:\n    exec({writer!r})\nexcept CaptionerError as err:\n    print(err)"

@@ -6,17 +6,18 @@ import tensorflow as tf
 
 from captioner import decoder, teacher_forcing
 from captioner.text import Vocabulary, wrap
-from tests.test_training import toy_batches, toy_model, toy_problem
+from tests.conftest import toy_batches, toy_decoder, toy_problem
 
 
 @pytest.mark.parametrize("arch", decoder.ARCHS)
 def test_forced_sums_project_only_real_positions_and_equal_the_masked_full_loss(arch):
     features, captions, vocab = toy_problem()
     captions[0] = (captions[0][0], wrap(["the", "thing"]))  # a shorter caption: its batch has padding
-    model = toy_model(vocab, features, arch)
+    architecture = toy_decoder(vocab, features, arch)
+    model = architecture.model
     inputs, tokens = map(tf.constant, next(iter(toy_batches(features, captions, vocab, arch, shuffle_seed=None))))
     assert (tokens.numpy() == Vocabulary.pad_id).any()
-    loss, correct, count = teacher_forcing.forced_sums(model, inputs, tokens)
+    loss, correct, count = teacher_forcing.forced_sums(model, architecture.head, inputs, tokens)
     targets = tokens[:, 1:].numpy()
     logits = model([inputs, tokens[:, :-1]])["logits"].numpy()
     real = targets != Vocabulary.pad_id

@@ -1,5 +1,5 @@
 """Helpers of the end-to-end tests (tests/test_pipeline*.py), which run DVC in a copy of this project on tiny
-params: the ``repo`` fixture (tests/conftest.py) makes one per test module."""
+params: the ``repo`` fixture (tests/conftest.py) gives each test its own copy."""
 
 import json
 import os
@@ -59,13 +59,6 @@ def tracked_changes(repo) -> str:
     return subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
-
-
-def reset_to_head(repo) -> None:
-    """Back to the last commit, its params and DVC outputs: the tests before left experiments in the workspace."""
-    subprocess.run(["git", "reset", "-q", "--hard", "HEAD"], cwd=repo, check=True)
-    subprocess.run(["git", "clean", "-qfd"], cwd=repo, check=True)
-    dvc(repo, "checkout", "--force")
 
 
 def assert_selected_by_dev_bleu4(repo) -> None:

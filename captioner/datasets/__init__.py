@@ -1,6 +1,6 @@
 """Datasets in the Flickr8k release layout, whatever their source, and their cleaned captions.
 
-The layout (see ``captioner.stage.Layout``): an image folder, ``Flickr8k.token.txt`` with
+The layout (see ``captioner.layout.Layout``): an image folder, ``Flickr8k.token.txt`` with
 ``<image>#<n>\\t<caption>`` lines, and one ``Flickr_8k.<split>Images.txt`` list per split.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 
 from captioner import CaptionerError, text
 from captioner.boundary import confine
-from captioner.stage import SPLITS, Layout, text_lines
+from captioner.files import text_lines
+from captioner.layout import SPLITS, Layout
 
 DATASETS = ("shapes", "flickr8k", "karpathy")
 
@@ -134,7 +135,7 @@ def split_references(
 
 
 def write_captions(path: Path, captions: list[tuple[str, list[str]]]) -> None:
-    from captioner.stage import write_text
+    from captioner.files import write_text
 
     write_text(path, "".join(f"{image}\t{' '.join(tokens)}\n" for image, tokens in captions))
 

@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from captioner import CaptionerError, boundary
 from captioner.boundary import confine
-from captioner.stage import SPLITS, Layout, progress, sha256_of, text_lines
+from captioner.files import progress, sha256_of, text_lines
+from captioner.layout import SPLITS, Layout
 
 IMAGES_FOLDER_IN_ZIP = "Flicker8k_Dataset"  # the release's own spelling
 TEXT_FILES = ("Flickr8k.token.txt", *(Layout.split_list(split).name for split in SPLITS))

@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 from captioner import CaptionerError
 from captioner.boundary import confine, field, shown
 from captioner.datasets.flickr8k import extract, fetch, link_or_copy
-from captioner.stage import SPLITS, Layout, progress
+from captioner.files import progress
+from captioner.layout import SPLITS, Layout
 
 OUR_SPLIT = {"train": "train", "val": "dev", "test": "test"}  # restval joins train when asked
 

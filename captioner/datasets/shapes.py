@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from captioner import CaptionerError
-from captioner.stage import SPLITS, Layout, progress
+from captioner.files import progress
+from captioner.layout import SPLITS, Layout
 
 COLOURS = {
     "red": (220, 30, 30),

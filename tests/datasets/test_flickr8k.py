@@ -9,7 +9,8 @@ import pytest
 
 from captioner import CaptionerError
 from captioner.datasets import flickr8k
-from captioner.stage import SPLITS, sha256_of
+from captioner.files import sha256_of
+from captioner.layout import SPLITS
 
 
 def make_release(folder, images=("a.jpg", "b.jpg", "c.jpg")):

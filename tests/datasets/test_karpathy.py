@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from captioner import CaptionerError, encoders, features
 from captioner.datasets import clean_release, karpathy, parse_caption_line, read_split_list
-from captioner.stage import SPLITS, Layout, text_lines
+from captioner.files import text_lines
+from captioner.layout import SPLITS, Layout
 from captioner.text import Vocabulary
 
 IMAGES = Layout.images.relative_to(Layout.raw)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from captioner import CaptionerError
 from captioner.datasets import clean_release, parse_caption_line, read_captions, write_captions
-from captioner.stage import SPLITS
+from captioner.layout import SPLITS
 from captioner.text import END, START
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from captioner import CaptionerError
 from captioner.datasets import shapes
-from captioner.stage import SPLITS
+from captioner.layout import SPLITS
 
 
 def _digest(folder):

@@ -1,31 +1,37 @@
-"""The model directory (captioner.captioning): the card round-trips the decoder spec; older cards fail clearly."""
+"""The model directory (captioner.checkpoint): the card round-trips the decoder spec and the training config;
+older cards fail clearly."""
 
 import json
 
 import pytest
 
 from captioner import CaptionerError
-from captioner.captioning import CARD_FILE, Trained, read_card, write_card
+from captioner.checkpoint import CARD_FILE, Trained, read_card, write_card
 from captioner.decoder import DecoderSpec
 from captioner.text import Vocabulary
+from tests.conftest import toy_config
 
 ATTRS = {"encoder": "efficientnet_lite0", "weights": "w", "weights_param": "imagenet", "input_size": 224}
 
 
-def test_the_card_round_trips_the_decoder_spec(tmp_path):
-    spec = DecoderSpec("lstm", "attention", units=24, embedding_dim=12, dropout=0.25, attention_units=8,
-                       train_embeddings=False)  # fmt: skip
-    write_card(tmp_path, ATTRS, Vocabulary(["a", "dog"], 5), spec, finetune_from=None)
+def test_the_card_round_trips_the_decoder_spec_and_records_the_training_config(tmp_path):
+    spec = DecoderSpec("lstm", "attention", 24, 12, dropout=0.25, attention_units=8, train_embeddings=False)
+    config = toy_config("attention", finetune_from="top_conv", learning_rate=0.002)
+    write_card(tmp_path, ATTRS, Vocabulary(["a", "dog"], 5), spec, config.card())
     card = read_card(tmp_path)
     assert DecoderSpec.from_card(card, "card") == spec
-    assert card["decoder"] == {"rnn": "lstm", "arch": "attention", "units": 24, "embedding_dim": 12, "dropout": 0.25,
-                               "attention_units": 8, "train_embeddings": False}  # fmt: skip
+    expected = {"rnn": "lstm", "arch": "attention", "units": 24, "embedding_dim": 12, "dropout": 0.25}
+    assert card["decoder"] == expected | {"attention_units": 8, "train_embeddings": False}
     assert spec.reads_grid and spec.num_states == 2 and "pooling" not in card
+    assert card["training"]["learning_rate"] == 0.002 and "decoder" not in card["training"]
+    assert (card["dataset"], card["finetune_from"]) == ("shapes", "top_conv")
+    write_card(tmp_path, ATTRS, Vocabulary(["a", "dog"], 5), spec)  # trained outside the train stage
+    assert read_card(tmp_path)["training"] is None
 
 
 def test_a_spec_from_the_decoder_params_leaves_out_what_only_training_reads():
-    params = {"rnn": "gru", "arch": "inject", "units": 512, "embedding_dim": 256, "dropout": 0.3, "attention_reg": 1.0,
-              "embeddings": "learned", "train_embeddings": True, "attention_units": 256}  # fmt: skip
+    params = {"rnn": "gru", "arch": "inject", "units": 512, "embedding_dim": 256, "dropout": 0.3}
+    params |= {"attention_reg": 1.0, "embeddings": "learned", "train_embeddings": True, "attention_units": 256}
     assert DecoderSpec.from_params(params) == DecoderSpec("gru", "inject", 512, 256, 0.3, 256, True)
     assert not DecoderSpec.from_params(params).reads_grid
 
