@@ -1,20 +1,20 @@
 """A training run as data: ``DecoderSpec`` (the decoder's architecture) and ``TrainConfig`` (the whole run), built
 from the train stage's params once, checked once, and saved in the model card. Plain data: reading params and
-cards never starts TensorFlow, so a bad param fails at once."""
+cards never starts TensorFlow, so a bad param fails at once (``size_thread_pools``, the train stage's first call,
+which also readies the process for the config)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
 
-from captioner import CaptionerError, artifacts
+from captioner import CaptionerError, artifacts, kernels
 from captioner import params as param_rules
+from captioner.stage import Params, remember_reads, script_params
 
 ARCHS = ("merge", "inject", "attention")  # captioner.decoder.ARCHITECTURES builds each
 RNN_STATES = {"gru": 1, "lstm": 2}  # the recurrent cells and the states each carries
-if TYPE_CHECKING:  # the stage's declared params; captioner.stage builds its config from them
-    from captioner.stage import Params
-
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")  # captioner.distribute.strategy_named
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 # Which epoch's weights are kept: the lowest dev loss, or the best greedy dev BLEU-4 or CIDEr-D (scored every
@@ -144,3 +144,33 @@ def member_settings(params: dict) -> tuple[str | None, dict, dict]:
     ((name, overrides),) = members.items()
     decoder, train = (params[section].merged(overrides.get(section, {})) for section in ("decoder", "train"))
     return name, decoder, train
+
+
+def size_thread_pools(stage: str) -> None:
+    """Ready the train stage's process for its config, before TensorFlow runs: each TensorFlow op gets
+    ``train.threads_per_op`` CPU threads (0 leaves TensorFlow's default: all cores), and the kernels follow
+    ``train.precision``. Here, and so a dvc.yaml dep of train, because it shapes the trained model's bits.
+
+    TensorFlow reads ``TF_NUM_INTRAOP_THREADS`` once, when it runs its first op, so a stage script calls this
+    before any TensorFlow work. A bad param, or train settings that cannot go together, stop the stage here with
+    one line, before TensorFlow takes seconds to start.
+    """
+    if "tensorflow" in sys.modules:
+        raise RuntimeError("size_thread_pools must run before TensorFlow is imported")
+    try:
+        params = script_params(stage)
+        config = TrainConfig.from_params(params)
+    except CaptionerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    # TensorFlow starts here, after the checks (a bad param fails at once) and before the thread count is set, as
+    # it always did in this pipeline (the param checks used to import it): the count then sizes each op's pool
+    # but not the one the import makes. Set before the import it reaches both, and the default model, trained on
+    # the same kernels, came out 2e-6 off in its weights (captions and scores unchanged): its bytes stay these.
+    import tensorflow  # noqa: F401
+
+    threads = member_settings(params)[2]["threads_per_op"]
+    if threads:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    kernels.for_precision(config.precision)
+    remember_reads(params.read)

@@ -1,5 +1,5 @@
-"""What every stage script shares: its declared params (read, checked, recorded), thread pools sized before
-TensorFlow starts, and ``run``, which turns a CaptionerError into one line."""
+"""What every stage script shares: its declared params (read, checked, recorded), and ``run``, which turns a
+CaptionerError into one line."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from captioner import CaptionerError, kernels
+from captioner import CaptionerError
 from captioner import params as param_rules
-from captioner.config import TrainConfig, member_settings
 from captioner.files import remove_dead_scratch
 
 
@@ -110,40 +109,23 @@ def declared_params(stage: str, root: Path = Path("."), member: str | None = Non
     return params
 
 
+def script_params(stage: str) -> Params:
+    """The declared params of the running stage script (``--member NAME``: of ``<stage>_member@NAME``), read before
+    ``run`` changes into the project root: for the set-up a script does before its imports."""
+    root = Path(sys.modules["__main__"].__file__).resolve().parent.parent
+    return declared_params(stage, root, member=_member_argument())
+
+
+def remember_reads(names: set[str]) -> None:
+    """Params read before ``run``: they join the record ``run`` keeps of what the stage read."""
+    _read_before_start.update(names)
+
+
 def _member_argument() -> str | None:
     return sys.argv[2] if sys.argv[1:2] == ["--member"] and len(sys.argv) > 2 else None
 
 
-_read_before_start: set[str] = set()  # params size_thread_pools read, for the record run() keeps
-
-
-def size_thread_pools(stage: str) -> None:
-    """Give each TensorFlow op ``train.threads_per_op`` CPU threads (0 leaves TensorFlow's default: all cores).
-
-    TensorFlow reads ``TF_NUM_INTRAOP_THREADS`` once, when it runs its first op, so a stage script calls this
-    before any TensorFlow work. A bad param, or train settings that cannot go together, stop the stage here with
-    one line, before TensorFlow takes seconds to start.
-    """
-    if "tensorflow" in sys.modules:
-        raise RuntimeError("size_thread_pools must run before TensorFlow is imported")
-    root = Path(sys.modules["__main__"].__file__).resolve().parent.parent
-    try:
-        params = declared_params(stage, root, member=_member_argument())
-        config = TrainConfig.from_params(params)
-    except CaptionerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    # TensorFlow starts here, after the checks (a bad param fails at once) and before the thread count is set, as
-    # it always did in this pipeline (the param checks used to import it): the count then sizes each op's pool
-    # but not the one the import makes. Set before the import it reaches both, and the default model, trained on
-    # the same kernels, came out 2e-6 off in its weights (captions and scores unchanged): its bytes stay these.
-    import tensorflow  # noqa: F401
-
-    threads = member_settings(params)[2]["threads_per_op"]
-    if threads:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    kernels.for_precision(config.precision)
-    _read_before_start.update(params.read)
+_read_before_start: set[str] = set()
 
 
 PARAMS_READ = "CAPTIONER_PARAMS_READ"  # a file: each stage run appends "<stage> <the params it read>"

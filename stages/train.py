@@ -1,7 +1,7 @@
 """Stage train: fit the decoder on the train captions with early stopping on dev; save it under models/ (an
 ensemble member, ``--member NAME``: under ensemble/NAME/)."""
 
-from captioner.stage import size_thread_pools
+from captioner.config import size_thread_pools
 
 size_thread_pools("train")  # before TensorFlow starts: it sizes its thread pools once
 

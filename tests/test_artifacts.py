@@ -66,7 +66,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def run_stage(root: Path, stage: str, monkeypatch) -> tuple[int, str]:
     """``python stages/<stage>.py`` in this process: (exit status, stderr)."""
-    monkeypatch.setattr("captioner.stage.size_thread_pools", lambda stage: None)  # TensorFlow is up already
+    monkeypatch.setattr("captioner.config.size_thread_pools", lambda stage: None)  # TensorFlow is up already
     monkeypatch.chdir(root)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):

@@ -201,7 +201,7 @@ def test_train_and_evaluate_refuse_a_split_whose_images_have_no_features(project
 
 
 PROBE = """import os
-from captioner.stage import size_thread_pools
+from captioner.config import size_thread_pools
 size_thread_pools("train")
 import tensorflow
 print(os.environ.get("TF_NUM_INTRAOP_THREADS"))
