@@ -134,32 +134,6 @@ def log_epoch(live: EpochLog, logged: dict[str, float], rates: list[float], seco
     live.next_step()
 
 
-class KeepBest:
-    """The weights of ``model`` at its best score so far (higher is better; better by more than ``margin``),
-    starting from the weights it has now: the one keep-best rule of teacher-forced and self-critical training."""
-
-    def __init__(self, model, margin: float, score: float = -np.inf):
-        self.model, self.margin = model, margin
-        self.score, self.epoch, self.weights = score, 0, model.get_weights()
-        self.offered: list[float] = []
-
-    @property
-    def unmoved(self) -> bool:
-        """Whether two or more epochs were offered and their scores never moved beyond the margin."""
-        return len(self.offered) > 1 and max(self.offered) - min(self.offered) <= self.margin
-
-    def offer(self, epoch: int, score: float) -> bool:
-        """Keep the model's weights if ``score`` beats the best; whether it did."""
-        self.offered.append(score)
-        if score > self.score + self.margin:
-            self.score, self.epoch, self.weights = score, epoch, self.model.get_weights()
-            return True
-        return False
-
-    def restore(self) -> None:
-        self.model.set_weights(self.weights)
-
-
 class Plateau:
     """How long a value (higher is better) has not improved by more than ``margin`` since ``epoch``, and since the
     learning rate last ``changed``."""
@@ -173,6 +147,36 @@ class Plateau:
             self.best, self.epoch, self.changed = value, epoch, epoch
             return True
         return False
+
+
+class KeepBest(Plateau):
+    """A ``Plateau`` of the model's score that also holds ``model``'s weights at its best (starting from the weights
+    it has now): the one keep-best rule of every training phase."""
+
+    def __init__(self, model, margin: float, score: float = -np.inf):
+        super().__init__(margin, score)
+        self.model, self.weights = model, model.get_weights()
+        self.offered: list[float] = []
+
+    @property
+    def score(self) -> float:
+        return self.best
+
+    @property
+    def unmoved(self) -> bool:
+        """Whether two or more epochs were offered and their scores never moved beyond the margin."""
+        return len(self.offered) > 1 and max(self.offered) - min(self.offered) <= self.margin
+
+    def offer(self, epoch: int, score: float) -> bool:
+        """Keep the model's weights if ``score`` beats the best; whether it did."""
+        self.offered.append(score)
+        if not super().offer(epoch, score):
+            return False
+        self.weights = self.model.get_weights()
+        return True
+
+    def restore(self) -> None:
+        self.model.set_weights(self.weights)
 
 
 class EpochLog:

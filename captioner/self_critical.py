@@ -107,22 +107,16 @@ class SelfCritical:
         """One pass over the images in a new random order: the mean reward of the captions sampled, and the policy
         loss per token (finite unless training diverged)."""
         order, vocab = self.rng.permutation(len(self.rows)), self.vocab
-        total, sums = 0.0, np.zeros(3)
+        total, loss, tokens = 0.0, 0.0, 0.0
         for begin in progress(range(0, len(order), self.images_per_step), desc=description, unit="step", leave=False):
             images = order[begin : begin + self.images_per_step]
             features = np.repeat(self.read(self.rows[images]), self.samples, axis=0)
             sampled = decoding.sample(self.stepper, features, vocab.start_id, vocab.end_id, vocab.max_length, self.rng)
             rewards = self.rewards(np.repeat(images, self.samples), sampled).reshape(len(images), self.samples)
-            sums += [
-                float(value)
-                for value in self.step(
-                    features,
-                    caption_tokens(sampled, vocab.start_id, vocab.end_id),
-                    advantages(rewards).reshape(-1).astype(np.float32),
-                )
-            ]
-            total += rewards.sum()
-        return total / (len(order) * self.samples), sums[0] / max(sums[2], 1.0)
+            weights = advantages(rewards).reshape(-1).astype(np.float32)
+            loss_sum, _, count = self.step(features, caption_tokens(sampled, vocab.start_id, vocab.end_id), weights)
+            loss, tokens, total = loss + float(loss_sum), tokens + float(count), total + rewards.sum()
+        return total / (len(order) * self.samples), loss / max(tokens, 1.0)
 
     def start(self, summary: dict) -> float:
         """Adam afresh at the self-critical rate; the dev score of the weights teacher forcing kept."""

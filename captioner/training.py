@@ -102,7 +102,7 @@ def phases(
     vocab: Vocabulary,
 ) -> list[Phase]:
     """The ways of training, in order: teacher forcing, then self-critical training when ``config`` asks."""
-    if not config.scores_dev:  # no Stepper then: tracing one moves TensorFlow's buffers, and so the model's last bits
+    if not config.scores_dev:  # nothing decodes during training: no Stepper to trace
         return [TeacherForcing(trainer, on.batches, config)]
     stepper = Stepper(decoder)
     dev_scores = dev_scorer(stepper, on, captions["dev"], vocab)
