@@ -9,6 +9,7 @@ import numpy as np
 
 from captioner import decoding, encoders, ensemble
 from captioner.checkpoint import Trained
+from captioner.decoder import StepwiseDecoder
 from captioner.features import Extractor
 
 
@@ -17,6 +18,7 @@ class Captioner:
     trained: Trained
     extractor: object
     members: list[Trained]  # the ensemble it decodes with: ``trained`` first; just it without others
+    decoder: StepwiseDecoder  # the members decoding as one (``ensemble.decoder_of``)
 
     @classmethod
     def load(cls, directory: Path, others: list[Path] = ()) -> Captioner:
@@ -27,7 +29,7 @@ class Captioner:
         extractor = Extractor(
             encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=trained.encoder
         )
-        return cls(trained, extractor, every)
+        return cls(trained, extractor, every, ensemble.decoder_of(every))
 
     def caption(
         self, paths: list[Path], beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0
@@ -42,7 +44,7 @@ class Captioner:
             return {}, failures
         vocab = self.trained.vocab
         ids, _ = decoding.beam_search(
-            ensemble.decoder_of(self.members),
+            self.decoder,
             features.__getitem__,
             np.arange(len(readable)),
             vocab.start_id,

@@ -1,6 +1,7 @@
 """``caption``: caption image files with a trained model, from the command line.
 
     caption photo.jpg other.png --beam 3 [--length-penalty 0] [--json] [--model-dir models] [--member ensemble/seed2 …]
+    caption photo.jpg --export export     # the exported model (the export stage's, or `dvc artifacts get`)
 
 The model directory written by the train stage says which encoder, weights, input size and
 pooling the decoder was trained on, so nothing is re-typed. A missing or unreadable file gets one
@@ -48,11 +49,17 @@ def arguments_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="decode as an ensemble with this model directory too (e.g. ensemble/<name>); repeat for more",
     )
-    parser.add_argument("--beam", type=positive, default=3, help="beam width; 1 is greedy (default: 3)")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="caption with the exported model in DIR (the export stage's export/): TensorFlow alone, decoding as it "
+        "was exported (evaluate's beam size and length limit, its ensemble)",
+    )
+    parser.add_argument("--beam", type=positive, help="beam width; 1 is greedy (default: 3)")
     parser.add_argument(
         "--length-penalty",
         type=non_negative,
-        default=0.0,
         help="beams ranked by log-prob ÷ length**this; 1: per token, longer captions (default: 0, as evaluate's)",
     )
     parser.add_argument(
@@ -62,26 +69,22 @@ def arguments_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BAKED_IN = ("beam", "max_len", "length_penalty", "member")  # fixed in an exported model
+
+
 def main(argv: list[str] | None = None) -> int:
-    arguments = arguments_parser().parse_args(argv)
+    parser = arguments_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.export and any(getattr(arguments, name) not in (None, []) for name in BAKED_IN):
+        parser.error("--beam, --max-len, --length-penalty and --member are fixed in an exported model (export.json)")
 
     from captioner import CaptionerError
-    from captioner.captioning import Captioner
 
     try:
-        captioner = Captioner.load(arguments.model_dir, arguments.member)
+        captions, failures = _captions(arguments)
     except CaptionerError as err:
         print(f"caption: error: {err}", file=sys.stderr)
         return 1
-    if captioner.trained.card.get("dataset") == "shapes":
-        print(
-            f"caption: note: the model in {arguments.model_dir}/ was trained on generated shapes and describes only "
-            "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
-            file=sys.stderr,
-        )
-    captions, failures = captioner.caption(
-        arguments.images, beam_size=arguments.beam, max_len=arguments.max_len, length_penalty=arguments.length_penalty
-    )
     for path in arguments.images:
         if path in failures:
             print(f"caption: error: {path}: {failures[path]}", file=sys.stderr)
@@ -90,6 +93,28 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{path}: {captions[path]}")
     return 1 if failures else 0
+
+
+def _captions(arguments: argparse.Namespace) -> tuple[dict[Path, str], dict[Path, str]]:
+    if arguments.export:
+        from captioner import export
+
+        return export.caption_files(arguments.export, arguments.images)
+    from captioner.captioning import Captioner
+
+    captioner = Captioner.load(arguments.model_dir, arguments.member)
+    if captioner.trained.card.get("dataset") == "shapes":
+        print(
+            f"caption: note: the model in {arguments.model_dir}/ was trained on generated shapes and describes only "
+            "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
+            file=sys.stderr,
+        )
+    return captioner.caption(
+        arguments.images,
+        beam_size=arguments.beam or 3,
+        max_len=arguments.max_len,
+        length_penalty=arguments.length_penalty or 0.0,
+    )
 
 
 if __name__ == "__main__":

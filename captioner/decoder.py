@@ -133,6 +133,11 @@ class Architecture:
         """One token per row: (next-token logits, new states, attention weights or None)."""
         raise NotImplementedError
 
+    def step_words(self, tokens):
+        """One step's embedded tokens, as the embedding layer computes them but with no padding mask attached (one
+        token has nothing to mask, and a cell handed a mask warns)."""
+        return ops.cast(ops.take(self.embedding.embeddings, tokens, axis=0), self.embedding.compute_dtype)
+
     def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
         """Forward matmul FLOPs (2 per multiply-add) of the teacher-forced model, from its layers' kernels: (per real
         token, per caption). For benchmarks: the fraction of a dense matmul's FLOP/s a train step reaches."""
@@ -187,8 +192,8 @@ class Inject(Architecture):
         return per_token, self.kernel_flops(*(layer.kernel for layer in self.init_states))
 
     def step(self, tokens, states: list) -> tuple:
-        outputs = self.rnn(self.embedding(tokens[:, None]), initial_state=list(states))
-        return self.head(outputs[0][:, 0]), list(outputs[1:]), None
+        output, new_states = self.rnn.cell(self.step_words(tokens), list(states))
+        return self.head(output), list(new_states), None
 
 
 class Merge(Architecture):
@@ -219,8 +224,8 @@ class Merge(Architecture):
 
     def step(self, tokens, states: list) -> tuple:
         *rnn_states, image = states
-        outputs = self.rnn(self.embedding(tokens[:, None]), initial_state=rnn_states)
-        return self.head(self.merge_hidden(outputs[0][:, 0] + image)), [*outputs[1:], image], None
+        output, new_states = self.rnn.cell(self.step_words(tokens), rnn_states)
+        return self.head(self.merge_hidden(output + image)), [*new_states, image], None
 
 
 class Attention(Architecture):
@@ -270,7 +275,7 @@ class Attention(Architecture):
         return [layer(ops.mean(features, axis=1)) for layer in self.init_states] + [memory, self.attend.keys(memory)]
 
     def step(self, tokens, states: list) -> tuple:
-        words = self.embedding(tokens)
+        words = self.step_words(tokens)
         *rnn_states, memory, keys = states
         output, context, alpha, new_states = self.attend.step(words, rnn_states, memory, keys)
         return self.head(self.deep_output(output, context, words)), [*new_states, memory, keys], alpha
@@ -315,6 +320,8 @@ class StepwiseDecoder(Protocol):
     ``captioner.ensemble.EnsembleStepper`` of several models."""
 
     reads_grid: bool  # whether ``start`` takes the feature grid rather than the pooled vector
+    attends: bool  # whether ``step`` returns attention weights (else None)
+    features: object  # the ``tf.TensorSpec`` of what ``start`` takes, any batch size
 
     def start(self, features) -> list:
         """The states before the first token."""
@@ -335,7 +342,9 @@ class Stepper:
         # Signatures with any batch size: one trace each, whatever the batch sizes (a trace per batch shape made
         # the Steppers of a 3-member ensemble trip TensorFlow's retracing warning).
         features = decoder.model.inputs[0]
-        self.start = tf.function(decoder.start, input_signature=[tf.TensorSpec(features.shape, features.dtype)])
+        self.features = tf.TensorSpec(features.shape, features.dtype)
+        self.start = tf.function(decoder.start, input_signature=[self.features])
         states = self.start.get_concrete_function().structured_outputs
         state_specs = [tf.TensorSpec(state.shape, state.dtype) for state in states]
         self.step = tf.function(decoder.step, input_signature=[tf.TensorSpec((None,), tf.int32), state_specs])
+        self.attends = self.step.get_concrete_function().structured_outputs[2] is not None

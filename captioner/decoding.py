@@ -1,7 +1,14 @@
-"""Caption generation from a trained decoder, batched over images."""
+"""Caption generation from a trained decoder: greedy decoding, sampling and beam search.
+
+Each is one compiled TensorFlow loop over tokens (``Loops``: a ``tf.while_loop`` inside a ``tf.function``),
+batched over images and beams, so a whole batch decodes in one TensorFlow call. A step's only work outside the
+decoder is an argmax, a draw or one top-k over each image's beams × vocabulary. The same loops serve evaluate,
+dev scoring, self-critical sampling, the caption command and the exported model (``captioner.export``).
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -12,38 +19,152 @@ from captioner.files import progress
 from captioner.text import Vocabulary
 
 
-def _decode(
-    stepper: StepwiseDecoder,
-    features,
-    start_id: int,
-    end_id: int,
-    max_len: int,
-    choose: Callable[[object], np.ndarray],
-    attention: list | None = None,
-) -> np.ndarray:
-    """Token ids (N × max_len) for one batch of ``features``, each step's tokens picked by ``choose(logits)``;
-    a row stops changing (holds ``end_id``) once it has emitted ``end_id``."""
-    import tensorflow as tf
+class Loops:
+    """The compiled decoding loops of one ``StepwiseDecoder`` (a model's ``Stepper`` or an ensemble's). Each takes a
+    batch of features and ``max_len`` (the most tokens generated) and returns token ids (N × max_len): a row holds
+    ``end_id`` from its first ``end_id`` on, and the loop stops once every row (or beam) has ended."""
 
-    generated = np.full((len(features), max_len), end_id, dtype=np.int32)
-    states = stepper.start(tf.constant(features))
-    tokens = np.full(len(features), start_id, dtype=np.int32)
-    finished = np.zeros(len(features), dtype=bool)
-    steps = []
-    for position in range(max_len):
-        logits, states, alpha = stepper.step(tf.constant(tokens), states)
-        tokens = choose(logits)
-        generated[:, position] = np.where(finished, end_id, tokens)
-        finished |= tokens == end_id
-        if alpha is not None:
-            steps.append(alpha.numpy())
-        if finished.all():
-            break
-    if attention is not None and steps:
-        padded = np.zeros((len(features), max_len, steps[0].shape[-1]), dtype=np.float32)
-        padded[:, : len(steps)] = np.stack(steps, axis=1)
-        attention.extend(padded)
-    return generated
+    def __init__(self, decoder: StepwiseDecoder, start_id: int, end_id: int):
+        import tensorflow as tf
+
+        self.decoder, self.start_id, self.end_id = decoder, start_id, end_id
+        # Signatures with any batch size, length and width: one trace each, whatever the calls.
+        features, number = decoder.features, lambda dtype: tf.TensorSpec((), dtype)
+        self.greedy = tf.function(self._greedy, input_signature=[features, number(tf.int32)])
+        self.sample = tf.function(self._sample, input_signature=[features, number(tf.int32), number(tf.int64)])
+        self.beam_search = tf.function(
+            self._beam_search, input_signature=[features, number(tf.int32), number(tf.int32), number(tf.float32)]
+        )
+
+    def _greedy(self, features, max_len) -> dict:
+        """``ids``: the most likely word at every step; ``attention`` (N × max_len × grid cells, zero after the
+        last step) when the decoder attends."""
+        import tensorflow as tf
+
+        return self._decode(features, max_len, lambda logits, position: tf.argmax(logits, -1, output_type=tf.int32))
+
+    def _sample(self, features, max_len, seed) -> dict:
+        """``ids``: each word drawn from the model's distribution given the words before, by a stateless generator
+        keyed on (``seed``, step), so a seed repeats its draws. The pad id is never drawn (it would read as the
+        caption's end in training)."""
+        import tensorflow as tf
+
+        def draw(logits, position):
+            padding = tf.range(tf.shape(logits)[-1]) == Vocabulary.pad_id
+            logits = tf.where(padding, tf.constant(-np.inf, logits.dtype), logits)
+            key = tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)])
+            return tf.random.stateless_categorical(logits, 1, seed=key, dtype=tf.int32)[:, 0]
+
+        return self._decode(features, max_len, draw)
+
+    def _decode(self, features, max_len, choose: Callable) -> dict:
+        """The loop of greedy decoding and sampling: each step's tokens are ``choose(logits, step)``. A row that has
+        ended leaves the batch (``active``: the rows still writing), so a step costs only the unfinished rows."""
+        import tensorflow as tf
+
+        count, end_id, attends = tf.shape(features)[0], self.end_id, self.decoder.attends
+        ids = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
+        weights = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[None, None])
+
+        def step(position, tokens, active, states, ids, weights):
+            logits, states, alpha = self.decoder.step(tokens, states)
+            tokens, rows = choose(logits, position), tf.expand_dims(active, 1)
+            ids = ids.write(position, tf.tensor_scatter_nd_update(tf.fill([count], end_id), rows, tokens))
+            if attends:
+                grid = tf.zeros(tf.stack([count, tf.shape(alpha)[1]]))
+                weights = weights.write(position, tf.tensor_scatter_nd_update(grid, rows, tf.cast(alpha, tf.float32)))
+            going_on = tf.where(tokens != end_id)[:, 0]
+            states = [tf.gather(state, going_on) for state in states]
+            return position + 1, tf.gather(tokens, going_on), tf.gather(active, going_on), states, ids, weights
+
+        def going(position, tokens, active, *_):
+            return (position < max_len) & (tf.size(active) > 0)
+
+        start = (0, tf.fill([count], self.start_id), tf.range(count), self.decoder.start(features))
+        steps, *_, ids, weights = tf.while_loop(going, step, (*start, ids, weights))
+        padding = [[0, 0], [0, max_len - steps]]
+        decoded = {"ids": tf.pad(tf.transpose(ids.stack()), padding, constant_values=end_id)}
+        if attends:
+            decoded["attention"] = tf.pad(tf.transpose(weights.stack(), (1, 0, 2)), [*padding, [0, 0]])
+        return decoded
+
+    def _beam_search(self, features, max_len, width, length_penalty) -> dict:
+        """``ids`` and ``log_prob`` (summed) of each image's best caption by beam search over images × ``width``
+        beams. Beams are ranked by summed log-probability while searching; a beam that has emitted ``end_id``
+        stays finished, keeping its score and place. At the end each image's beams are ranked by log-probability
+        ÷ length**``length_penalty`` (0: none); if none ever ended, the best unfinished one is taken. An image
+        whose beams have all ended leaves the batch (``active``: the images still searching)."""
+        import tensorflow as tf
+
+        def going(position, tokens, states, active, *_):
+            return (position < max_len) & (tf.size(active) > 0)
+
+        count = tf.shape(features)[0]
+        first_only = tf.concat([[0.0], tf.fill([width - 1], -np.inf)], 0)  # every beam starts identical: expand one
+        start = (
+            0,
+            tf.fill([count * width], self.start_id),
+            self.decoder.start(tf.repeat(features, width, axis=0)),
+            tf.range(count),
+            tf.tile(tf.expand_dims(first_only, 0), [count, 1]),
+            tf.fill([count, width, max_len], self.end_id),
+            tf.zeros([count, width], tf.int32),
+            tf.zeros([count, width], tf.bool),
+        )
+        *_, scores, sequences, lengths, _ = tf.while_loop(going, self._beam_step(max_len, width), start)
+        ranked = scores / tf.cast(tf.maximum(lengths, 1), tf.float32) ** length_penalty
+        best = tf.argmax(tf.where(tf.math.is_finite(scores), ranked, -np.inf), axis=1, output_type=tf.int32)
+        return {"ids": tf.gather(sequences, best, batch_dims=1), "log_prob": tf.gather(scores, best, batch_dims=1)}
+
+    def _beam_step(self, max_len, width) -> Callable:
+        """One step of ``_beam_search`` for the active images' beams; the scores, sequences, lengths and finished
+        flags of every image, updated at the active ones."""
+        import tensorflow as tf
+
+        end_id = self.end_id
+
+        def step(position, tokens, states, active, scores, sequences, lengths, finished):
+            logits, states, _ = self.decoder.step(tokens, states)
+            log_probs = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [tf.size(active), width, -1])
+            vocab_size, rows, finished_before = (
+                tf.shape(log_probs)[-1],
+                tf.expand_dims(active, 1),
+                tf.gather(finished, active),
+            )
+            # A finished beam may only "emit" end again, at no cost.
+            ended = tf.one_hot(end_id, vocab_size, on_value=0.0, off_value=-np.inf)
+            log_probs = tf.where(tf.expand_dims(finished_before, -1), ended, log_probs)
+            candidates = tf.reshape(tf.expand_dims(tf.gather(scores, active), -1) + log_probs, [tf.size(active), -1])
+            # top_k puts the lower index first among equals: a stable sort's order, so ties break as they always did.
+            best, chosen = tf.math.top_k(candidates, k=width)
+            source, token = chosen // vocab_size, chosen % vocab_size
+            was_finished = tf.gather(finished_before, source, batch_dims=1)
+            token = tf.where(was_finished, end_id, token)
+            length = tf.gather(tf.gather(lengths, active), source, batch_dims=1) + tf.cast(~was_finished, tf.int32)
+            kept = tf.gather(tf.gather(sequences, active), source, batch_dims=1)
+            written = tf.where(tf.range(max_len) == position, tf.expand_dims(token, -1), kept)
+            now_finished = was_finished | (token == end_id)
+            scores = tf.tensor_scatter_nd_update(scores, rows, best)
+            sequences = tf.tensor_scatter_nd_update(sequences, rows, written)
+            lengths = tf.tensor_scatter_nd_update(lengths, rows, length)
+            finished = tf.tensor_scatter_nd_update(finished, rows, now_finished)
+            searching = tf.where(~tf.reduce_all(now_finished, axis=1))[:, 0]  # of the active images
+            beams = tf.gather(source, searching) + tf.expand_dims(tf.cast(searching, tf.int32), 1) * width
+            states = [tf.gather(state, tf.reshape(beams, [-1])) for state in states]
+            tokens = tf.reshape(tf.gather(token, searching), [-1])
+            return position + 1, tokens, states, tf.gather(active, searching), scores, sequences, lengths, finished
+
+        return step
+
+
+_loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def loops(decoder: StepwiseDecoder, start_id: int = Vocabulary.start_id, end_id: int = Vocabulary.end_id) -> Loops:
+    """The compiled loops of ``decoder``, made (and traced) once for it, so repeated calls never retrace."""
+    if decoder not in _loops:
+        _loops[decoder] = Loops(decoder, start_id, end_id)
+    return _loops[decoder]
 
 
 def batch_starts(count: int, batch_size: int, description: str) -> Iterator[int]:
@@ -54,10 +175,15 @@ def batch_starts(count: int, batch_size: int, description: str) -> Iterator[int]
             bar.update(min(batch_size, count - begin))
 
 
-def _most_likely(logits) -> np.ndarray:
-    import tensorflow as tf
-
-    return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
+def _batched(
+    decode: Callable, read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch_size: int, description: str
+) -> dict[str, np.ndarray]:
+    """``decode(features)``'s outputs for the images at ``rows``, read and decoded ``batch_size`` images at a time."""
+    batches = [
+        {key: value.numpy() for key, value in decode(read(np.asarray(rows[begin : begin + batch_size]))).items()}
+        for begin in batch_starts(len(rows), batch_size, description)
+    ]
+    return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]} if batches else {}
 
 
 def greedy(
@@ -76,19 +202,11 @@ def greedy(
     ``end_id``. For an attention decoder, pass a list as ``attention`` to receive each image's
     weights over the grid at every step (max_len × H·W).
     """
-    batches = [
-        _decode(
-            stepper,
-            read(np.asarray(rows[begin : begin + batch_size])),
-            start_id,
-            end_id,
-            max_len,
-            _most_likely,
-            attention,
-        )
-        for begin in batch_starts(len(rows), batch_size, "greedy decoding")
-    ]
-    return np.concatenate(batches) if batches else np.full((0, max_len), end_id, dtype=np.int32)
+    compiled = loops(stepper, start_id, end_id).greedy
+    decoded = _batched(lambda features: compiled(features, max_len), read, rows, batch_size, "greedy decoding")
+    if attention is not None and "attention" in decoded:
+        attention.extend(decoded["attention"])
+    return decoded["ids"] if decoded else np.full((0, max_len), end_id, dtype=np.int32)
 
 
 def sample(
@@ -98,21 +216,11 @@ def sample(
     end_id: int,
     max_len: int,
     rng: np.random.Generator,
-    never: tuple[int, ...] = (Vocabulary.pad_id,),
 ) -> np.ndarray:
-    """Token ids (N × max_len), each word drawn from the model's distribution given the words before;
-    ``end_id`` after a row's first ``end_id``. Tokens in ``never`` are not drawn (the pad id would read
-    as the end of the caption in training)."""
-    import tensorflow as tf
-
-    def draw(logits) -> np.ndarray:
-        probabilities = tf.nn.softmax(logits).numpy().astype(np.float64)
-        probabilities[:, list(never)] = 0.0
-        cumulative = probabilities.cumsum(axis=1)
-        thresholds = rng.random((len(cumulative), 1)) * cumulative[:, -1:]
-        return np.minimum((cumulative <= thresholds).sum(axis=1), cumulative.shape[1] - 1).astype(np.int32)
-
-    return _decode(stepper, features, start_id, end_id, max_len, draw)
+    """Token ids (N × max_len), each word drawn from the model's distribution given the words before (never the pad
+    id); ``end_id`` after a row's first ``end_id``. ``rng`` seeds the draws, so a seeded run repeats them."""
+    seed = int(rng.integers(2**62))
+    return loops(stepper, start_id, end_id).sample(features, max_len, seed)["ids"].numpy()
 
 
 def greedy_scores(
@@ -148,85 +256,16 @@ def beam_search(
     length_penalty: float = 0.0,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best token ids (N × max_len) and their log-probabilities, by beam search over images × beams at once,
-    ``batch_size`` images at a time.
-
-    Beams are ranked by summed log-probability while searching; at the end each image's hypotheses
-    are ranked by log-probability ÷ length**``length_penalty`` (0: none). A beam that has emitted
-    ``end_id`` stays finished; if no beam of an image ever ends, its best unfinished one is taken.
-    """
-    best = np.full((len(rows), max_len), end_id, dtype=np.int32)
-    best_scores = np.zeros(len(rows), dtype=np.float32)
-    for begin in batch_starts(len(rows), batch_size, f"beam search (beam {beam_size})"):
-        features = read(np.asarray(rows[begin : begin + batch_size]))
-        sequences, scores, lengths = _beams(stepper, features, start_id, end_id, max_len, beam_size)
-        count = len(features)
-        ranked = scores / np.maximum(lengths, 1) ** length_penalty
-        pick = np.argmax(np.where(np.isfinite(scores), ranked, -np.inf), axis=1)
-        best[begin : begin + count] = sequences[np.arange(count), pick]
-        best_scores[begin : begin + count] = scores[np.arange(count), pick]
-    return best, best_scores
-
-
-def _beams(
-    stepper: StepwiseDecoder, features: np.ndarray, start_id: int, end_id: int, max_len: int, width: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``width`` beams of each image of ``features`` when the search ends: their token ids (images × width ×
-    max_len), summed log-probabilities and lengths (images × width)."""
-    import tensorflow as tf
-
-    count = len(features)
-    states = stepper.start(tf.constant(np.repeat(features, width, axis=0)))  # (count·width, …)
-    scores = np.full((count, width), -np.inf, dtype=np.float32)
-    scores[:, 0] = 0.0  # every beam starts identical: expand only the first
-    sequences = np.full((count, width, max_len), end_id, dtype=np.int32)
-    lengths = np.zeros((count, width), dtype=np.int32)
-    finished = np.zeros((count, width), dtype=bool)
-    tokens = np.full(count * width, start_id, dtype=np.int32)
-    for position in range(max_len):
-        logits, states, _ = stepper.step(tf.constant(tokens), states)
-        log_probs = tf.nn.log_softmax(logits).numpy().reshape(count, width, -1)
-        vocab_size = log_probs.shape[-1]
-        # A finished beam may only "emit" end again, at no cost, so it keeps its score and place.
-        log_probs[finished] = -np.inf
-        log_probs[finished, end_id] = 0.0
-        candidates = (scores[..., None] + log_probs).reshape(count, -1)
-        chosen = np.argsort(-candidates, axis=1, kind="stable")[:, :width]
-        source, token = chosen // vocab_size, (chosen % vocab_size).astype(np.int32)
-        scores = np.take_along_axis(candidates, chosen, axis=1)
-        sequences = np.take_along_axis(sequences, source[..., None], axis=1)
-        was_finished = np.take_along_axis(finished, source, axis=1)
-        lengths = np.take_along_axis(lengths, source, axis=1) + ~was_finished
-        sequences[:, :, position] = np.where(was_finished, end_id, token)
-        finished = was_finished | (token == end_id)
-        flat = (source + np.arange(count)[:, None] * width).reshape(-1)
-        states = [tf.gather(state, flat) for state in states]
-        tokens = sequences[:, :, position].reshape(-1)
-        if finished.all():
-            break
-    return sequences, scores, lengths
-
-
-def sequence_log_prob(
-    stepper: StepwiseDecoder,
-    read: Callable[[np.ndarray], np.ndarray],
-    rows: np.ndarray,
-    sequences: np.ndarray,
-    start_id: int,
-    end_id: int,
-) -> np.ndarray:
-    """Summed log-probability of each generated sequence, up to and including its first ``end_id``."""
-    import tensorflow as tf
-
-    states = stepper.start(tf.constant(read(np.asarray(rows))))
-    tokens = np.full(len(rows), start_id, dtype=np.int32)
-    total = np.zeros(len(rows), dtype=np.float64)
-    alive = np.ones(len(rows), dtype=bool)
-    for position in range(sequences.shape[1]):
-        logits, states, _ = stepper.step(tf.constant(tokens), states)
-        log_probs = tf.nn.log_softmax(logits).numpy()
-        chosen = sequences[:, position]
-        total += np.where(alive, log_probs[np.arange(len(rows)), chosen], 0.0)
-        alive &= chosen != end_id
-        tokens = chosen.astype(np.int32)
-    return total
+    """Best token ids (N × max_len) and their log-probabilities by beam search (``Loops.beam_search``), for the
+    images at ``rows``, ``batch_size`` images at a time."""
+    compiled = loops(stepper, start_id, end_id).beam_search
+    decoded = _batched(
+        lambda features: compiled(features, max_len, beam_size, float(length_penalty)),
+        read,
+        rows,
+        batch_size,
+        f"beam search (beam {beam_size})",
+    )
+    if not decoded:
+        return np.full((0, max_len), end_id, dtype=np.int32), np.zeros(0, dtype=np.float32)
+    return decoded["ids"], decoded["log_prob"]

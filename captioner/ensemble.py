@@ -51,6 +51,10 @@ class EnsembleStepper:
         self.reads_grid = any(member.spec.reads_grid for member in members)
         self.pools = [self.reads_grid and not member.spec.reads_grid for member in members]
         self.sizes: list[int] = []
+        self.features = next(
+            (stepper.features for stepper in self.steppers if stepper.reads_grid), self.steppers[0].features
+        )
+        self.attends = False  # weights over the grid are one model's: an average of several would show none
 
     def start(self, features) -> list:
         from keras import ops

@@ -25,18 +25,59 @@ from captioner.files import atomic_path, progress
 POOLINGS = ("avg", "grid")
 
 
-def exif_orientation(encoded: bytes) -> int:
-    """The EXIF orientation (1–8) of an encoded image; 1 (upright) when it has none or does not parse."""
-    import io
+def exif_orientation(encoded):
+    """The EXIF orientation (1–8) of an encoded image (a string tensor), read with TensorFlow ops alone so that it
+    runs inside the exported model too: the IFD0 orientation tag of a JPEG's Exif APP1 segment or of a PNG's eXIf
+    chunk, as Pillow's ``getexif`` reads it. 1 (upright) when the image has none or it does not parse."""
+    import tensorflow as tf
 
-    from PIL import Image, UnidentifiedImageError
+    raw = tf.io.decode_raw(tf.strings.substr(encoded, 0, EXIF_SEARCH_BYTES), tf.uint8)
+    size = tf.shape(raw)[0]
+    data = tf.concat([tf.cast(raw, tf.int32), tf.zeros([1], tf.int32)], 0)  # a read past the end sees a zero
 
-    try:
-        with Image.open(io.BytesIO(encoded)) as image:
-            orientation = image.getexif().get(ORIENTATION_TAG, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return 1
-    return orientation if orientation in range(1, 9) else 1
+    def at(index):
+        return tf.gather(data, tf.clip_by_value(index, 0, size))
+
+    def number(index, width: int, little):  # an unsigned integer of ``width`` bytes; ``index`` may be a vector
+        digits = [at(index + k) for k in range(width)]
+        value = sum(digit * 256**k for k, digit in enumerate(digits))
+        return tf.where(little, value, sum(digit * 256**k for k, digit in enumerate(reversed(digits))))
+
+    def spells(index, text: bytes):
+        return tf.reduce_all(tf.stack([at(index + k) == byte for k, byte in enumerate(text)]))
+
+    png, jpeg = spells(0, b"\x89PNG\r\n\x1a\n"), spells(0, b"\xff\xd8")
+
+    def walking(position, tiff, end):
+        inside = (tiff < 0) & (position + 10 <= size)
+        jpeg_segment = (at(position) == 0xFF) & (at(position + 1) >= 0xC0) & (at(position + 1) != 0xDA)
+        return inside & tf.where(png, ~spells(position + 4, b"IEND"), jpeg & jpeg_segment)
+
+    def next_part(position, tiff, end):  # past a PNG chunk (length, type, data, CRC) or a JPEG segment
+        length = tf.where(png, number(position, 4, False) + 12, number(position + 2, 2, False) + 2)
+        exif_chunk = spells(position + 4, b"eXIf")
+        exif_segment = spells(position, b"\xff\xe1") & spells(position + 4, b"Exif\0\0")
+        exif = tf.where(png, exif_chunk, exif_segment)
+        tiff = tf.where(exif, position + tf.where(png, 8, 10), tiff)
+        end = tf.where(exif, position + length - tf.where(png, 4, 0), end)  # where the Exif data ends
+        return position + tf.maximum(length, 4), tiff, end
+
+    start = (tf.where(png, 8, 2), tf.constant(-1), tf.constant(0))
+    _, tiff, end = tf.while_loop(walking, next_part, start, maximum_iterations=EXIF_MAX_PARTS)
+    little = spells(tiff, b"II*\0")
+    header = little | spells(tiff, b"MM\0*")
+    ifd = tiff + number(tiff + 4, 4, little)
+    entries = ifd + 2 + 12 * tf.range(EXIF_MAX_ENTRIES)
+    present = (tf.range(EXIF_MAX_ENTRIES) < number(ifd, 2, little)) & (entries + 12 <= tf.minimum(end, size))
+    one_short = (number(entries + 2, 2, little) == 3) & (number(entries + 4, 4, little) == 1)  # type SHORT, count 1
+    orientation = present & (number(entries, 2, little) == ORIENTATION_TAG) & one_short
+    value = number(tf.gather(entries, tf.argmax(orientation, output_type=tf.int32)) + 8, 2, little)
+    found = (tiff >= 0) & header & tf.reduce_any(orientation) & (value >= 1) & (value <= 8)
+    return tf.where(found, value, 1)
+
+
+EXIF_SEARCH_BYTES = 1 << 16  # an Exif segment is at most 64 KB, and comes first in a JPEG
+EXIF_MAX_PARTS, EXIF_MAX_ENTRIES = 64, 64  # segments or chunks walked, IFD0 entries read (a camera's IFD0 has ~12)
 
 
 ORIENTATION_TAG = 0x0112
@@ -92,16 +133,29 @@ def image_problem(path: Path | str) -> str | None:
 
 
 def load_image(path, size: int, preprocess):
-    """Decode (JPEG, PNG, …), turn upright by its EXIF orientation, resize to size×size and preprocess: the one
-    way an image enters an encoder (extraction, fine-tuning and the caption command alike)."""
+    """``decode_image`` of the file at ``path`` (a string tensor)."""
     import tensorflow as tf
 
-    encoded = tf.io.read_file(path)
+    return decode_image(tf.io.read_file(path), size, preprocess)
+
+
+def decode_image(encoded, size: int, preprocess):
+    """Decode (JPEG, PNG, GIF, BMP), turn upright by its EXIF orientation, resize to size×size and preprocess: the
+    one way an image enters an encoder (extraction, fine-tuning, the caption command and the exported model)."""
+    import tensorflow as tf
+
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     # Phone photos are stored as the sensor saw them; only the EXIF tag says which way is up.
-    orientation = tf.reshape(tf.py_function(lambda raw: exif_orientation(raw.numpy()), [encoded], tf.int32), ())
-    image = upright(tf.cast(image, tf.float32), orientation)  # float32: oneDNN warns about uint8 transposes
-    return preprocess(tf.image.resize(image, (size, size), antialias=True))
+    image = upright(tf.cast(image, tf.float32), exif_orientation(encoded))  # float32: oneDNN warns on uint8 turns
+    return encoder_input(image, size, preprocess)
+
+
+def encoder_input(image, size: int, preprocess, antialias: bool = True):
+    """An upright RGB image (H×W×3, floats in [0, 255]) resized to size×size and preprocessed. ``antialias`` is off
+    only in TensorFlow Lite, which has no antialiasing resize (the same pixels when an image is enlarged or kept)."""
+    import tensorflow as tf
+
+    return preprocess(tf.image.resize(image, (size, size), antialias=antialias))
 
 
 def _image_dataset(paths: list[Path], size: int, preprocess, batch_size: int):

@@ -32,11 +32,13 @@ class Layout:
     scores = Path("metrics/scores.json")
     test_captions = Path("metrics/test_captions.tsv")
     figures = Path("metrics/figures")
+    export = Path("export")  # the shipped model: SavedModel + TensorFlow Lite (captioner.export), a DVC artifact
+    export_sizes = Path("metrics/export.json")
 
     ensemble = Path("ensemble")  # ensemble/<name>/: one member's model directory (its card: captioner.checkpoint)
     member_logs = Path("logs/ensemble")  # logs/ensemble/<name>/: a member's curves and timings, outside git
     # Where stages write: an interrupted write's temporaries are looked for here (captioner.files).
-    output_roots = (Path("data"), models, Path("metrics"), ensemble, Path("logs"))
+    output_roots = (Path("data"), models, Path("metrics"), ensemble, Path("logs"), export)
 
     @staticmethod
     def training_outputs(member: str | None = None) -> TrainingOutputs:

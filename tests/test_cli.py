@@ -42,3 +42,14 @@ def test_the_length_penalty_reaches_the_beam_search(monkeypatch, capsys, argumen
     assert main(["photo.jpg", "--beam", "2", *arguments]) == 0
     assert asked == {"beam_size": 2, "max_len": None, "length_penalty": penalty}
     assert capsys.readouterr().out == "photo.jpg: a dog\n"
+
+
+BAKED_IN = [["--beam", "2"], ["--max-len", "9"], ["--length-penalty", "0"], ["--member", "ensemble/x"]]
+
+
+@pytest.mark.parametrize("option", BAKED_IN)
+def test_decoding_options_with_an_exported_model_are_a_usage_error(capsys, option):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["photo.jpg", "--export", "export", *option])
+    assert exit_info.value.code == 2
+    assert "are fixed in an exported model" in capsys.readouterr().err

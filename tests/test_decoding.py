@@ -1,4 +1,7 @@
-"""Greedy decoding (captioner.decoding) through the step-by-step views of each decoder."""
+"""The compiled decoding loops (captioner.decoding) against the plain Python-loop reference in
+tests/reference_decoding.py."""
+
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 from captioner import decoder, decoding, metrics
 from captioner.decoder import Stepper
 from captioner.trainer import Trainer
+from tests import reference_decoding as reference
 from tests.conftest import teacher_forced_fit, toy_batches, toy_config, toy_decoder, toy_problem
 
 
@@ -90,10 +94,10 @@ def test_wider_beams_find_sequences_at_least_as_likely_as_greedy(trained_inject)
     stepper, table, vocab = trained_inject
     rows, args = np.arange(16), (vocab.start_id, vocab.end_id, 8)
     greedy = decoding.greedy(stepper, table.__getitem__, rows, *args)
-    greedy_score = decoding.sequence_log_prob(stepper, table.__getitem__, rows, greedy, vocab.start_id, vocab.end_id)
+    greedy_score = reference.sequence_log_prob(stepper, table.__getitem__, rows, greedy, vocab.start_id, vocab.end_id)
     for width in (2, 3, 5):
         beam, beam_score = decoding.beam_search(stepper, table.__getitem__, rows, *args, beam_size=width, batch_size=6)
-        rescored = decoding.sequence_log_prob(stepper, table.__getitem__, rows, beam, vocab.start_id, vocab.end_id)
+        rescored = reference.sequence_log_prob(stepper, table.__getitem__, rows, beam, vocab.start_id, vocab.end_id)
         np.testing.assert_allclose(beam_score, rescored, rtol=1e-4, atol=1e-4)
         assert (beam_score >= greedy_score - 1e-4).all()
 
@@ -108,3 +112,79 @@ def test_beam_search_on_a_model_that_never_ends_takes_the_best_unfinished_beam()
         Stepper(architecture), table.__getitem__, np.arange(3), 1, 2, max_len=7, beam_size=3
     )
     assert beam.shape == (3, 7) and (beam == 5).all() and np.isfinite(scores).all()
+
+
+@pytest.fixture(scope="module")
+def trained_decoders():
+    """A briefly trained decoder of each architecture (half-learnt: close calls between words and beams), and an
+    ensemble of an inject and an attention member."""
+    from captioner.ensemble import EnsembleStepper
+
+    features, captions, vocab = toy_problem()
+    architectures = {}
+    for seed, arch in enumerate(decoder.ARCHS):
+        keras.utils.set_random_seed(seed)
+        architectures[arch] = trained(vocab, features, captions, arch, epochs=4)
+    decoders = {arch: Stepper(architecture) for arch, architecture in architectures.items()}
+    members = [
+        SimpleNamespace(architecture=architectures[arch], spec=architectures[arch].spec)
+        for arch in ("inject", "attention")
+    ]
+    decoders["ensemble"] = EnsembleStepper(members)
+    return decoders, features, vocab
+
+
+def table_for(stepper, features):
+    return features if stepper.reads_grid else features.mean(axis=1)
+
+
+@pytest.mark.parametrize("name", [*decoder.ARCHS, "ensemble"])
+def test_compiled_greedy_and_beam_search_pick_the_reference_implementations_captions(trained_decoders, name):
+    decoders, features, vocab = trained_decoders
+    stepper = decoders[name]
+    table = table_for(stepper, features)
+    rows, ends = np.arange(len(table)), (vocab.start_id, vocab.end_id)
+    # Greedy is the argmax path, token for token.
+    expected = reference.greedy(stepper, table.__getitem__, rows, *ends, 7)
+    np.testing.assert_array_equal(decoding.greedy(stepper, table.__getitem__, rows, *ends, 7, batch_size=5), expected)
+    for width, penalty in ((2, 0.0), (3, 0.0), (4, 1.0)):
+        ids, scores = decoding.beam_search(stepper, table.__getitem__, rows, *ends, 7, width, penalty, batch_size=5)
+        expected_ids, expected_scores = reference.beam_search(
+            stepper, table.__getitem__, rows, *ends, 7, width, penalty
+        )
+        np.testing.assert_array_equal(ids, expected_ids)
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+
+
+def test_beam_search_breaks_ties_as_a_stable_sort_does():
+    """Every word but <end> equally likely: every candidate ties, and both implementations keep the lowest ids."""
+    architecture = decoder.architecture(decoder.DecoderSpec("gru", "inject", units=8, embedding_dim=4, dropout=0.0), 6)
+    architecture.build((4,))
+    kernel, _ = architecture.head.get_weights()
+    architecture.head.set_weights([np.zeros_like(kernel), np.array([0, 0, -5.0, 0, 0, 0])])
+    stepper, table = Stepper(architecture), np.ones((2, 4), np.float32)
+    ids, _ = decoding.beam_search(stepper, table.__getitem__, np.arange(2), 1, 2, max_len=5, beam_size=3)
+    expected, _ = reference.beam_search(stepper, table.__getitem__, np.arange(2), 1, 2, max_len=5, beam_size=3)
+    np.testing.assert_array_equal(ids, expected)
+    assert (ids == 0).all()  # the lowest id wins every tie, step after step
+
+
+def test_the_loops_trace_once_whatever_the_batch_size_length_and_width(trained_decoders):
+    decoders, features, vocab = trained_decoders
+    stepper = decoders["attention"]
+    loops = decoding.loops(stepper)
+    for count, max_len, width in ((3, 5, 2), (7, 9, 4)):
+        loops.greedy(features[:count], max_len)
+        loops.beam_search(features[:count], max_len, width, 0.5)
+    assert loops.greedy.experimental_get_tracing_count() == loops.beam_search.experimental_get_tracing_count() == 1
+    assert decoding.loops(stepper) is loops
+
+
+def test_greedy_returns_an_attention_decoders_weights_for_each_generated_word(trained_decoders):
+    decoders, features, vocab = trained_decoders
+    weights: list = []
+    ids = decoding.greedy(decoders["attention"], features.__getitem__, np.arange(6), 1, 2, 7, attention=weights)
+    assert np.array(weights).shape == (6, 7, features.shape[1])
+    for row, alphas in zip(ids, weights, strict=True):
+        steps = min(int(np.argmax(row == 2)) + 1 if (row == 2).any() else 7, 7)
+        np.testing.assert_allclose(alphas[:steps].sum(axis=-1), 1.0, rtol=1e-5)  # a distribution per word

@@ -85,6 +85,102 @@ def _with_orientation(pixels: np.ndarray, orientation: int, path, **save):
     return path
 
 
+def pillow_orientation(encoded: bytes) -> int:
+    """The EXIF orientation Pillow reads (1 when absent or unparsable): what ``features.exif_orientation`` follows."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            orientation = image.getexif().get(features.ORIENTATION_TAG, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def _exif_chunk_damaged(encoded: bytes) -> bool:
+    """Whether a PNG's eXIf chunk fails its CRC: Pillow then drops the tag; the TensorFlow reader checks no CRC."""
+    import zlib
+
+    at = encoded.find(b"eXIf")
+    if not encoded.startswith(b"\x89PNG") or at < 4:
+        return False
+    length = int.from_bytes(encoded[at - 4 : at], "big")
+    crc = encoded[at + 4 + length : at + 8 + length]
+    return zlib.crc32(encoded[at : at + 4 + length]).to_bytes(4, "big") != crc
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_the_tensorflow_exif_reader_reads_what_pillow_reads_and_survives_damaged_bytes(image_format):
+    """Generated hostile input: the image's first bytes flipped at random, or the file cut short. The graph-only
+    reader (the exported model's) never fails, always says 1–8, and agrees with Pillow on every image that still
+    decodes, both byte orders."""
+    import io
+    import warnings
+
+    import tensorflow as tf
+    from PIL import Image
+
+    read = tf.function(features.exif_orientation, input_signature=[tf.TensorSpec((), tf.string)])
+    rng = np.random.default_rng(4)
+    image = Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8))
+    originals = []
+    for order in ("little", "big"):
+        for orientation in range(1, 9):
+            buffer = io.BytesIO()
+            image.save(buffer, image_format, exif=b"Exif\0\0" + _tiff_orientation(orientation, order))
+            originals.append(buffer.getvalue())
+    assert [int(read(encoded)) for encoded in originals] == [*range(1, 9)] * 2
+    assert [pillow_orientation(encoded) for encoded in originals] == [*range(1, 9)] * 2
+    agreed = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on the corrupt EXIF it meets
+        for trial in range(150):
+            damaged = bytearray(originals[trial % 16])
+            if trial % 3 == 0:
+                damaged = damaged[: rng.integers(0, len(damaged))]
+            else:
+                for index in rng.integers(0, 120, size=rng.integers(1, 4)):
+                    damaged[index] = rng.integers(0, 256)
+                if image_format == "PNG":  # else Pillow drops the chunk for its CRC, and nothing is compared
+                    damaged = bytearray(_with_crc_fixed(bytes(damaged)))
+            orientation = int(read(bytes(damaged)))
+            assert 1 <= orientation <= 8
+            try:
+                tf.io.decode_image(bytes(damaged), channels=3, expand_animations=False)
+            except tf.errors.OpError:
+                continue
+            if not _exif_chunk_damaged(bytes(damaged)):
+                assert orientation == pillow_orientation(bytes(damaged)), trial
+                agreed += 1
+    assert agreed >= 10  # not vacuous: damaged images that still decode, compared
+
+
+def _with_crc_fixed(encoded: bytes) -> bytes:
+    """A PNG with its eXIf chunk's CRC recomputed (when it still has one)."""
+    import zlib
+
+    at = encoded.find(b"eXIf")
+    if at < 4:
+        return encoded
+    length = int.from_bytes(encoded[at - 4 : at], "big")
+    crc = zlib.crc32(encoded[at : at + 4 + length]).to_bytes(4, "big")
+    return encoded[: at + 4 + length] + crc + encoded[at + 8 + length :]
+
+
+def _tiff_orientation(orientation: int, order: str) -> bytes:
+    """A TIFF header and an IFD0 holding only the orientation tag (type SHORT, count 1), in either byte order."""
+    mark, short, long = (b"II*\0", 2, 4) if order == "little" else (b"MM\0*", 2, 4)
+
+    def number(value: int, width: int) -> bytes:
+        return value.to_bytes(width, order)
+
+    entry = number(features.ORIENTATION_TAG, short) + number(3, short) + number(1, long) + number(orientation, 2)
+    header = (mark[:2] + number(42, 2)) if order == "little" else mark
+    return header + number(8, long) + number(1, short) + entry + b"\0\0" + number(0, long)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_is_turned_upright_as_pillow_does(tmp_path, orientation):
     from PIL import Image, ImageOps

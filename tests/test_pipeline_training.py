@@ -48,7 +48,7 @@ def test_self_critical_training_follows_teacher_forcing_and_refuses_what_it_cann
     by_cider = (*pinned[:-1], "train.select_by=dev_cider")
     output = dvc(repo, "exp", "run", *by_cider, "-S", "train.self_critical_epochs=2")
     # evaluate reruns only if a self-critical epoch was kept: the teacher-forced weights save byte-identically
-    assert "train" in ran(output) and ran(output) <= {"train", "evaluate"}
+    assert "train" in ran(output) and ran(output) <= {"train", "evaluate", "export"}
     assert "self-critical epoch 2: mean sampled CIDEr-D" in output and ", dev CIDEr-D " in output
     summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
     plots = repo / "metrics" / "train" / "plots" / "metrics" / "by_epoch"
@@ -123,12 +123,12 @@ def test_an_ensemble_member_trains_alone_and_evaluate_decodes_with_both(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["ensemble"] = {"seed2": {"train": {"seed": 2}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate"}  # the member alone
+    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate", "export"}  # the member alone
     assert (repo / "ensemble" / "seed2" / "captioner.keras").exists()
     assert json.loads((repo / "metrics" / "scores.json").read_text())["ensemble_members"] == 2
     params["ensemble"]["seed2"]["train"]["seed"] = 3  # changing one member retrains only it
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate"}
+    assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate", "export"}
     image = next((repo / "data" / "raw" / "Flicker8k_Dataset").iterdir())
     captioned = subprocess.run(["caption", str(image), "--member", "ensemble/seed2", "--json"], cwd=repo,
                                capture_output=True, text=True, env=ENVIRONMENT)  # fmt: skip

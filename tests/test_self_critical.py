@@ -10,6 +10,7 @@ from captioner.decoder import Stepper
 from captioner.self_critical import SampledImages, SelfCritical, advantages, caption_tokens
 from captioner.text import strip_special
 from captioner.trainer import Trainer
+from tests import reference_decoding as reference
 from tests.conftest import NullLive, toy_batches, toy_config, toy_decoder, toy_problem
 
 
@@ -47,7 +48,7 @@ def test_the_policy_step_makes_a_caption_with_positive_advantage_likelier_and_ne
 
     def log_probs():
         ids = (vocab.start_id, vocab.end_id)
-        return decoding.sequence_log_prob(scst.stepper, table.__getitem__, rows[:2], sampled, *ids)
+        return reference.sequence_log_prob(scst.stepper, table.__getitem__, rows[:2], sampled, *ids)
 
     before = log_probs()
     tokens = caption_tokens(sampled, vocab.start_id, vocab.end_id)
