@@ -34,8 +34,9 @@ SIGNATURE, INPUT = "serving_default", "images"  # encoded images → captions
 PIXELS_SIGNATURE, PIXELS = "caption_pixels", "pixels"  # one upright RGB image → its words (TensorFlow Lite's)
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP"}  # how each format's files begin
 NOT_AN_IMAGE = "not a JPEG, PNG, GIF or BMP image"
-UNDECODABLE = f"a corrupt image (it does not decode) or one over {MAX_IMAGE_PIXELS // 1_000_000} million pixels"
+UNDECODABLE = "a corrupt image: it does not decode"
 TOO_LARGE = f"over the {MAX_IMAGE_BYTES >> 20} MB an image may have"
+TOO_MANY_PIXELS = f"its header claims over the {MAX_IMAGE_PIXELS // 1_000_000} million pixels an image may have"
 
 
 class ExportedCaptioner(tf.Module):
@@ -84,6 +85,9 @@ class ExportedCaptioner(tf.Module):
 
         def decodes(index, encoded):
             tf.debugging.assert_less_equal(tf.strings.length(encoded), MAX_IMAGE_BYTES)
+            tf.debugging.assert_less_equal(
+                claimed_pixels(encoded), tf.constant(MAX_IMAGE_PIXELS, tf.int64)
+            )  # before decoding a bomb
             return index, tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
         tried = tf.data.Dataset.from_tensor_slices((tf.range(count), images)).map(decodes).ignore_errors()
@@ -117,17 +121,38 @@ def _saveable(model):
         config = layer.get_config() | {"name": f"layer{layer.name}" if layer.name.startswith("_") else layer.name}
         return layer.__class__.from_config(config)
 
-    clone = keras.models.clone_model(model, clone_function=renamed)
+    clone = keras.models.clone_model(model, clone_function=renamed, recursive=True)  # a fine-tuned encoder nests one
     clone.set_weights(model.get_weights())
     return clone
 
 
+def claimed_pixels(encoded):
+    """Width × height (int64) as a PNG, GIF or BMP header states it, 0 for other files: read before decoding, since a
+    few-KB file can claim billions of pixels. (A JPEG's size sits after its other segments; TensorFlow's JPEG
+    decoder refuses one over 2^29 pixels itself.)"""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, 0, 26), tf.uint8), tf.int64)
+    head = tf.pad(raw, [[0, 26 - tf.size(raw)]])
+
+    def number(begin: int, width: int, little: bool):  # at most 2^31, so a product of two cannot overflow
+        digits = [head[begin + k] for k in range(width)]
+        return tf.minimum(sum(digit * 256**k for k, digit in enumerate(digits if little else digits[::-1])), 2**31)
+
+    png, gif, bmp = (tf.strings.substr(encoded, 0, len(magic)) == magic for magic in (b"\x89PNG", b"GIF8", b"BM"))
+    signed = tf.bitcast(tf.cast(head[22:26], tf.uint8), tf.int32)  # a BMP stored top-down gives a negative height
+    height = tf.minimum(tf.abs(tf.cast(signed, tf.int64)), 2**31)
+    sizes = [(png, number(16, 4, False) * number(20, 4, False)), (gif, number(6, 2, True) * number(8, 2, True))]
+    sizes.append((bmp, number(18, 4, True) * height))
+    return sum(tf.where(is_format, pixels, tf.constant(0, tf.int64)) for is_format, pixels in sizes)
+
+
 def _problem(images):
     """Why each image would not decode, from its size and first bytes (the decoder says no more than that)."""
-
     known = tf.reduce_any(tf.stack([tf.strings.substr(images, 0, len(magic)) == magic for magic in MAGIC]), axis=0)
     length = tf.strings.length(images)
-    problem = tf.where(known, UNDECODABLE, NOT_AN_IMAGE)
+    pixels = tf.map_fn(claimed_pixels, images, fn_output_signature=tf.int64)
+    problem = tf.where(
+        known, tf.where(pixels > tf.constant(MAX_IMAGE_PIXELS, tf.int64), TOO_MANY_PIXELS, UNDECODABLE), NOT_AN_IMAGE
+    )
     return tf.where(length == 0, "empty input", tf.where(length > MAX_IMAGE_BYTES, TOO_LARGE, problem))
 
 

@@ -12,8 +12,6 @@ import yaml
 from captioner import export
 from tests.tiny_pipeline import ENVIRONMENT, dvc, ran
 
-pytestmark = pytest.mark.e2e
-
 # Run by a fresh interpreter outside the repository, ``captioner`` made unimportable: the model must not need it.
 STAND_ALONE = """
 import json, sys
@@ -71,6 +69,7 @@ def exported(tiny_repo, tmp_path_factory):
     return repo, [path for path in images if path.name in test][:5], tmp_path_factory.mktemp("stand-alone")
 
 
+@pytest.mark.e2e
 def test_a_fresh_tensorflow_process_captions_as_the_caption_command_and_reports_bad_items(exported):
     repo, images, outside = exported
     truncated = outside / "truncated.jpg"
@@ -89,6 +88,7 @@ def test_a_fresh_tensorflow_process_captions_as_the_caption_command_and_reports_
     print("\n".join(f"{path.name}: {result['captions'][i]}" for i, path in zip(good, images, strict=True)))
 
 
+@pytest.mark.e2e
 def test_the_tflite_file_captions_the_same_pixels_with_the_same_words(exported):
     """The test images (64 px) are enlarged to the encoder's input, where TensorFlow Lite's resize (no antialiasing)
     gives the same pixels: the same captions; log-probabilities agree to float tolerance (other kernels)."""
@@ -103,6 +103,7 @@ def test_the_tflite_file_captions_the_same_pixels_with_the_same_words(exported):
     assert sizes["tflite_mb"] == round(card["tflite_bytes"] / 2**20, 1)
 
 
+@pytest.mark.e2e
 def test_the_exported_model_turns_a_photo_upright_by_its_exif_orientation(exported, tmp_path):
     """A photo stored sideways with EXIF orientation 6 gets exactly the caption and log-probability of the upright
     photo (PNG: lossless, so the pixels are the same once turned); without the tag, the model sees another picture."""
@@ -122,6 +123,7 @@ def test_the_exported_model_turns_a_photo_upright_by_its_exif_orientation(export
     assert result["log_probs"][2] != result["log_probs"][0]
 
 
+@pytest.mark.e2e
 def test_a_tensorflow_serving_rest_request_matches_the_signature(exported):
     """TensorFlow Serving cannot run here: the README's request is checked against the signature instead. Its REST
     API maps each of "instances" to one batch item of the only input, {"b64": …} to the bytes of a string."""
@@ -145,6 +147,7 @@ def test_a_tensorflow_serving_rest_request_matches_the_signature(exported):
     assert [p["captions"].decode() for p in predictions] == list(repository_captions(repo, images[:2]).values())
 
 
+@pytest.mark.e2e
 def test_caption_with_export_prints_what_caption_prints(exported, tmp_path):
     repo, images, _ = exported
     assert repository_captions(repo, images, "--export", "export") == repository_captions(repo, images)
@@ -161,6 +164,7 @@ def test_caption_with_export_prints_what_caption_prints(exported, tmp_path):
     assert len(damaged.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_export_reruns_only_for_the_model_or_the_decoding_params_and_ships_through_the_registry(repo, tmp_path):
     repo, _ = repo
 
@@ -180,3 +184,51 @@ def test_export_reruns_only_for_the_model_or_the_decoding_params_and_ships_throu
     dvc(repo, "artifacts", "get", str(repo), "captioner", "-o", str(tmp_path / "shipped"))
     assert (tmp_path / "shipped" / export.TFLITE_FILE).is_file()
     assert (tmp_path / "shipped" / export.SAVED_MODEL / "saved_model.pb").is_file()
+
+
+def test_a_header_claiming_too_many_pixels_is_refused_before_decoding_and_named():
+    """Generated hostile headers: a few bytes claiming billions of pixels (PNG, GIF, BMP stored top-down), headers cut
+    short, random bytes. Sizes are read without decoding, never fail, and a bomb gets its own reason."""
+    import struct
+    import zlib
+
+    import tensorflow as tf
+
+    def png(width: int, height: int) -> bytes:
+        header = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + header + struct.pack(">I", zlib.crc32(header))
+
+    gif = b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\0" * 10
+    bmp = b"BM" + b"\0" * 16 + struct.pack("<ii", 40_000, -30_000) + b"\0" * 30
+    claims = [png(100_000, 100_000), gif, bmp, png(640, 480), png(640, 480)[:18], b"BM", b"", png(2**32 - 1, 2**32 - 1)]
+    rng = np.random.default_rng(0)
+    claims += [rng.bytes(int(n)) for n in rng.integers(0, 40, size=20)]
+    pixels = [int(export.claimed_pixels(tf.constant(claim))) for claim in claims]
+    assert pixels[:4] == [10**10, 65535**2, 1_200_000_000, 640 * 480]
+    assert pixels[7] == 2**62 and all(0 <= value for value in pixels)  # clamped: no overflow past the check
+    reasons = [reason.decode() for reason in tf.function(export._problem)(tf.constant(claims[:4])).numpy()]  # graph
+    assert reasons == [export.TOO_MANY_PIXELS] * 3 + [export.UNDECODABLE]
+
+
+def test_a_fine_tuned_encoder_nesting_the_backbone_saves_under_names_a_saved_model_accepts(tmp_path):
+    """The fine-tuned encoder wraps EfficientNet-Lite (layers named after torch keys, ``_bn1``…) in a model of its own:
+    renamed at every depth, with the same weights and outputs, it saves as a SavedModel."""
+    import keras
+    import tensorflow as tf
+
+    from captioner import efficientnet_lite
+
+    backbone = efficientnet_lite.build(efficientnet_lite.VARIANTS["efficientnet_lite0"], input_size=32)
+    images = keras.Input((32, 32, 3))
+    encoder = keras.Model(images, keras.layers.GlobalAveragePooling2D()(backbone(images)), name="encoder")
+    saveable = export._saveable(encoder)
+    pixels = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(saveable(pixels, training=False), encoder(pixels, training=False))
+    module = tf.Module()
+    module.encoder = saveable
+    module.encode = tf.function(
+        lambda x: module.encoder(x, training=False), input_signature=[tf.TensorSpec([None, 32, 32, 3])]
+    )
+    tf.saved_model.save(module, str(tmp_path / "encoder"))
+    loaded = tf.saved_model.load(str(tmp_path / "encoder"))  # kept: its functions need its variables alive
+    np.testing.assert_allclose(loaded.encode(pixels), encoder(pixels, training=False), rtol=1e-6)
