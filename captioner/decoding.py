@@ -125,16 +125,15 @@ class Loops:
 
         def step(position, tokens, states, active, scores, sequences, lengths, finished):
             logits, states, _ = self.decoder.step(tokens, states)
-            log_probs = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [tf.size(active), width, -1])
-            vocab_size, rows, finished_before = (
-                tf.shape(log_probs)[-1],
-                tf.expand_dims(active, 1),
-                tf.gather(finished, active),
-            )
+            # Sizes from the logits, not from the shrinking loop variables: in a caller whose batch is static
+            # (TensorFlow Lite's one image), the graph optimiser takes a loop variable's size for its first one.
+            beams, vocab_size = tf.shape(logits)[0], tf.shape(logits)[1]
+            log_probs = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [beams // width, width, vocab_size])
+            rows, finished_before = tf.expand_dims(active, 1), tf.gather(finished, active)
             # A finished beam may only "emit" end again, at no cost.
             ended = tf.one_hot(end_id, vocab_size, on_value=0.0, off_value=-np.inf)
             log_probs = tf.where(tf.expand_dims(finished_before, -1), ended, log_probs)
-            candidates = tf.reshape(tf.expand_dims(tf.gather(scores, active), -1) + log_probs, [tf.size(active), -1])
+            candidates = tf.reshape(tf.expand_dims(tf.gather(scores, active), -1) + log_probs, [beams // width, -1])
             # top_k puts the lower index first among equals: a stable sort's order, so ties break as they always did.
             best, chosen = tf.math.top_k(candidates, k=width)
             source, token = chosen // vocab_size, chosen % vocab_size

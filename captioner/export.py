@@ -9,10 +9,10 @@ decoder or the ensemble, beam search (``captioner.decoding.Loops``) and the voca
 - outputs ``captions`` (string [N]), ``log_probs`` (float32 [N], the caption's summed log-probability) and
   ``errors`` (string [N]: "" for a captioned image, else why it was not; its caption is then "").
 
-The TensorFlow Lite file takes one image (string [1]) and returns its caption and log-probability. Two ops force
-differences: an image that does not decode fails the call (TensorFlow Lite runs no ``tf.data``, which catches
-per-image errors here), and images are resized without antialiasing (TensorFlow Lite has no such kernel; the same
-pixels when an image is enlarged or kept, slightly different ones when it is shrunk).
+The TensorFlow Lite file takes decoded pixels (``caption_pixels``: uint8 [N, H, W, 3], upright) and returns each
+image's words and log-probability: TensorFlow Lite has no built-in ops to decode images or run ``tf.data``. It
+resizes without antialiasing (no such kernel; the same pixels when an image is enlarged or kept, slightly
+different ones when it is shrunk).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from captioner.text import SPECIAL_TOKENS, Vocabulary
 
 SAVED_MODEL, TFLITE_FILE, EXPORT_CARD = "saved_model", "captioner.tflite", "export.json"
 SIGNATURE, INPUT = "serving_default", "images"  # encoded images → captions
-PIXELS_SIGNATURE, PIXELS = "caption_pixels", "pixels"  # one upright RGB image → its words (TensorFlow Lite's)
+PIXELS_SIGNATURE, PIXELS = "caption_pixels", "pixels"  # upright RGB images of one size → words (TensorFlow Lite)
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP"}  # how each format's files begin
 NOT_AN_IMAGE = "not a JPEG, PNG, GIF or BMP image"
 UNDECODABLE = "a corrupt image: it does not decode"
@@ -40,7 +40,7 @@ TOO_MANY_PIXELS = f"its header claims over the {MAX_IMAGE_PIXELS // 1_000_000} m
 
 
 class ExportedCaptioner(tf.Module):
-    """A ``Captioner`` as one TensorFlow module: ``serve`` (the SavedModel's signature) and ``caption_one``
+    """A ``Captioner`` as one TensorFlow module: ``serve`` (the SavedModel's signature) and ``caption_pixels``
     (the TensorFlow Lite file's)."""
 
     def __init__(self, captioner: Captioner, beam_size: int, max_len: int, length_penalty: float):
@@ -54,7 +54,9 @@ class ExportedCaptioner(tf.Module):
         self.words = tf.constant(["" if token in SPECIAL_TOKENS else token for token in tokens])  # specials: no word
         self.settings = (max_len, beam_size, float(length_penalty))
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
-        pixels = tf.TensorSpec([1, None, None, 3], tf.uint8, name=PIXELS)
+        # A batch of any size, not [1, ...]: with a static batch the TensorFlow Lite converter fixes the shrinking
+        # batch of unfinished images inside the beam search loop at its first size.
+        pixels = tf.TensorSpec([None, None, None, 3], tf.uint8, name=PIXELS)
         self.caption_pixels = tf.function(self._caption_pixels, input_signature=[pixels])
 
     def _serve(self, images):
@@ -72,9 +74,10 @@ class ExportedCaptioner(tf.Module):
         }
 
     def _caption_pixels(self, pixels):
-        """TensorFlow Lite's signature: one upright RGB image → its caption's words (blanks after the last one)."""
-        image = encoder_input(tf.cast(pixels[0], tf.float32), self.size, self.preprocess, antialias=False)
-        words, log_probs = self._caption(image[None])
+        """TensorFlow Lite's signature: upright RGB images of one size → their captions' words (blanks after the
+        last one)."""
+        images = encoder_input(tf.cast(pixels, tf.float32), self.size, self.preprocess, antialias=False)
+        words, log_probs = self._caption(images)
         return {"words": words, "log_probs": log_probs}
 
     def _decodable(self, images):

@@ -180,6 +180,25 @@ def test_the_loops_trace_once_whatever_the_batch_size_length_and_width(trained_d
     assert decoding.loops(stepper) is loops
 
 
+@pytest.mark.parametrize("name", ["inject", "attention"])
+def test_the_loops_inside_a_function_with_a_static_batch_of_one_decode_as_with_any_batch(trained_decoders, name):
+    """The exported TensorFlow Lite signature's case: TensorFlow's graph optimiser, seeing one image, once took the
+    shrinking batch of unfinished images for a constant one, and failed once every beam had ended."""
+    import tensorflow as tf
+
+    decoders, features, vocab = trained_decoders
+    stepper = decoders[name]
+    loops, table = decoding.loops(stepper), table_for(stepper, features)
+    one = tf.TensorSpec([1, *stepper.features.shape[1:]], tf.float32)
+    beam = tf.function(lambda image: loops.beam_search(image, 12, 3, 0.0), input_signature=[one])
+    greedy = tf.function(lambda image: loops.greedy(image, 12), input_signature=[one])
+    for image in table[:3]:
+        expected = loops.beam_search(image[None], 12, 3, 0.0)
+        assert (expected["ids"].numpy() == vocab.end_id).any()  # it ends before max_len: the batch empties
+        np.testing.assert_array_equal(beam(image[None])["ids"], expected["ids"])
+        np.testing.assert_array_equal(greedy(image[None])["ids"], loops.greedy(image[None], 12)["ids"])
+
+
 def test_greedy_returns_an_attention_decoders_weights_for_each_generated_word(trained_decoders):
     decoders, features, vocab = trained_decoders
     weights: list = []

@@ -16,6 +16,7 @@ from tests.tiny_pipeline import ENVIRONMENT, dvc, ran
 STAND_ALONE = """
 import json, sys
 sys.modules["captioner"] = None
+import numpy as np
 import tensorflow as tf
 
 kind, model, *paths = sys.argv[1:]
@@ -28,12 +29,13 @@ if kind == "saved_model":
     result["errors"] = [error.decode() for error in result["errors"]]
 else:
     caption = tf.lite.Interpreter(model_path=model).get_signature_runner()  # its one signature
-    result = {"captions": [], "log_probs": []}
-    for image in images:
-        pixels = tf.io.decode_image(image, channels=3, expand_animations=False).numpy()[None]
-        outputs = caption(pixels=pixels)
-        result["captions"].append(" ".join(word.decode() for word in outputs["words"][0] if word))
-        result["log_probs"].append(float(outputs["log_probs"][0]))
+    pixels = [tf.io.decode_image(image, channels=3, expand_animations=False).numpy() for image in images]
+    def words(outputs):
+        return [" ".join(word.decode() for word in row if word) for row in outputs["words"]]
+    alone = [caption(pixels=image[None]) for image in pixels]  # one at a time, then all at once (one size)
+    result = {"captions": [words(outputs)[0] for outputs in alone]}
+    result["log_probs"] = [float(outputs["log_probs"][0]) for outputs in alone]
+    result["batched"] = words(caption(pixels=np.stack(pixels)))
 print(json.dumps(result))
 """
 
@@ -91,11 +93,13 @@ def test_a_fresh_tensorflow_process_captions_as_the_caption_command_and_reports_
 @pytest.mark.e2e
 def test_the_tflite_file_captions_the_same_pixels_with_the_same_words(exported):
     """The test images (64 px) are enlarged to the encoder's input, where TensorFlow Lite's resize (no antialiasing)
-    gives the same pixels: the same captions; log-probabilities agree to float tolerance (other kernels)."""
+    gives the same pixels: the same captions, one image at a time or all at once; log-probabilities agree to float
+    tolerance (other kernels)."""
     repo, images, outside = exported
     saved = stand_alone("saved_model", repo / "export" / export.SAVED_MODEL, images, outside)
     lite = stand_alone("tflite", repo / "export" / export.TFLITE_FILE, images, outside)
-    assert lite["captions"] == saved["captions"]
+    assert lite["captions"] == lite["batched"] == saved["captions"]
+    assert all(saved["captions"])
     np.testing.assert_allclose(lite["log_probs"], saved["log_probs"], rtol=1e-3, atol=1e-3)
     card = json.loads((repo / "export" / export.EXPORT_CARD).read_text())
     assert card["tflite_bytes"] == (repo / "export" / export.TFLITE_FILE).stat().st_size > 1_000_000  # weights in
