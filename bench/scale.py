@@ -78,7 +78,7 @@ def measure(folder: Path) -> dict:
             started = time.perf_counter()
             spec = DecoderSpec("gru", arch, units=256, embedding_dim=128, dropout=0.0, attention_units=128)
             decoder = architecture(spec, len(vocab))
-            model = decoder.build(store.shape(not spec.reads_grid))
+            model = decoder.build(store.shape(spec.pooled(store.pooling)))
             config = dataclasses.replace(defaults, decoder=spec, batch_size=64, learning_rate=1e-3, seed=0)
             run = frozen_run(model, config, store, encoded)
             batches = run.batches["train"]

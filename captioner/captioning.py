@@ -25,7 +25,7 @@ class Captioner:
         """The captioner in ``directory``, decoding as an ensemble with the models in ``others`` if any."""
         trained = Trained.load(directory)
         every = ensemble.members(trained, list(others))
-        card, pooling = trained.card, "grid" if any(member.spec.reads_grid for member in every) else "avg"
+        card, pooling = trained.card, "grid" if any(member.reads_grid for member in every) else "avg"
         extractor = Extractor(
             encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=trained.encoder
         )

@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -38,7 +38,7 @@ def write_card(
     training = training or {}
     card = {"dataset": training.get("dataset")}
     card |= {key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size")}
-    card |= {"decoder": asdict(spec), "finetune_from": training.get("finetune_from"), "vocabulary_size": len(vocab)}
+    card |= {"decoder": spec.card(), "finetune_from": training.get("finetune_from"), "vocabulary_size": len(vocab)}
     card |= {"training": training or None, "vocabulary": vocab.words, "max_length": vocab.max_length}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
 
@@ -174,6 +174,11 @@ class Trained:
     def decoder(self) -> keras.Model:
         """The teacher-forced decoder model."""
         return self.architecture.model
+
+    @property
+    def reads_grid(self) -> bool:
+        """Whether the decoder was built on the feature grid (cells × channels) rather than the pooled vector."""
+        return len(self.decoder.inputs[0].shape) == 3
 
     @property
     def vocab(self) -> Vocabulary:

@@ -13,7 +13,8 @@ from captioner import CaptionerError, artifacts, kernels
 from captioner import params as param_rules
 from captioner.stage import Params, remember_reads, script_params
 
-ARCHS = ("merge", "inject", "attention")  # captioner.decoder.ARCHITECTURES builds each
+ARCHS = ("merge", "inject", "attention", "transformer")  # captioner.decoder.ARCHITECTURES builds each
+POSITIONS = ("learned", "sinusoidal")  # the transformer's position encodings
 RNN_STATES = {"gru": 1, "lstm": 2}  # the recurrent cells and the states each carries
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")  # captioner.distribute.strategy_named
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
@@ -28,21 +29,53 @@ class DecoderSpec:
     on load. Training-only settings (initial embeddings, the attention penalty's weight) are not part of it."""
 
     rnn: str  # gru | lstm
-    arch: str  # merge | inject | attention
-    units: int
+    arch: str  # merge | inject | attention | transformer
+    units: int  # the recurrent state's size; the transformer's model width
     embedding_dim: int
     dropout: float
     attention_units: int = 256
     train_embeddings: bool = True
+    # The transformer's alone (a recurrent decoder's card leaves them out):
+    layers: int = 2
+    heads: int = 8
+    ff_units: int = 2048
+    positions: str = "learned"
+    tie_embeddings: bool = False
+    context: int = 64  # the most positions it reads: captions and decoding's max_len must fit
 
     @property
     def reads_grid(self) -> bool:
-        """Whether the decoder reads the H×W feature grid (attention) rather than the pooled vector."""
+        """Whether the decoder needs the H×W feature grid (attention) rather than the pooled vector."""
         return self.arch == "attention"
+
+    def pooled(self, stored: str) -> bool:
+        """Whether the decoder reads pooled vectors from features stored with pooling ``stored`` (avg | grid): the
+        recurrent ones as their architecture says; the transformer attends over the grid when the features hold
+        one, else over the pooled vector as a one-cell grid."""
+        return stored == "avg" if self.arch == "transformer" else not self.reads_grid
 
     @property
     def num_states(self) -> int:
         return RNN_STATES[self.rnn]
+
+    def card(self) -> dict:
+        """The spec as the model card holds it: a recurrent decoder's without the transformer's fields (which do not
+        shape it), so its card reads as before they existed."""
+        saved = asdict(self)
+        return saved if self.arch == "transformer" else {key: saved[key] for key in saved if key not in TRANSFORMER}
+
+    def check_fits(self, max_length: int) -> None:
+        """A CaptionerError unless captions of ``max_length`` tokens fit the transformer's positions (it reads all
+        but the last)."""
+        if self.arch == "transformer" and max_length - 1 > self.context:
+            raise CaptionerError(
+                f"vocab.max_length {max_length} needs {max_length - 1} positions, more than decoder.context "
+                f"{self.context}: raise decoder.context"
+            )
+
+    def check(self) -> None:
+        if self.arch == "transformer" and self.units % self.heads:
+            raise CaptionerError(f"decoder.units {self.units} must be a multiple of decoder.heads {self.heads}")
 
     @classmethod
     def from_params(cls, params: dict) -> DecoderSpec:
@@ -54,15 +87,22 @@ class DecoderSpec:
         saved = card.get("decoder")
         if not isinstance(saved, dict):
             raise CaptionerError(f"{source} has no decoder spec (saved by an earlier version); retrain: dvc repro")
-        missing = [field.name for field in fields(cls) if field.name not in saved]
+        transformer = saved.get("arch") == "transformer"
+        own = [field.name for field in fields(cls) if transformer or field.name not in TRANSFORMER]
+        missing = [name for name in own if name not in saved]
         if missing:
             raise CaptionerError(f"{source}: the decoder spec lacks {', '.join(missing)}; retrain: dvc repro")
         try:  # the spec's fields are decoder params: the same rules hold
-            for field in fields(cls):
-                param_rules.check(f"decoder.{field.name}", saved[field.name])
+            for name in own:
+                param_rules.check(f"decoder.{name}", saved[name])
+            spec = cls(**{name: saved[name] for name in own})
+            spec.check()
         except CaptionerError as err:
             raise artifacts.damaged(source, f"its decoder spec: {err}") from None
-        return cls(**{field.name: saved[field.name] for field in fields(cls)})
+        return spec
+
+
+TRANSFORMER = ("layers", "heads", "ff_units", "positions", "tie_embeddings", "context")  # DecoderSpec's, its alone
 
 
 @dataclass(frozen=True)
@@ -112,6 +152,7 @@ class TrainConfig:
         return config
 
     def check(self) -> None:
+        self.decoder.check()
         if self.self_critical_epochs and self.finetune_from is not None:
             raise CaptionerError("train.self_critical_epochs needs a frozen encoder: set train.finetune_from to null")
 

@@ -1,4 +1,4 @@
-"""Caption decoders: a GRU or LSTM conditioned on the image by merge, init-inject or soft attention.
+"""Caption decoders: a GRU or LSTM conditioned on the image by merge, init-inject or soft attention, or a Transformer.
 
 One class per architecture (``ARCHITECTURES``) owns its layers and both ways of running them: ``build``
 wires the teacher-forced model, (image features, caption tokens) → next-token logits at every position,
@@ -9,6 +9,8 @@ the ``hidden`` vectors they are projected from (and, for attention, the attentio
 - init-inject (``inject``): the projected image is the RNN's initial state.
 - attention (Show, Attend and Tell): at every step a gated, Bahdanau-scored context vector over
   the H×W feature grid joins the word input; the initial state comes from the mean feature.
+- transformer: masked self-attention over the words and cross-attention over the image's cells
+  (``captioner.transformer``), decoding over a cache of keys and values.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from keras import layers, ops
 
 from captioner.config import ARCHS, RNN_STATES, DecoderSpec
+from captioner.transformer import DecoderBlock, Positions
 
 RNNS = {"gru": (layers.GRU, layers.GRUCell), "lstm": (layers.LSTM, layers.LSTMCell)}  # layer, cell (config.RNN_STATES)
 
@@ -108,18 +111,26 @@ class Architecture:
 
     def __init__(self, spec: DecoderSpec, vocab_size: int):
         self.spec, self.vocab_size = spec, vocab_size
-        self.embedding = layers.Embedding(
-            vocab_size, spec.embedding_dim, mask_zero=True, trainable=spec.train_embeddings, name="embedding"
-        )
+        self.embedding = self.token_embedding()
         self.embedding_dropout = layers.Dropout(spec.dropout, name="embedding_dropout")
         self.create_layers()
-        # float32 even under a mixed precision policy: the softmax over the vocabulary needs its range.
-        self.head = layers.Dense(vocab_size, name="logits", dtype="float32")
+        self.head = self.vocabulary_head()
         self.model: keras.Model | None = None
+
+    def token_embedding(self) -> layers.Layer:
+        spec = self.spec
+        return layers.Embedding(
+            self.vocab_size, spec.embedding_dim, mask_zero=True, trainable=spec.train_embeddings, name="embedding"
+        )
 
     def create_layers(self) -> None:
         """The architecture's own layers, between the embedding and the vocabulary projection."""
         raise NotImplementedError
+
+    def vocabulary_head(self):
+        """hidden → next-token logits. float32 even under a mixed precision policy: the softmax over the vocabulary
+        needs its range."""
+        return layers.Dense(self.vocab_size, name="logits", dtype="float32")
 
     def forward(self, features, words) -> dict:
         """The whole caption at once: ``hidden`` at every position (and ``attention``, if it attends)."""
@@ -281,7 +292,108 @@ class Attention(Architecture):
         return self.head(self.deep_output(output, context, words)), [*new_states, memory, keys], alpha
 
 
-ARCHITECTURES: dict[str, type[Architecture]] = {"merge": Merge, "inject": Inject, "attention": Attention}
+class Transformer(Architecture):
+    """A Transformer decoder (``captioner.transformer``): the words, projected to the model width and given their
+    positions, pass through pre-layer-norm blocks of causal self-attention, cross-attention over the projected
+    image cells (the H×W grid, or the pooled vector as one cell) and a feed-forward net. Its output projection is
+    the embedding's transpose when ``tie_embeddings``. Decoding steps one position at a time over a cache of each
+    block's keys and values (its states: the position, then per block the cached keys and values and the image's
+    keys and values)."""
+
+    def token_embedding(self) -> layers.Layer:
+        # No padding mask: the causal mask keeps padding (after <end>) out of every real position's view.
+        spec = self.spec
+        return layers.ReversibleEmbedding(
+            self.vocab_size,
+            spec.embedding_dim,
+            tie_weights=spec.tie_embeddings,
+            reverse_dtype="float32",
+            trainable=spec.train_embeddings,
+            name="embedding",
+        )
+
+    def create_layers(self) -> None:
+        spec, units = self.spec, self.spec.units
+        resized = spec.embedding_dim != units  # GloVe's 50 dimensions, say, into a wider model
+        self.feature_dropout = layers.Dropout(spec.dropout, name="feature_dropout")
+        self.image_projection = layers.Dense(units, name="image_projection")
+        self.word_projection = layers.Dense(units, name="word_projection") if resized else None
+        self.positions = Positions(spec.context, units, spec.positions, name="positions")
+        self.blocks = [
+            DecoderBlock(units, spec.heads, spec.ff_units, spec.dropout, name=f"block_{index}")
+            for index in range(spec.layers)
+        ]
+        self.final_norm = layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+        self.output_projection = layers.Dense(spec.embedding_dim, name="output_projection") if resized else None
+        self.attends = False  # set by ``forward``: whether the image has more than one cell to weigh
+
+    def vocabulary_head(self):
+        def logits(hidden):  # the embedding reversed: its transpose when tied, else a matrix of its own
+            return self.embedding(hidden, reverse=True)
+
+        return logits
+
+    def image_cells(self, features):
+        """The image as cells of the model width: [B, cells, units] (pooled features: one cell)."""
+        grid = features if len(features.shape) == 3 else ops.expand_dims(features, 1)
+        return self.image_projection(self.feature_dropout(grid))
+
+    def word_input(self, words):
+        return words if self.word_projection is None else self.word_projection(words)
+
+    def hidden(self, words):
+        normed = self.final_norm(words)
+        return normed if self.output_projection is None else self.output_projection(normed)
+
+    def forward(self, features, words) -> dict:
+        image = self.image_cells(features)
+        self.attends = len(features.shape) == 3 and features.shape[1] != 1
+        words = self.positions(self.word_input(words))
+        for block in self.blocks:
+            words = block(words, image)
+        return {"hidden": self.hidden(words)}
+
+    def start(self, features) -> list:
+        image = self.image_cells(features)
+        empty = ops.zeros((ops.shape(image)[0], self.spec.context, self.spec.units), dtype=image.dtype)
+        states = [ops.zeros((ops.shape(image)[0],), dtype="int32")]
+        for block in self.blocks:
+            states += [empty, empty, *block.image_memory(image)]
+        return states
+
+    def step(self, tokens, states: list) -> tuple:
+        position, *caches = states
+        words = self.positions.at(self.word_input(self.step_words(tokens))[:, None], position)
+        new_states = [position + 1]
+        for index, block in enumerate(self.blocks):
+            keys, values, *image_memory = caches[4 * index : 4 * index + 4]
+            words, cache, weights = block.step(words, position, [keys, values], image_memory)
+            new_states += [*cache, *image_memory]
+        # The last block's cross-attention, averaged over its heads: the grid cells each word looked at.
+        attention = ops.mean(weights[:, :, 0, :], axis=1) if self.attends else None
+        return self.head(self.hidden(words)[:, 0]), new_states, attention
+
+    def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
+        # Self-attention over the prefix (≈ 4 · position · units a token per block) is left out: under 1% of
+        # the kernels' share at captions' lengths.
+        cells, spec = (feature_shape[0] if len(feature_shape) == 2 else 1), self.spec
+        per_block = [(block.self_qkv, block.self_out, block.cross_query, block.cross_out) for block in self.blocks]
+        kernels = [dense.kernel for block in per_block for dense in block]
+        kernels += [dense.kernel for block in self.blocks for dense in (block.ff_hidden, block.ff_out)]
+        reversed_embedding = self.embedding.embeddings if spec.tie_embeddings else self.embedding.reverse_embeddings
+        optional = [layer.kernel for layer in (self.word_projection, self.output_projection) if layer is not None]
+        per_token = self.kernel_flops(*kernels, *optional, reversed_embedding)
+        per_token += spec.layers * 2 * 2 * cells * spec.units  # cross-attention: scores and the weighted sum
+        image = self.image_projection.kernel, *(block.cross_kv.kernel for block in self.blocks)
+        return per_token, cells * self.kernel_flops(*image)
+
+
+ARCHITECTURES: dict[str, type[Architecture]] = {
+    "merge": Merge,
+    "inject": Inject,
+    "attention": Attention,
+    "transformer": Transformer,
+}
 assert tuple(ARCHITECTURES) == ARCHS and tuple(RNNS) == tuple(RNN_STATES), "captioner.config names these choices"
 
 
@@ -322,6 +434,7 @@ class StepwiseDecoder(Protocol):
     reads_grid: bool  # whether ``start`` takes the feature grid rather than the pooled vector
     attends: bool  # whether ``step`` returns attention weights (else None)
     features: object  # the ``tf.TensorSpec`` of what ``start`` takes, any batch size
+    context: int | None  # the most tokens it can decode (a transformer's positions); None: no limit
 
     def start(self, features) -> list:
         """The states before the first token."""
@@ -338,7 +451,8 @@ class Stepper:
     def __init__(self, decoder: Architecture):
         import tensorflow as tf
 
-        self.reads_grid = decoder.spec.reads_grid
+        self.reads_grid = len(decoder.model.inputs[0].shape) == 3  # as built: a transformer reads either
+        self.context = decoder.spec.context if decoder.spec.arch == "transformer" else None
         # Signatures with any batch size: one trace each, whatever the batch sizes (a trace per batch shape made
         # the Steppers of a 3-member ensemble trip TensorFlow's retracing warning).
         features = decoder.model.inputs[0]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from captioner import metrics
+from captioner import CaptionerError, metrics
 from captioner.decoder import StepwiseDecoder
 from captioner.files import progress
 from captioner.text import Vocabulary
@@ -159,6 +159,15 @@ class Loops:
 _loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def check_length(decoder: StepwiseDecoder, max_len: int) -> None:
+    """A CaptionerError unless ``decoder`` can decode ``max_len`` tokens (a transformer has ``context`` positions)."""
+    if decoder.context is not None and max_len > decoder.context:
+        raise CaptionerError(
+            f"max_len {max_len} is more tokens than the transformer's {decoder.context} positions "
+            "(decoder.context): lower evaluate.max_len (or --max-len), or retrain with a larger context"
+        )
+
+
 def loops(decoder: StepwiseDecoder, start_id: int = Vocabulary.start_id, end_id: int = Vocabulary.end_id) -> Loops:
     """The compiled loops of ``decoder``, made (and traced) once for it, so repeated calls never retrace."""
     if decoder not in _loops:
@@ -201,6 +210,7 @@ def greedy(
     ``end_id``. For an attention decoder, pass a list as ``attention`` to receive each image's
     weights over the grid at every step (max_len × H·W).
     """
+    check_length(stepper, max_len)
     compiled = loops(stepper, start_id, end_id).greedy
     decoded = _batched(lambda features: compiled(features, max_len), read, rows, batch_size, "greedy decoding")
     if attention is not None and "attention" in decoded:
@@ -218,6 +228,7 @@ def sample(
 ) -> np.ndarray:
     """Token ids (N × max_len), each word drawn from the model's distribution given the words before (never the pad
     id); ``end_id`` after a row's first ``end_id``. ``rng`` seeds the draws, so a seeded run repeats them."""
+    check_length(stepper, max_len)
     seed = int(rng.integers(2**62))
     return loops(stepper, start_id, end_id).sample(features, max_len, seed)["ids"].numpy()
 
@@ -257,6 +268,7 @@ def beam_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best token ids (N × max_len) and their log-probabilities by beam search (``Loops.beam_search``), for the
     images at ``rows``, ``batch_size`` images at a time."""
+    check_length(stepper, max_len)
     compiled = loops(stepper, start_id, end_id).beam_search
     decoded = _batched(
         lambda features: compiled(features, max_len, beam_size, float(length_penalty)),

@@ -48,13 +48,15 @@ class EnsembleStepper:
 
     def __init__(self, members: list[Trained]):
         self.steppers = [Stepper(member.architecture) for member in members]
-        self.reads_grid = any(member.spec.reads_grid for member in members)
-        self.pools = [self.reads_grid and not member.spec.reads_grid for member in members]
+        self.reads_grid = any(member.reads_grid for member in members)
+        self.pools = [self.reads_grid and not member.reads_grid for member in members]
         self.sizes: list[int] = []
         self.features = next(
             (stepper.features for stepper in self.steppers if stepper.reads_grid), self.steppers[0].features
         )
         self.attends = False  # weights over the grid are one model's: an average of several would show none
+        contexts = [stepper.context for stepper in self.steppers if stepper.context is not None]
+        self.context = min(contexts, default=None)
 
     def start(self, features) -> list:
         from keras import ops

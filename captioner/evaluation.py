@@ -47,12 +47,12 @@ def caption_test_images(
     trained = members[0]
     images, _, references = split_references(test, cached.row_of)
     paths = [images_folder / image for image in images]
-    pooled, batch_size = not trained.spec.reads_grid, settings["batch_size"]
+    pooled, batch_size = not trained.reads_grid, settings["batch_size"]
     with features_seen_by(trained, cached, encoder, paths, batch_size) as store:
         read, rows = store.reader(pooled), np.array([store.row_of[image] for image in images])
         decoder = decoder_of(members)
         # A second reader only when the ensemble reads the other form: a pooled reader loads its whole table.
-        decoder_read = read if decoder.reads_grid == trained.spec.reads_grid else store.reader(not decoder.reads_grid)
+        decoder_read = read if decoder.reads_grid == trained.reads_grid else store.reader(not decoder.reads_grid)
         generated = _decoded(decoder, decoder_read, rows, vocab, settings)
         test_rows, sequences, _ = encode_captions(test, store.row_of, vocab)
         test_batches = CaptionBatches(read, store.shape(pooled), test_rows, sequences, batch_size)

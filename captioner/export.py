@@ -48,6 +48,7 @@ class ExportedCaptioner(tf.Module):
         extractor = captioner.extractor
         self.encoder = _saveable(extractor.model)  # tracked: its variables are saved
         self.decoders = [member.decoder for member in captioner.members]
+        decoding.check_length(captioner.decoder, max_len)
         self.loops = decoding.loops(captioner.decoder)
         self.size, self.preprocess, self.grid = extractor.size, extractor.encoder.preprocess, extractor.pooling
         tokens = captioner.trained.vocab.tokens

@@ -171,7 +171,7 @@ def training_run(
     ``model``, on image-grouped batches of the frozen layers' activations (computed once, into a temporary file
     that lives as long as the run; the images are read from ``Layout.images``). Encoder weights and input size
     are those the ``cached`` features were made with; ``encoded`` holds each split's caption rows of ``cached``."""
-    pooling, batch_size = "grid" if config.decoder.reads_grid else "avg", config.batch_size
+    pooling, batch_size = "avg" if config.decoder.pooled(cached.pooling) else "grid", config.batch_size
     with strategy.scope():
         split = finetunable_encoder(
             encoder, str(cached.attrs["weights_param"]), int(cached.attrs["input_size"]), pooling, config.finetune_from

@@ -33,7 +33,7 @@ def frozen_run(
 ) -> TrainingRun:
     """The decoder ``model`` trained on the ``cached`` features of each split's encoded captions, ``batch_size``
     captions a step; the train batches remixed every epoch from the seed, the dev batches in one fixed order."""
-    pooled = not config.decoder.reads_grid
+    pooled = config.decoder.pooled(cached.pooling)
     read, shape = cached.reader(pooled), cached.shape(pooled)
     batches = {
         split: CaptionBatches(

@@ -56,6 +56,7 @@ def run(config: TrainConfig) -> dict:
         SelfCritical.check_devices(strategy.num_replicas_in_sync)
     seed_everything(config.seed)
     vocab = Vocabulary.load(Layout.vocab)
+    config.decoder.check_fits(vocab.max_length)
     embeddings = initial_embeddings(config.embeddings, config.decoder.embedding_dim, vocab, config.seed)
     captions = {split: read_captions(Layout.split_captions(split)) for split in ("train", "dev")}
     outputs = Layout.training_outputs(config.member)
@@ -68,7 +69,7 @@ def run(config: TrainConfig) -> dict:
         print(f"train: {strategy.num_replicas_in_sync} replica(s), {config.batch_size} captions per step in all")
         with strategy.scope():
             decoder = architecture(config.decoder, len(vocab))
-            model = decoder.build(store.shape(not config.decoder.reads_grid), embeddings)
+            model = decoder.build(store.shape(config.decoder.pooled(store.pooling)), embeddings)
         on = stack.enter_context(training_run(config, model, store, encoded, strategy))
         deterministic_ops()
         with strategy.scope():
@@ -110,7 +111,7 @@ def phases(
     if not config.self_critical_epochs:
         return [teacher_forcing]
     _, rows, references = split_references(captions["train"], store.row_of)
-    shape = store.shape(not config.decoder.reads_grid)
+    shape = store.shape(config.decoder.pooled(store.pooling))
     train_images = SampledImages(on.read, shape, rows, references, vocab)
     return [teacher_forcing, SelfCritical(trainer, stepper, train_images, config, dev_scores)]
 

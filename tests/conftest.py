@@ -136,7 +136,10 @@ def toy_batches(features, captions, vocab, arch, shuffle_seed=0, reverse_rows=Fa
 
 
 def toy_spec(arch, rnn="gru", dropout=0.0):
-    return decoder.DecoderSpec(rnn, arch, units=32, embedding_dim=16, dropout=dropout, attention_units=16)
+    """A small decoder of ``arch`` (a transformer: 2 blocks of 4 heads)."""
+    return decoder.DecoderSpec(
+        rnn, arch, units=32, embedding_dim=16, dropout=dropout, attention_units=16, heads=4, ff_units=64
+    )
 
 
 def toy_decoder(vocab, features, arch, rnn="gru", dropout=0.0) -> decoder.Architecture:

@@ -32,6 +32,14 @@ def test_the_card_round_trips_the_decoder_spec_and_records_the_training_config(t
 def test_a_spec_from_the_decoder_params_leaves_out_what_only_training_reads():
     params = {"rnn": "gru", "arch": "inject", "units": 512, "embedding_dim": 256, "dropout": 0.3}
     params |= {"attention_reg": 1.0, "embeddings": "learned", "train_embeddings": True, "attention_units": 256}
+    params |= {
+        "layers": 2,
+        "heads": 8,
+        "ff_units": 2048,
+        "positions": "learned",
+        "tie_embeddings": False,
+        "context": 64,
+    }
     assert DecoderSpec.from_params(params) == DecoderSpec("gru", "inject", 512, 256, 0.3, 256, True)
     assert not DecoderSpec.from_params(params).reads_grid
 

@@ -127,7 +127,7 @@ def trained_decoders():
         architectures[arch] = trained(vocab, features, captions, arch, epochs=4)
     decoders = {arch: Stepper(architecture) for arch, architecture in architectures.items()}
     members = [
-        SimpleNamespace(architecture=architectures[arch], spec=architectures[arch].spec)
+        SimpleNamespace(architecture=architectures[arch], reads_grid=arch == "attention")
         for arch in ("inject", "attention")
     ]
     decoders["ensemble"] = EnsembleStepper(members)

@@ -33,14 +33,15 @@ def members(tmp_path_factory):
     features, captions, vocab = toy_problem()
     main = trained_member(tmp_path, "main", "inject", 1, features, captions, vocab)
     others = [trained_member(tmp_path, "attend", "attention", 2, features, captions, vocab)]
-    return ensemble_of(main, [tmp_path / "attend"]), features, vocab, others
+    others.append(trained_member(tmp_path, "transform", "transformer", 3, features, captions, vocab))
+    return ensemble_of(main, [tmp_path / "attend", tmp_path / "transform"]), features, vocab, others
 
 
 def averaged_greedy(members, features, vocab, max_len):
     """The reference: each step, every member's log-softmax (pooled members reading the mean vector), averaged,
     argmax; finished rows hold <end>."""
     steppers = [Stepper(member.architecture) for member in members]
-    inputs = [features if member.spec.reads_grid else features.mean(axis=1) for member in members]
+    inputs = [features if member.reads_grid else features.mean(axis=1) for member in members]
     states = [stepper.start(tf.constant(x)) for stepper, x in zip(steppers, inputs, strict=True)]
     tokens = np.full(len(features), vocab.start_id, dtype=np.int32)
     out = np.full((len(features), max_len), vocab.end_id, dtype=np.int32)
@@ -59,7 +60,8 @@ def averaged_greedy(members, features, vocab, max_len):
 def test_a_two_member_ensemble_decodes_and_beam_1_is_the_argmax_of_the_averaged_log_probabilities(members):
     members, features, vocab, _ = members
     ensemble = EnsembleStepper(members)
-    assert ensemble.reads_grid and ensemble.pools == [True, False]  # inject averages the grid, attention reads it
+    assert ensemble.reads_grid and ensemble.pools == [True, False, True]  # inject and the (pooled) transformer
+    # average the grid, attention reads it
     rows, read = np.arange(len(features)), features.__getitem__
     expected = averaged_greedy(members, features, vocab, 6)
     greedy = decoding.greedy(ensemble, read, rows, vocab.start_id, vocab.end_id, 6)
@@ -71,9 +73,7 @@ def test_a_two_member_ensemble_decodes_and_beam_1_is_the_argmax_of_the_averaged_
     # Not a copy of either member: the members disagree somewhere, so averaging matters.
     pooled = features.mean(axis=1).__getitem__
     ends = (vocab.start_id, vocab.end_id, 6)
-    alone = [
-        decoding.greedy(Stepper(m.architecture), read if m.spec.reads_grid else pooled, rows, *ends) for m in members
-    ]
+    alone = [decoding.greedy(Stepper(m.architecture), read if m.reads_grid else pooled, rows, *ends) for m in members]
     assert not np.array_equal(alone[0], alone[1])
 
 
@@ -96,7 +96,7 @@ def test_each_member_traces_once_whatever_the_batch_sizes_so_tensorflow_warns_of
 
 
 def test_members_must_share_the_vocabulary_and_have_no_fine_tuned_encoder(members, tmp_path):
-    (main, _), features, vocab, _ = members
+    (main, *_), features, vocab, _ = members
     other_vocab = type(vocab)([*vocab.words, "extra"], vocab.max_length)
     keras.utils.set_random_seed(0)
     odd = toy_decoder(other_vocab, features, "inject").model

@@ -126,9 +126,11 @@ def test_an_ensemble_member_trains_alone_and_evaluate_decodes_with_both(repo):
     assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate", "export"}  # the member alone
     assert (repo / "ensemble" / "seed2" / "captioner.keras").exists()
     assert json.loads((repo / "metrics" / "scores.json").read_text())["ensemble_members"] == 2
-    params["ensemble"]["seed2"]["train"]["seed"] = 3  # changing one member retrains only it
+    # Changing one member retrains only it; a transformer beside a recurrent model decodes and exports with it.
+    params["ensemble"]["seed2"]["decoder"] = {"arch": "transformer", "heads": 4, "ff_units": 32}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(dvc(repo, "repro")) == {"train_member@seed2", "evaluate", "export"}
+    assert json.loads((repo / "ensemble" / "seed2" / "captioner.json").read_text())["decoder"]["layers"] == 2
     image = next((repo / "data" / "raw" / "Flicker8k_Dataset").iterdir())
     captioned = subprocess.run(["caption", str(image), "--member", "ensemble/seed2", "--json"], cwd=repo,
                                capture_output=True, text=True, env=ENVIRONMENT)  # fmt: skip

@@ -41,8 +41,9 @@ def toy_self_critical(arch="attention", samples=4, seed=0, dropout=0.0, dev_scor
     return scst, table, rows, vocab
 
 
-def test_the_policy_step_makes_a_caption_with_positive_advantage_likelier_and_negative_less_likely():
-    scst, table, rows, vocab = toy_self_critical(dropout=0.5)
+@pytest.mark.parametrize("arch", ["attention", "transformer"])
+def test_the_policy_step_makes_a_caption_with_positive_advantage_likelier_and_negative_less_likely(arch):
+    scst, table, rows, vocab = toy_self_critical(arch, dropout=0.5)
     features = table[:2]
     sampled = decoding.sample(scst.stepper, features, vocab.start_id, vocab.end_id, 6, np.random.default_rng(0))
 

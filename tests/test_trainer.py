@@ -15,8 +15,13 @@ from captioner.decoder import Stepper
 from captioner.trainer import Trainer
 from tests.conftest import PROJECT, teacher_forced_fit, toy_batches, toy_config, toy_decoder, toy_problem, toy_spec
 
+RECURRENCE = {"inject": "rnn", "attention": "attention_rnn", "transformer": "block_0"}  # the layer doing the most work
 
-@pytest.mark.parametrize(("precision", "arch"), [("mixed_bfloat16", "attention"), ("mixed_float16", "inject")])
+
+@pytest.mark.parametrize(
+    ("precision", "arch"),
+    [("mixed_bfloat16", "attention"), ("mixed_float16", "inject"), ("mixed_float16", "transformer")],
+)
 def test_mixed_precision_trains_and_the_saved_model_reloads_and_decodes_in_float32(precision, arch, tmp_path):
     features, captions, vocab = toy_problem()
     data = toy_batches(features, captions, vocab, arch)
@@ -30,8 +35,7 @@ def test_mixed_precision_trains_and_the_saved_model_reloads_and_decodes_in_float
         summary = teacher_forced_fit(trainer, data, data, epochs=30, patience=30)
     finally:
         training.use_precision("float32")
-    assert model.get_layer("rnn" if arch == "inject" else "attention_rnn").compute_dtype == precision[6:]
-    assert model.get_layer("logits").compute_dtype == "float32"  # the softmax's range
+    assert model.get_layer(RECURRENCE[arch]).compute_dtype == precision[6:]
     assert all(weight.dtype == np.float32 for weight in model.get_weights())
     assert summary["best_dev_loss"] < before.loss / 4
     if precision == "mixed_float16":
@@ -44,6 +48,7 @@ def test_mixed_precision_trains_and_the_saved_model_reloads_and_decodes_in_float
     assert {layer.dtype_policy.name for layer in reloaded.layers} == {"float32"}
     inputs, tokens = next(iter(data))
     logits = model([inputs, tokens])["logits"]
+    assert logits.dtype == tf.float32  # the softmax's range
     np.testing.assert_allclose(reloaded([inputs, tokens])["logits"], logits, atol=0.15)
     table = features if arch == "attention" else features.mean(axis=1)
     greedy = decoding.greedy(
