@@ -14,7 +14,8 @@ Then, how close the train step runs to the machine's limit: the params' decoder 
 in a mixed precision policy (``--mixed``, mixed_bfloat16 by default), steps taking turns. Its achieved
 FLOP/s counts the decoder's matmul FLOPs per real token (and per caption), forward and backward
 (3× forward); beside it, in the same run, the FLOP/s of a plain dense matmul of the step's largest
-shape in the same dtype. ``--only flops`` runs just this part, ``--only prefix`` just the first.
+shape in the same dtype. ``--only flops`` runs just this part, ``--only prefix`` just the first;
+``--archs inject,transformer`` measures each of those decoders (the params' settings otherwise), all taking turns.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import argparse
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
+from functools import partial
 
 import keras
 import numpy as np
@@ -109,70 +112,86 @@ def train_for(step, batches, seconds: float) -> int:
     return done
 
 
-def matmul_rate(rows: int, inner: int, columns: int, dtype: str, seconds: float = 3.0) -> float:
-    """FLOP/s of a plain (rows × inner) · (inner × columns) matmul in ``dtype``, repeated for ``seconds``."""
-    a = tf.random.normal((rows, inner), dtype=tf.float32)
-    b = tf.random.normal((inner, columns), dtype=tf.float32)
-    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+def dense_matmul(rows: int, inner: int, columns: int, dtype: str) -> tuple[Callable[[], object], int]:
+    """A plain (rows × inner) · (inner × columns) matmul in ``dtype``, compiled and warmed up, and its FLOPs."""
+    a = tf.cast(tf.random.normal((rows, inner), dtype=tf.float32), dtype)
+    b = tf.cast(tf.random.normal((inner, columns), dtype=tf.float32), dtype)
     product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
     product()
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        product().numpy()
-        done += 1
-    return done * 2 * rows * inner * columns / (time.perf_counter() - started)
+    return lambda: product().numpy(), 2 * rows * inner * columns
 
 
-def machine_limit(table, rows, sequences, vocab, mixed: str, rounds: int) -> None:
-    """The params' decoder's train step in float32 and in ``mixed``, taking turns: step times, their ratio, and
-    each one's achieved FLOP/s as a fraction of a same-dtype dense matmul's in this run."""
+def machine_limit(table, rows, sequences, vocab, mixed: str, rounds: int, archs: list[str]) -> None:
+    """The params' decoder's train step, once per architecture in ``archs`` (the same params but ``decoder.arch``),
+    in float32 and in ``mixed``; beside each, a same-dtype dense matmul of the step's real tokens by its largest
+    kernel. All take turns in rounds, so each step's achieved FLOP/s is a fraction of a matmul timed alike."""
     config = TrainConfig.from_params(declared_params("train"))
-    spec, batch_size = config.decoder, config.batch_size
     feature_shape = table.shape[1:]
-    if spec.reads_grid:
-        raise SystemExit("the FLOP/s part reads pooled features: run it with an inject or merge decoder")
-    counted = decoder.architecture(spec, len(vocab))
-    counted.build(feature_shape)
-    per_token, per_caption = counted.matmul_flops(feature_shape)
-    data = batching.CaptionBatches(table.__getitem__, feature_shape, rows, sequences, batch_size, seed=0)
+    data = batching.CaptionBatches(table.__getitem__, feature_shape, rows, sequences, config.batch_size, seed=0)
     batches = [batch for batch, _ in zip(itertools.cycle(data), range(50), strict=False)]
-    flops = [3 * (per_token * int((tokens[:, 1:] != 0).sum()) + per_caption * len(tokens)) for _, tokens in batches]
-    steps = {}
-    for policy in ("float32", mixed):
-        training.use_precision(policy)
-        architecture = decoder.architecture(spec, len(vocab))
-        trainer = Trainer(architecture.build(feature_shape), architecture.head, config)
-        steps[policy] = trainer.train_step(data.element_spec)
-        for features, tokens in batches[:3]:  # compile and warm up
-            steps[policy](features, tokens)
-    training.use_precision("float32")
-    spent = dict.fromkeys(steps, 0.0)
-    for _ in range(rounds):
-        for policy, step in steps.items():
-            started = time.perf_counter()
-            for features, tokens in batches:
-                step(features, tokens)[0].numpy()
-            spent[policy] += time.perf_counter() - started
-    # The reference: one matmul as large as the step's gate projections of all its real tokens at once.
     tokens_per_step = int(np.mean([(tokens[:, 1:] != 0).sum() for _, tokens in batches]))
-    inner, columns = spec.units, (3 if spec.rnn == "gru" else 4) * spec.units
-    print(
-        f"{spec.arch} {spec.rnn.upper()}-{spec.units}, batch {batch_size}: {per_token / 1e6:.2f} MFLOP per real token "
-        f"forward (+{per_caption / 1e6:.2f} per caption), ×3 with the backward pass; {rounds} rounds of "
-        f"{len(batches)} steps each"
-    )
-    for policy in steps:
-        seconds = spent[policy] / (rounds * len(batches))
-        achieved = sum(flops) * rounds / spent[policy]
-        dtype = "float32" if policy == "float32" else policy.removeprefix("mixed_")
-        dense = matmul_rate(tokens_per_step, inner, columns, dtype)
+    specs = {arch: dataclasses.replace(config.decoder, arch=arch) for arch in archs}
+    if any(spec.reads_grid for spec in specs.values()):
+        raise SystemExit("the FLOP/s part reads pooled features: leave attention out")
+    runs = {}  # (arch, policy) → (one step over the batches, its FLOPs, the dense matmul, its FLOPs)
+    for arch, spec in specs.items():
+        for policy in ("float32", mixed):
+            training.use_precision(policy)
+            architecture = decoder.architecture(spec, len(vocab))
+            trainer = Trainer(
+                architecture.build(feature_shape), architecture.head, dataclasses.replace(config, decoder=spec)
+            )
+            step = trainer.train_step(data.element_spec)
+            for features, tokens in batches[:3]:  # compile and warm up
+                step(features, tokens)
+            per_token, per_caption = architecture.matmul_flops(feature_shape)
+            flops = sum(3 * (per_token * int((t[:, 1:] != 0).sum()) + per_caption * len(t)) for _, t in batches)
+            dense = dense_matmul(tokens_per_step, *largest_kernel(spec), policy.removeprefix("mixed_"))
+            runs[arch, policy] = (partial(train_over, step, batches), flops, *dense)
         print(
-            f"  {policy:>14}: {seconds * 1e3:.1f} ms/step, {achieved / 1e9:.1f} GFLOP/s; dense {dtype} matmul "
-            f"({tokens_per_step}×{inner})·({inner}×{columns}): {dense / 1e9:.1f} GFLOP/s "
-            f"→ fraction {achieved / dense:.2f}"
+            f"{arch} ({describe(spec)}), batch {config.batch_size}: {per_token / 1e6:.2f} MFLOP per real token "
+            f"forward (+{per_caption / 1e6:.2f} per caption), ×3 with the backward pass"
         )
-    ratio = spent[mixed] / spent["float32"]
-    print(f"  step time, {mixed} ÷ float32: {ratio:.2f} ({'faster' if ratio < 1 else 'slower'} in {mixed})")
+    training.use_precision("float32")
+    spent = {key: [0.0, 0.0] for key in runs}
+    for _ in range(rounds):
+        for key, (train, _, matmul, _) in runs.items():
+            spent[key][0] += timed(train)
+            spent[key][1] += timed(lambda matmul=matmul: [matmul() for _ in batches])
+    print(f"{rounds} rounds of {len(batches)} steps and {len(batches)} dense matmuls each, all taking turns")
+    for (arch, policy), (step_seconds, dense_seconds) in spent.items():
+        _, flops, _, dense_flops = runs[arch, policy]
+        achieved, dense = flops * rounds / step_seconds, dense_flops * len(batches) * rounds / dense_seconds
+        inner, columns = largest_kernel(specs[arch])
+        print(
+            f"  {arch:>11} {policy:>14}: {step_seconds * 1e3 / (rounds * len(batches)):.1f} ms/step, "
+            f"{achieved / 1e9:.1f} GFLOP/s; dense ({tokens_per_step}×{inner})·({inner}×{columns}): "
+            f"{dense / 1e9:.1f} GFLOP/s → fraction {achieved / dense:.2f}"
+        )
+
+
+def train_over(step, batches) -> None:
+    for features, tokens in batches:
+        step(features, tokens)[0].numpy()
+
+
+def timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def describe(spec) -> str:
+    if spec.arch == "transformer":
+        return f"{spec.layers} blocks, width {spec.units}, {spec.heads} heads, feed-forward {spec.ff_units}"
+    return f"{spec.rnn.upper()}-{spec.units}"
+
+
+def largest_kernel(spec) -> tuple[int, int]:
+    """(inner, columns) of the decoder's widest per-token matmul: the recurrent cell's gates, the feed-forward net."""
+    if spec.arch == "transformer":
+        return spec.units, spec.ff_units
+    return spec.units, (3 if spec.rnn == "gru" else 4) * spec.units
 
 
 def main() -> None:
@@ -182,6 +201,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=90.0, help="training seconds per method for the dev loss")
     parser.add_argument("--mixed", default="mixed_bfloat16", choices=PRECISIONS[1:])
     parser.add_argument("--only", choices=("prefix", "flops"), help="run one part (default: both)")
+    parser.add_argument(
+        "--archs", default="", help="the FLOP/s part: comma-separated decoder.arch values (default: the params')"
+    )
     arguments = parser.parse_args()
     keras.utils.set_random_seed(0)
 
@@ -195,9 +217,15 @@ def main() -> None:
         }
     rows, sequences = splits["train"]
     if arguments.only != "prefix":
-        machine_limit(table, rows, sequences, vocab, arguments.mixed, max(arguments.rounds // 2, 1))
-    if arguments.only == "flops":
-        return
+        archs = arguments.archs.split(",") if arguments.archs else [declared_params("train")["decoder"]["arch"]]
+        machine_limit(table, rows, sequences, vocab, arguments.mixed, max(arguments.rounds // 2, 1), archs)
+    if arguments.only != "flops":
+        prefix_expansion_vs_ours(arguments, table, splits, vocab)
+
+
+def prefix_expansion_vs_ours(arguments, table: np.ndarray, splits: dict, vocab: Vocabulary) -> None:
+    """The first part: epoch times side by side, then the dev loss after the same training time."""
+    rows, sequences = splits["train"]
     dev_rows, dev_sequences = (part[:500] for part in splits["dev"])
     max_len = vocab.max_length
     prefixes_per_epoch = sum(len(s) - 1 for s in sequences)

@@ -377,13 +377,12 @@ class Transformer(Architecture):
         # Self-attention over the prefix (≈ 4 · position · units a token per block) is left out: under 1% of
         # the kernels' share at captions' lengths.
         cells, spec = (feature_shape[0] if len(feature_shape) == 2 else 1), self.spec
-        per_block = [(block.self_qkv, block.self_out, block.cross_query, block.cross_out) for block in self.blocks]
-        kernels = [dense.kernel for block in per_block for dense in block]
-        kernels += [dense.kernel for block in self.blocks for dense in (block.ff_hidden, block.ff_out)]
+        per_block = [(b.self_qkv, b.self_out, b.cross_query, b.cross_out, b.ff_hidden, b.ff_out) for b in self.blocks]
+        layers_used = [*(layer for block in per_block for layer in block), self.word_projection, self.output_projection]
         reversed_embedding = self.embedding.embeddings if spec.tie_embeddings else self.embedding.reverse_embeddings
-        optional = [layer.kernel for layer in (self.word_projection, self.output_projection) if layer is not None]
-        per_token = self.kernel_flops(*kernels, *optional, reversed_embedding)
-        per_token += spec.layers * 2 * 2 * cells * spec.units  # cross-attention: scores and the weighted sum
+        per_token = self.kernel_flops(*(layer.kernel for layer in layers_used if layer is not None), reversed_embedding)
+        if cells > 1:  # cross-attention's scores and weighted sum (one cell: neither)
+            per_token += spec.layers * 2 * 2 * cells * spec.units
         image = self.image_projection.kernel, *(block.cross_kv.kernel for block in self.blocks)
         return per_token, cells * self.kernel_flops(*image)
 

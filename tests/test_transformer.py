@@ -117,3 +117,12 @@ def test_decoding_or_training_past_the_context_fails_with_one_line():
     spec.check_fits(13)  # 12 positions read: the caption but its last token
     with pytest.raises(CaptionerError, match="vocab.max_length 14 needs 13 positions, more than decoder.context 12"):
         spec.check_fits(14)
+
+
+def test_the_matmul_flops_count_each_kernel_a_token_or_a_caption_passes_through():
+    """For bench/train_speed.py's FLOP/s: pooled features (one cell, so no cross-attention query or scores)."""
+    architecture = built({}, (24,))  # width 32, feed-forward 64, 2 blocks, untied, vocabulary 20
+    per_token, per_caption = architecture.matmul_flops((24,))
+    block = 32 * 96 + 32 * 32 + 32 * 32 + 32 * 64 + 64 * 32  # qkv, self out, cross out, feed-forward in and out
+    assert per_token == 2 * (2 * block + 32 * 20)
+    assert per_caption == 2 * (24 * 32 + 2 * 32 * 64)  # the image projection, each block's cross keys and values
