@@ -131,7 +131,7 @@ def machine_limit(table, rows, sequences, vocab, mixed: str, rounds: int, archs:
     batches = [batch for batch, _ in zip(itertools.cycle(data), range(50), strict=False)]
     tokens_per_step = int(np.mean([(tokens[:, 1:] != 0).sum() for _, tokens in batches]))
     specs = {arch: dataclasses.replace(config.decoder, arch=arch) for arch in archs}
-    if any(spec.reads_grid for spec in specs.values()):
+    if any(spec.needs_grid for spec in specs.values()):
         raise SystemExit("the FLOP/s part reads pooled features: leave attention out")
     runs = {}  # (arch, policy) → (one step over the batches, its FLOPs, the dense matmul, its FLOPs)
     for arch, spec in specs.items():

@@ -177,8 +177,7 @@ class Trained:
 
     @property
     def reads_grid(self) -> bool:
-        """Whether the decoder was built on the feature grid (cells × channels) rather than the pooled vector."""
-        return len(self.decoder.inputs[0].shape) == 3
+        return self.architecture.reads_grid
 
     @property
     def vocab(self) -> Vocabulary:

@@ -44,7 +44,7 @@ class DecoderSpec:
     context: int = 64  # the most positions it reads: captions and decoding's max_len must fit
 
     @property
-    def reads_grid(self) -> bool:
+    def needs_grid(self) -> bool:
         """Whether the decoder needs the H×W feature grid (attention) rather than the pooled vector."""
         return self.arch == "attention"
 
@@ -52,7 +52,7 @@ class DecoderSpec:
         """Whether the decoder reads pooled vectors from features stored with pooling ``stored`` (avg | grid): the
         recurrent ones as their architecture says; the transformer attends over the grid when the features hold
         one, else over the pooled vector as a one-cell grid."""
-        return stored == "avg" if self.arch == "transformer" else not self.reads_grid
+        return stored == "avg" if self.arch == "transformer" else not self.needs_grid
 
     @property
     def num_states(self) -> int:

@@ -117,6 +117,12 @@ class Architecture:
         self.head = self.vocabulary_head()
         self.model: keras.Model | None = None
 
+    @property
+    def reads_grid(self) -> bool:
+        """Whether the model was built on the feature grid (cells × channels) rather than the pooled vector: fixed
+        by the spec for the recurrent decoders, by the features it trained on for the transformer."""
+        return len(self.model.inputs[0].shape) == 3
+
     def token_embedding(self) -> layers.Layer:
         spec = self.spec
         return layers.Embedding(
@@ -325,7 +331,6 @@ class Transformer(Architecture):
         ]
         self.final_norm = layers.LayerNormalization(epsilon=1e-5, name="final_norm")
         self.output_projection = layers.Dense(spec.embedding_dim, name="output_projection") if resized else None
-        self.attends = False  # set by ``forward``: whether the image has more than one cell to weigh
 
     def vocabulary_head(self):
         def logits(hidden):  # the embedding reversed: its transpose when tied, else a matrix of its own
@@ -347,7 +352,6 @@ class Transformer(Architecture):
 
     def forward(self, features, words) -> dict:
         image = self.image_cells(features)
-        self.attends = len(features.shape) == 3 and features.shape[1] != 1
         words = self.positions(self.word_input(words))
         for block in self.blocks:
             words = block(words, image)
@@ -369,8 +373,9 @@ class Transformer(Architecture):
             keys, values, *image_memory = caches[4 * index : 4 * index + 4]
             words, cache, weights = block.step(words, position, [keys, values], image_memory)
             new_states += [*cache, *image_memory]
-        # The last block's cross-attention, averaged over its heads: the grid cells each word looked at.
-        attention = ops.mean(weights[:, :, 0, :], axis=1) if self.attends else None
+        # The last block's cross-attention, averaged over its heads: the grid cells each word looked at (one cell:
+        # no weights).
+        attention = None if weights is None else ops.mean(weights[:, :, 0, :], axis=1)
         return self.head(self.hidden(words)[:, 0]), new_states, attention
 
     def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -450,7 +455,7 @@ class Stepper:
     def __init__(self, decoder: Architecture):
         import tensorflow as tf
 
-        self.reads_grid = len(decoder.model.inputs[0].shape) == 3  # as built: a transformer reads either
+        self.reads_grid = decoder.reads_grid
         self.context = decoder.spec.context if decoder.spec.arch == "transformer" else None
         # Signatures with any batch size: one trace each, whatever the batch sizes (a trace per batch shape made
         # the Steppers of a 3-member ensemble trip TensorFlow's retracing warning).

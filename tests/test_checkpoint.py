@@ -22,7 +22,7 @@ def test_the_card_round_trips_the_decoder_spec_and_records_the_training_config(t
     assert DecoderSpec.from_card(card, "card") == spec
     expected = {"rnn": "lstm", "arch": "attention", "units": 24, "embedding_dim": 12, "dropout": 0.25}
     assert card["decoder"] == expected | {"attention_units": 8, "train_embeddings": False}
-    assert spec.reads_grid and spec.num_states == 2 and "pooling" not in card
+    assert spec.needs_grid and spec.num_states == 2 and "pooling" not in card
     assert card["training"]["learning_rate"] == 0.002 and "decoder" not in card["training"]
     assert (card["dataset"], card["finetune_from"]) == ("shapes", "top_conv")
     write_card(tmp_path, ATTRS, Vocabulary(["a", "dog"], 5), spec)  # trained outside the train stage
@@ -41,7 +41,7 @@ def test_a_spec_from_the_decoder_params_leaves_out_what_only_training_reads():
         "context": 64,
     }
     assert DecoderSpec.from_params(params) == DecoderSpec("gru", "inject", 512, 256, 0.3, 256, True)
-    assert not DecoderSpec.from_params(params).reads_grid
+    assert not DecoderSpec.from_params(params).needs_grid
 
 
 def test_a_model_saved_before_the_decoder_spec_fails_with_one_line_naming_what_is_missing(tmp_path):
