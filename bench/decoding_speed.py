@@ -25,6 +25,9 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # tests/reference_decoding.py, the Python-loop decoding
 
+from captioner import process  # noqa: E402
+
+process.prepare()  # as the stages and the caption command run: before TensorFlow starts
 from captioner import decoding, export  # noqa: E402
 from captioner.captioning import Captioner  # noqa: E402
 from captioner.datasets import read_captions  # noqa: E402
@@ -106,11 +109,11 @@ def main() -> None:
     parser.add_argument("--caption-images", type=int, default=20)
     arguments = parser.parse_args()
 
-    captioner = Captioner.load(Layout.models)
+    captioner = Captioner.load(Layout().models)
     card, vocab = captioner.trained.card, captioner.trained.vocab
     max_len = vocab.max_length
-    with FeatureFile(Layout.features_file(card["encoder"]), card["encoder"]) as store:
-        images = sorted({image for image, _ in read_captions(Layout.split_captions("test"))} & set(store.row_of))
+    with FeatureFile(Layout().features_file(card["encoder"]), card["encoder"]) as store:
+        images = sorted({image for image, _ in read_captions(Layout().split_captions("test"))} & set(store.row_of))
         images = images[: arguments.images]
         features = store.read(np.array([store.row_of[image] for image in images]), not captioner.decoder.reads_grid)
     spec = captioner.trained.spec
@@ -122,7 +125,7 @@ def main() -> None:
     print(f"compiled greedy ÷ Python-loop greedy = {speedup:.2f} (goal ≥ 2)")
     compiled, loop = (rates[f"{kind} beam 3"] / rates[f"{kind} greedy"] for kind in ("compiled", "Python-loop"))
     print(f"beam 3 ÷ greedy: compiled {compiled:.3f} (goal ≥ 0.25), Python loop {loop:.3f}")
-    paths = [Layout.images / image for image in images[: arguments.caption_images]]
+    paths = [Layout().images / image for image in images[: arguments.caption_images]]
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "export"
         export.export(captioner, exported, beam_size=3, max_len=max_len, length_penalty=0.0)

@@ -15,15 +15,18 @@ import time
 
 import numpy as np
 
-from captioner import decoding, metrics
-from captioner.checkpoint import Trained
-from captioner.datasets import read_captions, split_references
-from captioner.ensemble import decoder_of
-from captioner.ensemble import members as ensemble_of
-from captioner.features import FeatureFile
-from captioner.layout import Layout
-from captioner.stage import declared_params
-from captioner.text import Vocabulary
+from captioner import process
+
+process.prepare()  # as the evaluate stage runs: before TensorFlow starts
+from captioner import decoding, metrics  # noqa: E402
+from captioner.checkpoint import Trained  # noqa: E402
+from captioner.datasets import read_captions, split_references  # noqa: E402
+from captioner.ensemble import decoder_of  # noqa: E402
+from captioner.ensemble import members as ensemble_of  # noqa: E402
+from captioner.features import FeatureFile  # noqa: E402
+from captioner.layout import Layout  # noqa: E402
+from captioner.stage import declared_params  # noqa: E402
+from captioner.text import Vocabulary  # noqa: E402
 
 
 def main() -> None:
@@ -31,12 +34,12 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=3, help="beam size (1: greedy)")
     arguments = parser.parse_args()
     params = declared_params("evaluate")
-    vocab = Vocabulary.load(Layout.vocab)
-    others = [Layout.ensemble / name for name in params["ensemble"]]
-    members = ensemble_of(Trained.load(Layout.models), others)
-    with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
-        images, rows, references = split_references(read_captions(Layout.split_captions("test")), store.row_of)
-        names = ", ".join(str(directory) for directory in [Layout.models, *others])
+    vocab = Vocabulary.load(Layout().vocab)
+    others = [Layout().ensemble / name for name in params["ensemble"]]
+    members = ensemble_of(Trained.load(Layout().models), others)
+    with FeatureFile(Layout().features_file(params["encoder"]), params["encoder"]) as store:
+        images, rows, references = split_references(read_captions(Layout().split_captions("test")), store.row_of)
+        names = ", ".join(str(directory) for directory in [Layout().models, *others])
         print(f"{len(images)} test images, beam {arguments.beam}, members: {names}")
         print("| members | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | METEOR | captions/s |")
         print("|---|---|---|---|---|---|---|---|")

@@ -52,17 +52,17 @@ def main() -> None:
 
     params = declared_params("train")
     spec, settings, config = params["decoder"], params["train"], TrainConfig.from_params(params)
-    encoder, vocab = encoders.get(params["encoder"]), Vocabulary.load(Layout.vocab)
+    encoder, vocab = encoders.get(params["encoder"]), Vocabulary.load(Layout().vocab)
     pooled = spec["arch"] != "attention"
-    with FeatureFile(Layout.features_file(encoder.name), encoder.name) as store:
-        captions = read_captions(Layout.split_captions("train"))
+    with FeatureFile(Layout().features_file(encoder.name), encoder.name) as store:
+        captions = read_captions(Layout().split_captions("train"))
         rows, sequences, _ = batching.encode_captions(captions, store.row_of, vocab)
         image_rows, groups = batching.captions_by_image(rows, sequences)
         train_images = len(image_rows)
         image_rows, groups = image_rows[: arguments.images], groups[: arguments.images]
         names, size, weights = store.names, int(store.attrs["input_size"]), str(store.attrs["weights_param"])
         feature_shape = store.shape(pooled)
-    images = np.stack([load_image(str(Layout.images / names[row]), size, encoder.preprocess) for row in image_rows])
+    images = np.stack([load_image(str(Layout().images / names[row]), size, encoder.preprocess) for row in image_rows])
 
     split = finetuning.finetunable_encoder(encoder, weights, size, "avg" if pooled else "grid", arguments.finetune_from)
     split.frozen.predict_on_batch(images[:32])  # warm-up: trace the forward pass

@@ -1,4 +1,4 @@
-"""What the pinned CPU kernels cost (captioner/kernels.py): feature extraction and the train step with the pins
+"""What the pinned CPU kernels cost (captioner/process.py): feature extraction and the train step with the pins
 (the same bytes on every CPU) vs the kernels TensorFlow picks itself, in worker processes taking turns.
 
     dvc repro            # the bench reads data/ and params.yaml as the pipeline left them
@@ -32,6 +32,9 @@ SETTINGS = {
 def worker(images: int, steps: int) -> None:
     import numpy as np
 
+    from captioner import process
+
+    process.prepare()  # the pins, unless the worker's environment lifts them
     from captioner import encoders, features
     from captioner.datasets import read_split_list
     from captioner.layout import Layout
@@ -41,7 +44,7 @@ def worker(images: int, steps: int) -> None:
     encoder = encoders.get(params["encoder"])
     model = encoder.build(str(params["features"]["weights"]), params["features"]["image_size"])
     size = params["features"]["image_size"] or encoder.input_size
-    paths = [str(Layout.images / name) for name in read_split_list(Layout.split_list("train"))[:images]]
+    paths = [str(Layout().images / name) for name in read_split_list(Layout().split_list("train"))[:images]]
     batch = params["features"]["batch_size"]
 
     def encode() -> bytes:

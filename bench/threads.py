@@ -37,10 +37,10 @@ def train_steps(steps: int) -> tuple[str, Callable[[], None]]:
     params = declared_params("train")
     config = TrainConfig.from_params(params)
     spec, settings = config.decoder, params["train"]
-    vocab = Vocabulary.load(Layout.vocab)
-    with FeatureFile(Layout.features_file(params["encoder"]), params["encoder"]) as store:
+    vocab = Vocabulary.load(Layout().vocab)
+    with FeatureFile(Layout().features_file(params["encoder"]), params["encoder"]) as store:
         pooled = spec.pooled(store.pooling)
-        captions, shape = read_captions(Layout.split_captions("train")), store.shape(pooled)
+        captions, shape = read_captions(Layout().split_captions("train")), store.shape(pooled)
         rows, sequences, _ = batching.encode_captions(captions, store.row_of, vocab)
         data = batching.CaptionBatches(store.reader(pooled), shape, rows, sequences, settings["batch_size"], seed=0)
         batches = [batch for batch, _ in zip(itertools.cycle(data), range(steps), strict=False)]

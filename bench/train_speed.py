@@ -208,11 +208,11 @@ def main() -> None:
     keras.utils.set_random_seed(0)
 
     encoder = declared_params("train")["encoder"]
-    vocab = Vocabulary.load(Layout.vocab)
-    with FeatureFile(Layout.features_file(encoder), encoder) as store:
+    vocab = Vocabulary.load(Layout().vocab)
+    with FeatureFile(Layout().features_file(encoder), encoder) as store:
         table = store.read(np.arange(len(store.row_of)), pooled=True)
         splits = {
-            split: batching.encode_captions(read_captions(Layout.split_captions(split)), store.row_of, vocab)[:2]
+            split: batching.encode_captions(read_captions(Layout().split_captions(split)), store.row_of, vocab)[:2]
             for split in ("train", "dev")
         }
     rows, sequences = splits["train"]

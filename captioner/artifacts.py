@@ -21,11 +21,13 @@ from captioner import CaptionerError
 DAMAGE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError)
 
 
-def remedy(path: Path | str, pipeline: Path = Path("dvc.yaml")) -> str:
-    """How to get a good copy of ``path``: ``dvc checkout`` and the stage that writes it, as dvc.yaml says."""
-    target = PurePosixPath(Path(path).as_posix())
+def remedy(path: Path | str) -> str:
+    """How to get a good copy of ``path``: ``dvc checkout`` and the stage that writes it, as the dvc.yaml of the
+    project it is in (the nearest folder above it holding one) says."""
+    project = next((folder for folder in Path(path).parents if (folder / "dvc.yaml").is_file()), None)
+    target = PurePosixPath(Path(path).relative_to(project).as_posix()) if project else PurePosixPath()
     try:
-        stages = yaml.safe_load(pipeline.read_text())["stages"]
+        stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"] if project else {}
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         stages = {}
     for stage, definition in stages.items():

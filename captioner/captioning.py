@@ -1,9 +1,17 @@
-"""A trained captioner as one object: encoder + decoder + vocabulary, loaded from the model directory."""
+"""A trained captioner as one object: encoder + decoder + vocabulary, loaded from a model directory; the Python API's
+``Captioner``.
+
+    captioner = Captioner.load("models")
+    for result in captioner.caption(["photo.jpg", "other.png"], beam_size=3):
+        print(result.image, result.text, result.log_prob, result.error)
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,18 +21,29 @@ from captioner.decoder import StepwiseDecoder
 from captioner.features import Extractor
 
 
+class Caption(NamedTuple):
+    """One image's caption, or why it has none."""
+
+    image: Path
+    text: str  # the caption's words, space-separated; "" when the image was not captioned
+    log_prob: float  # the caption's summed log-probability (nan when not captioned)
+    error: str | None  # why the image was not captioned (missing, not an image, too large, …), else None
+
+
 @dataclass
 class Captioner:
     trained: Trained
-    extractor: object
+    extractor: Extractor
     members: list[Trained]  # the ensemble it decodes with: ``trained`` first; just it without others
     decoder: StepwiseDecoder  # the members decoding as one (``ensemble.decoder_of``)
 
     @classmethod
-    def load(cls, directory: Path, others: list[Path] = ()) -> Captioner:
-        """The captioner in ``directory``, decoding as an ensemble with the models in ``others`` if any."""
-        trained = Trained.load(directory)
-        every = ensemble.members(trained, list(others))
+    def load(cls, directory: Path | str = "models", others: list[Path | str] = ()) -> Captioner:
+        """The captioner the train stage saved in ``directory``, decoding as an ensemble with the models in the
+        directories ``others`` if any (``ensemble/<name>``). A missing or damaged model is a one-line
+        ``CaptionerError`` naming it."""
+        trained = Trained.load(Path(directory))
+        every = ensemble.members(trained, [Path(other) for other in others])
         card, pooling = trained.card, "grid" if any(member.reads_grid for member in every) else "avg"
         extractor = Extractor(
             encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=trained.encoder
@@ -32,25 +51,33 @@ class Captioner:
         return cls(trained, extractor, every, ensemble.decoder_of(every))
 
     def caption(
-        self, paths: list[Path], beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0
-    ) -> tuple[dict[Path, str], dict[Path, str]]:
-        """Captions of the readable images (beams ranked as ``decoding.beam_search`` says), and the reason each
-        other path failed."""
+        self,
+        images: list[Path | str],
+        beam_size: int = 3,
+        max_len: int | None = None,
+        length_penalty: float = 0.0,
+    ) -> list[Caption]:
+        """A ``Caption`` of each image file, in order: the best of ``beam_size`` beams (1: greedy) up to ``max_len``
+        tokens (default: the vocabulary's longest caption), beams ranked by log-probability ÷ length **
+        ``length_penalty``. An image that cannot be read fails alone, with its reason in ``error``."""
+        paths = [Path(image) for image in images]
         features, failures = self.extractor.features(paths)
         if self.extractor.pooling == "grid":
             features = features.reshape(len(features), -1, features.shape[-1])
         readable = [path for path in paths if path not in failures]
-        if not readable:
-            return {}, failures
-        vocab = self.trained.vocab
-        ids, _ = decoding.beam_search(
-            self.decoder,
-            features.__getitem__,
-            np.arange(len(readable)),
-            vocab.start_id,
-            vocab.end_id,
-            max_len or vocab.max_length,
-            beam_size,
-            length_penalty,
-        )
-        return {path: " ".join(vocab.decode(row)) for path, row in zip(readable, ids, strict=True)}, failures
+        captions: dict[Path, Caption] = {path: Caption(path, "", math.nan, reason) for path, reason in failures.items()}
+        if readable:
+            vocab = self.trained.vocab
+            ids, log_probs = decoding.beam_search(
+                self.decoder,
+                features.__getitem__,
+                np.arange(len(readable)),
+                vocab.start_id,
+                vocab.end_id,
+                max_len or vocab.max_length,
+                beam_size,
+                length_penalty,
+            )
+            for path, row, log_prob in zip(readable, ids, log_probs, strict=True):
+                captions[path] = Caption(path, " ".join(vocab.decode(row)), float(log_prob), None)
+        return [captions[path] for path in paths]

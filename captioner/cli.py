@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.export and any(getattr(arguments, name) not in (None, []) for name in BAKED_IN):
         parser.error("--beam, --max-len, --length-penalty and --member are fixed in an exported model (export.json)")
 
-    from captioner import CaptionerError
+    from captioner import CaptionerError, process
 
+    process.prepare()
     try:
         captions, failures = _captions(arguments)
     except CaptionerError as err:
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _captions(arguments: argparse.Namespace) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Each image's caption, and why each other image has none."""
     if arguments.export:
         from captioner import export
 
@@ -109,13 +111,11 @@ def _captions(arguments: argparse.Namespace) -> tuple[dict[Path, str], dict[Path
             "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
             file=sys.stderr,
         )
-    return captioner.caption(
+    results = captioner.caption(
         arguments.images,
         beam_size=arguments.beam or 3,
         max_len=arguments.max_len,
         length_penalty=arguments.length_penalty or 0.0,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    captions = {result.image: result.text for result in results if result.error is None}
+    return captions, {result.image: result.error for result in results if result.error is not None}

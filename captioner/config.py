@@ -1,17 +1,18 @@
 """A training run as data: ``DecoderSpec`` (the decoder's architecture) and ``TrainConfig`` (the whole run), built
 from the train stage's params once, checked once, and saved in the model card. Plain data: reading params and
-cards never starts TensorFlow, so a bad param fails at once (``size_thread_pools``, the train stage's first call,
-which also readies the process for the config)."""
+cards never starts TensorFlow, so a bad param fails at once, before the train stage readies its process for the
+config (``captioner.process.prepare``) and TensorFlow takes seconds to start."""
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
-from captioner import CaptionerError, artifacts, kernels
+from captioner import CaptionerError, artifacts
 from captioner import params as param_rules
-from captioner.stage import Params, remember_reads, script_params
+
+if TYPE_CHECKING:
+    from captioner.stage import Params
 
 ARCHS = ("merge", "inject", "attention", "transformer")  # captioner.decoder.ARCHITECTURES builds each
 POSITIONS = ("learned", "sinusoidal")  # the transformer's position encodings
@@ -185,33 +186,3 @@ def member_settings(params: dict) -> tuple[str | None, dict, dict]:
     ((name, overrides),) = members.items()
     decoder, train = (params[section].merged(overrides.get(section, {})) for section in ("decoder", "train"))
     return name, decoder, train
-
-
-def size_thread_pools(stage: str) -> None:
-    """Ready the train stage's process for its config, before TensorFlow runs: each TensorFlow op gets
-    ``train.threads_per_op`` CPU threads (0 leaves TensorFlow's default: all cores), and the kernels follow
-    ``train.precision``. Here, and so a dvc.yaml dep of train, because it shapes the trained model's bits.
-
-    TensorFlow reads ``TF_NUM_INTRAOP_THREADS`` once, when it runs its first op, so a stage script calls this
-    before any TensorFlow work. A bad param, or train settings that cannot go together, stop the stage here with
-    one line, before TensorFlow takes seconds to start.
-    """
-    if "tensorflow" in sys.modules:
-        raise RuntimeError("size_thread_pools must run before TensorFlow is imported")
-    try:
-        params = script_params(stage)
-        config = TrainConfig.from_params(params)
-    except CaptionerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    # TensorFlow starts here, after the checks (a bad param fails at once) and before the thread count is set, as
-    # it always did in this pipeline (the param checks used to import it): the count then sizes each op's pool
-    # but not the one the import makes. Set before the import it reaches both, and the default model, trained on
-    # the same kernels, came out 2e-6 off in its weights (captions and scores unchanged): its bytes stay these.
-    import tensorflow  # noqa: F401
-
-    threads = member_settings(params)[2]["threads_per_op"]
-    if threads:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    kernels.for_precision(config.precision)
-    remember_reads(params.read)

@@ -6,6 +6,7 @@ with the ``Phase`` attributes and methods, and touches no loop code."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +212,9 @@ class EpochLog:
         if exc[0] is None:
             rounded = {key: round(value, 4) for key, value in self.summary.items()}
             (Path(self.live.dir) / "metrics.json").write_text(json.dumps(rounded, indent=2) + "\n")
+            # DVC's list of the folder's cached outputs: tracked by git, not the stage's to drop with the old log.
+            if (self.folder / ".gitignore").is_file():
+                shutil.copy2(self.folder / ".gitignore", Path(self.live.dir) / ".gitignore")
         return self.replacing.__exit__(*exc)
 
     def log_metric(self, name: str, value: float) -> None:

@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from captioner import decoding, figures, metrics
+from captioner import CaptionerError, decoding, encoders, ensemble, figures, metrics
 from captioner.batching import CaptionBatches, encode_captions
 from captioner.checkpoint import Trained, features_seen_by
-from captioner.datasets import split_references
+from captioner.datasets import read_captions, split_references
 from captioner.decoder import Stepper, StepwiseDecoder
 from captioner.encoders import Encoder
 from captioner.ensemble import decoder_of
 from captioner.features import FeatureFile
+from captioner.files import write_text
+from captioner.layout import Layout
 from captioner.teacher_forcing import EpochStats, teacher_forced
 from captioner.text import Vocabulary, strip_special
 
 SAMPLE_IMAGES, ATTENTION_IMAGES = 12, 3
 Words = list[str]
+
+
+def evaluate(layout: Layout, encoder: str, settings: dict, members: list[str] = ()) -> tuple[dict, list[str]]:
+    """The evaluate stage on the project in ``layout``: caption its test images with its model (decoding as the
+    ``evaluate`` params ``settings`` say, as an ensemble with the ``members`` named if any) from the ``encoder``'s
+    features, score the captions, and write the scores, the captions table and the figures. The scores, and notes
+    on metrics that could not be computed."""
+    metrics.start_meteor()  # its Java start-up overlaps the decoding
+    vocab = Vocabulary.load(layout.vocab)
+    test = read_captions(layout.split_captions("test"))
+    with FeatureFile(layout.features_file(encoder), encoder) as cached:
+        if not any(image in cached.row_of for image, _ in test):
+            raise CaptionerError(f"no test image has both captions and features in {cached.path}; nothing to score")
+        trained = Trained.load(layout.models)
+        trained.require_vocabulary(vocab, layout.vocab)
+        every = ensemble.members(trained, layout.members(members))
+        result = caption_test_images(every, cached, encoders.get(encoder), layout.images, test, vocab, settings)
+    train = read_captions(layout.split_captions("train"))
+    values, cosines, notes = scores(result, trained, vocab, train, settings, len(every))
+    write_text(layout.scores, json.dumps(values, indent=2) + "\n")
+    write_text(layout.test_captions, captions_table(result))
+    draw(result, cosines, layout.images, layout.figures)
+    return values, notes
 
 
 @dataclass

@@ -26,7 +26,8 @@ import tensorflow as tf
 from captioner import CaptionerError, artifacts, decoding
 from captioner.captioning import Captioner
 from captioner.features import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, decode_image, encoder_input, image_problem
-from captioner.files import atomic_path
+from captioner.files import atomic_path, write_text
+from captioner.layout import Layout
 from captioner.text import SPECIAL_TOKENS, Vocabulary
 
 SAVED_MODEL, TFLITE_FILE, EXPORT_CARD = "saved_model", "captioner.tflite", "export.json"
@@ -54,6 +55,9 @@ class ExportedCaptioner(tf.Module):
         tokens = captioner.trained.vocab.tokens
         self.words = tf.constant(["" if token in SPECIAL_TOKENS else token for token in tokens])  # specials: no word
         self.settings = (max_len, beam_size, float(length_penalty))
+        # Both signatures call one traced function: the encoder and the beam search loop are traced once.
+        preprocessed = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
+        self.caption = tf.function(self._caption, input_signature=[preprocessed])
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
         # A batch of any size, not [1, ...]: with a static batch the TensorFlow Lite converter fixes the shrinking
         # batch of unfinished images inside the beam search loop at its first size.
@@ -62,7 +66,7 @@ class ExportedCaptioner(tf.Module):
 
     def _serve(self, images):
         index, pixels = self._decodable(images)
-        words, log_probs = self._caption(pixels)
+        words, log_probs = self.caption(pixels)
         captions = tf.strings.strip(tf.strings.reduce_join(tf.where(words == "", "", words + " "), axis=1))
         slot = tf.tensor_scatter_nd_update(
             tf.fill(tf.shape(images), tf.size(index)), index[:, None], tf.range(tf.size(index))
@@ -78,7 +82,7 @@ class ExportedCaptioner(tf.Module):
         """TensorFlow Lite's signature: upright RGB images of one size → their captions' words (blanks after the
         last one)."""
         images = encoder_input(tf.cast(pixels, tf.float32), self.size, self.preprocess, antialias=False)
-        words, log_probs = self._caption(images)
+        words, log_probs = self.caption(images)
         return {"words": words, "log_probs": log_probs}
 
     def _decodable(self, images):
@@ -158,6 +162,19 @@ def _problem(images):
         known, tf.where(pixels > tf.constant(MAX_IMAGE_PIXELS, tf.int64), TOO_MANY_PIXELS, UNDECODABLE), NOT_AN_IMAGE
     )
     return tf.where(length == 0, "empty input", tf.where(length > MAX_IMAGE_BYTES, TOO_LARGE, problem))
+
+
+def export_project(layout: Layout, settings: dict, members: list[str] = ()) -> dict:
+    """The export stage on the project in ``layout``: its model (as an ensemble with the ``members`` named, if
+    any) exported to ``layout.export``, decoding as the ``evaluate`` params ``settings`` say. The files' sizes in
+    MB, also written to ``metrics/export.json``."""
+    captioner = Captioner.load(layout.models, layout.members(members))
+    decode_as = {key: settings[key] for key in ("beam_size", "max_len", "length_penalty")}
+    card = export(captioner, layout.export, **decode_as)
+    # To 0.1 MB: the TensorFlow Lite file's exact size moves by bytes from run to run (export/export.json has it).
+    sizes = {f"{name}_mb": round(card[f"{name}_bytes"] / 2**20, 1) for name in ("saved_model", "tflite")}
+    write_text(layout.export_sizes, json.dumps(sizes, indent=2) + "\n")
+    return sizes
 
 
 def export(captioner: Captioner, target: Path, beam_size: int, max_len: int, length_penalty: float) -> dict:

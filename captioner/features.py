@@ -18,9 +18,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from captioner import CaptionerError, artifacts
+from captioner import CaptionerError, artifacts, encoders
+from captioner.datasets import read_split_list
 from captioner.encoders import Encoder
 from captioner.files import atomic_path, progress
+from captioner.layout import SPLITS, Layout
 
 POOLINGS = ("avg", "grid")
 
@@ -268,6 +270,17 @@ def extract(
 ) -> list[str]:
     """Build the encoder and write the features of ``paths``; see ``Extractor.write``."""
     return Extractor(encoder, pooling, weights, image_size).write(paths, target, batch_size)
+
+
+def extract_project(layout: Layout, encoder: str, settings: dict) -> tuple[Path, list[Path], list[str]]:
+    """The extract_features stage on the project in ``layout``: the ``encoder``'s features of every image its split
+    lists name, as the ``features`` params ``settings`` say. (The features file, the images read, the names of
+    those that were not readable images.)"""
+    names = sorted({name for split in SPLITS for name in read_split_list(layout.split_list(split))})
+    paths = [layout.images / name for name in names if (layout.images / name).is_file()]
+    target = layout.features_file(encoder)
+    options = (settings["pooling"], settings["batch_size"], str(settings["weights"]), settings["image_size"])
+    return target, paths, extract(encoders.get(encoder), paths, target, *options)
 
 
 UNREADABLE = "not a readable features file (truncated or overwritten?)"

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from captioner import CaptionerError
-from captioner.layout import Layout
 
 # What the machine, not the code, makes a write fail with: a full or read-only disk, a file size limit, rights.
 WRITE_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -58,7 +57,7 @@ def remove_stale_scratch(target: Path) -> None:
         _remove_unless_live(scratch)
 
 
-def remove_dead_scratch(roots: tuple[Path, ...] = Layout.output_roots) -> None:
+def remove_dead_scratch(roots: tuple[Path, ...]) -> None:
     """Remove every ``atomic_path`` temporary under ``roots`` whose writer no longer runs (a killed stage's)."""
     for root in roots:
         for folder, folders, files in os.walk(root):

@@ -29,7 +29,6 @@ from captioner.config import TrainConfig
 from captioner.decoder import ENCODER
 from captioner.encoders import Encoder
 from captioner.features import FeatureFile, written_by
-from captioner.layout import Layout
 from captioner.trainer import TrainingRun
 
 
@@ -166,10 +165,11 @@ def training_run(
     encoded: dict[str, tuple[np.ndarray, list[list[int]]]],
     encoder: Encoder,
     strategy: tf.distribute.Strategy,
+    images: Path,
 ) -> Iterator[TrainingRun]:
     """What fine-tuning from ``config.finetune_from`` trains: ``encoder``'s unfrozen layers joined to the decoder
     ``model``, on image-grouped batches of the frozen layers' activations (computed once, into a temporary file
-    that lives as long as the run; the images are read from ``Layout.images``). Encoder weights and input size
+    that lives as long as the run; the images are read from the folder ``images``). Encoder weights and input size
     are those the ``cached`` features were made with; ``encoded`` holds each split's caption rows of ``cached``."""
     pooling, batch_size = "avg" if config.decoder.pooled(cached.pooling) else "grid", config.batch_size
     with strategy.scope():
@@ -178,7 +178,7 @@ def training_run(
         )
     print(f"train: fine-tuning {encoder.name} from layer {config.finetune_from}")
     image_rows = [row for rows, _ in encoded.values() for row in rows]
-    with frozen_activations(split, cached, encoder, Layout.images, image_rows, batch_size) as activations:
+    with frozen_activations(split, cached, encoder, images, image_rows, batch_size) as activations:
         seeds = {"train": config.seed, "dev": None}
         batches, per_image = image_caption_batches(encoded, cached, activations, batch_size, seeds)
         with strategy.scope():

@@ -1,5 +1,6 @@
-"""The project's layout: every path a stage reads or writes, relative to the project root (dvc.yaml names the
-same), in one place."""
+"""The project's layout: every path a stage reads or writes, under one project folder (dvc.yaml names the same,
+relative to it), in one place. A ``Layout`` is a value: every entry point takes one, so the library runs on any
+project folder from any working directory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ from typing import NamedTuple
 SPLITS = ("train", "dev", "test")
 
 
+class Release:
+    """Names inside a raw dataset folder: the Flickr8k release's own (its spelling too), which every dataset
+    source is written as, so every later stage runs the same code for each."""
+
+    images = "Flicker8k_Dataset"
+    captions_file = "Flickr8k.token.txt"
+
+    @staticmethod
+    def split_list(split: str) -> str:
+        return f"Flickr_8k.{split}Images.txt"
+
+
 class TrainingOutputs(NamedTuple):
     model: Path  # the model directory (captioner.checkpoint)
     log: Path  # DVCLive's folder: the per-epoch curves and the training summary
@@ -16,46 +29,51 @@ class TrainingOutputs(NamedTuple):
 
 
 class Layout:
-    """Every path a stage reads or writes, relative to the project root; dvc.yaml names the same."""
+    """Every path a stage reads or writes, under the project folder ``root`` (default: the working directory);
+    dvc.yaml names the same, relative to it."""
 
-    raw = Path("data/raw")
-    images = raw / "Flicker8k_Dataset"  # the Flickr8k release's own spelling
-    captions_file = raw / "Flickr8k.token.txt"
-    downloads = Path("data/downloads")  # partial downloads survive here for resume; not a DVC output
-    captions = Path("data/captions")
-    vocab = Path("data/vocab.json")
-    features = Path("data/features")
-    models = Path("models")  # the trained decoder and its card (see captioner.captioning)
-    model = models / "captioner.keras"
-    train_log = Path("metrics/train")  # DVCLive's folder: plots/ per epoch, metrics.json the training summary
-    timings = Path("logs/train_epochs.tsv")  # seconds per epoch: outside git, they change every run
-    scores = Path("metrics/scores.json")
-    test_captions = Path("metrics/test_captions.tsv")
-    figures = Path("metrics/figures")
-    export = Path("export")  # the shipped model: SavedModel + TensorFlow Lite (captioner.export), a DVC artifact
-    export_sizes = Path("metrics/export.json")
+    def __init__(self, root: Path | str = "."):
+        self.root = root = Path(root)
+        self.raw = root / "data" / "raw"
+        self.images = self.raw / Release.images
+        self.captions_file = self.raw / Release.captions_file
+        self.downloads = root / "data" / "downloads"  # partial downloads survive here for resume; not a DVC output
+        self.captions = root / "data" / "captions"
+        self.vocab = root / "data" / "vocab.json"
+        self.features = root / "data" / "features"
+        self.models = root / "models"  # the trained decoder and its card (see captioner.checkpoint)
+        self.model = self.models / "captioner.keras"
+        self.train_log = root / "metrics" / "train"  # DVCLive's: plots/ per epoch, metrics.json the summary
+        self.timings = root / "logs" / "train_epochs.tsv"  # seconds per epoch: outside git, they change every run
+        self.scores = root / "metrics" / "scores.json"
+        self.test_captions = root / "metrics" / "test_captions.tsv"
+        self.figures = root / "metrics" / "figures"
+        self.export = root / "export"  # the shipped model: SavedModel + TensorFlow Lite (captioner.export)
+        self.export_sizes = root / "metrics" / "export.json"
+        self.ensemble = root / "ensemble"  # ensemble/<name>/: one member's model directory
+        self.member_logs = root / "logs" / "ensemble"  # logs/ensemble/<name>/: a member's curves and timings
+        # Where stages write: an interrupted write's temporaries are looked for here (captioner.files).
+        self.output_roots = (root / "data", self.models, root / "metrics", self.ensemble, root / "logs", self.export)
 
-    ensemble = Path("ensemble")  # ensemble/<name>/: one member's model directory (its card: captioner.checkpoint)
-    member_logs = Path("logs/ensemble")  # logs/ensemble/<name>/: a member's curves and timings, outside git
-    # Where stages write: an interrupted write's temporaries are looked for here (captioner.files).
-    output_roots = (Path("data"), models, Path("metrics"), ensemble, Path("logs"), export)
+    def __repr__(self) -> str:
+        return f"Layout({str(self.root)!r})"
 
-    @staticmethod
-    def training_outputs(member: str | None = None) -> TrainingOutputs:
-        """Where the train stage writes the main model, or ensemble member ``member``."""
+    def training_outputs(self, member: str | None = None) -> TrainingOutputs:
+        """Where training writes the main model, or ensemble member ``member``."""
         if member is None:
-            return TrainingOutputs(Layout.models, Layout.train_log, Layout.timings)
-        log = Layout.member_logs / member
-        return TrainingOutputs(Layout.ensemble / member, log, log / "epochs.tsv")
+            return TrainingOutputs(self.models, self.train_log, self.timings)
+        log = self.member_logs / member
+        return TrainingOutputs(self.ensemble / member, log, log / "epochs.tsv")
 
-    @staticmethod
-    def split_list(split: str) -> Path:
-        return Layout.raw / f"Flickr_8k.{split}Images.txt"
+    def members(self, names) -> list[Path]:
+        """The model directories of the ensemble members ``names``."""
+        return [self.ensemble / name for name in names]
 
-    @staticmethod
-    def split_captions(split: str) -> Path:
-        return Layout.captions / f"{split}.tsv"
+    def split_list(self, split: str) -> Path:
+        return self.raw / Release.split_list(split)
 
-    @staticmethod
-    def features_file(encoder: str) -> Path:
-        return Layout.features / f"{encoder}.h5"
+    def split_captions(self, split: str) -> Path:
+        return self.captions / f"{split}.tsv"
+
+    def features_file(self, encoder: str) -> Path:
+        return self.features / f"{encoder}.h5"

@@ -7,8 +7,10 @@ tokens as BLEU. METEOR needs Java; without it the key is left out and the reason
 
 from __future__ import annotations
 
+import atexit
 import math
 import shutil
+import threading
 from collections import Counter
 
 import numpy as np
@@ -76,15 +78,44 @@ def coco_scores(references: list[list[Words]], hypotheses: list[Words]) -> tuple
     gts, res = _coco_format(references, hypotheses)
     scores = {"cider": float(Cider().compute_score(gts, res)[0]), "rouge_l": float(Rouge().compute_score(gts, res)[0])}
     notes = []
-    if shutil.which("java") is None:
+    meteor = _meteor()
+    if meteor is None:
         notes.append("meteor left out: it needs Java (e.g. apt-get install default-jre-headless)")
     else:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        meteor = Meteor()  # a Java subprocess, ended when the object is collected
         scores["meteor"] = float(meteor.compute_score(gts, res)[0])
-        del meteor
     return scores, notes
+
+
+_METEOR: dict = {}  # this process's METEOR scorer and the thread loading it
+
+
+def start_meteor() -> None:
+    """Start pycocoevalcap's METEOR now, in the background, if Java is here: a Java process that loads a paraphrase
+    table (~9 s) on its first request, so it loads while the caller decodes. One per Python process, reused by every
+    ``coco_scores``; its answers do not depend on earlier requests."""
+    if shutil.which("java") is None or "scorer" in _METEOR:
+        return
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()
+    atexit.register(scorer.__del__)  # the Java process ends with this one
+    loading = threading.Thread(target=_load_tables, args=(scorer,), daemon=True)
+    loading.start()
+    _METEOR.update(scorer=scorer, loading=loading)
+
+
+def _load_tables(scorer) -> None:
+    with scorer.lock:
+        scorer._stat("a", ["a"])  # a first SCORE request makes it load its tables
+
+
+def _meteor():
+    """The process's METEOR scorer, loaded; None without Java."""
+    if shutil.which("java") is None:
+        return None
+    start_meteor()
+    _METEOR["loading"].join()
+    return _METEOR["scorer"]
 
 
 def coco_bleu(references: list[list[Words]], hypotheses: list[Words]) -> dict[str, float]:

@@ -247,7 +247,3 @@ def experiments_main(argv: list[str] | None = None) -> int:
         print(f"caption-exps: error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(diff_main())

@@ -1,5 +1,5 @@
-"""What every stage script shares: its declared params (read, checked, recorded), and ``run``, which turns a
-CaptionerError into one line."""
+"""What every stage script shares: its declared params (read, checked, recorded), and ``run``, which readies the
+process, calls the script's ``main`` on the project's ``Layout`` and turns a CaptionerError into one line."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from captioner import CaptionerError
+from captioner import CaptionerError, process
 from captioner import params as param_rules
 from captioner.files import remove_dead_scratch
+from captioner.layout import Layout
 
 
 class Params(dict):
@@ -109,49 +110,39 @@ def declared_params(stage: str, root: Path = Path("."), member: str | None = Non
     return params
 
 
-def script_params(stage: str) -> Params:
-    """The declared params of the running stage script (``--member NAME``: of ``<stage>_member@NAME``), read before
-    ``run`` changes into the project root: for the set-up a script does before its imports."""
-    root = Path(sys.modules["__main__"].__file__).resolve().parent.parent
-    return declared_params(stage, root, member=_member_argument())
-
-
-def remember_reads(names: set[str]) -> None:
-    """Params read before ``run``: they join the record ``run`` keeps of what the stage read."""
-    _read_before_start.update(names)
-
-
 def _member_argument() -> str | None:
     return sys.argv[2] if sys.argv[1:2] == ["--member"] and len(sys.argv) > 2 else None
-
-
-_read_before_start: set[str] = set()
 
 
 PARAMS_READ = "CAPTIONER_PARAMS_READ"  # a file: each stage run appends "<stage> <the params it read>"
 
 
-def run(main: Callable[[Params], None]) -> None:
-    """Run a stage script's ``main`` with its declared params, from the project root.
+def run(main: Callable[[Params, Layout], None], process_for: Callable[[Params], dict] | None = None) -> int:
+    """Run a stage script's ``main`` on its declared params and the project it belongs to; the exit status.
 
     The stage is named after its script (``stages/train.py`` is stage ``train``; ``stages/train.py --member
-    NAME`` is ``train_member@NAME``); a CaptionerError, or an operating-system fault at a path (read-only,
-    disk full, no rights), becomes one line on stderr and exit status 1. Dead writers' temporaries go first.
+    NAME`` is ``train_member@NAME``), the project is the script's folder's parent, from any working directory.
+    Dead writers' temporaries go first; then the process is readied (``captioner.process.prepare``, with the
+    settings ``process_for`` gives for these params), so a stage script imports TensorFlow's side of the library
+    inside ``main``, not at its top. A CaptionerError, or an operating-system fault at a path (read-only, disk
+    full, no rights), becomes one line on stderr and exit status 1.
     """
     script = Path(sys.modules["__main__"].__file__).resolve()
-    os.chdir(script.parent.parent)
+    layout = Layout(os.path.relpath(script.parent.parent))  # paths in messages as the user would type them
     try:
-        remove_dead_scratch()
-        params = declared_params(script.stem, member=_member_argument())
-        main(params)
-        if os.environ.get(PARAMS_READ):  # the end-to-end tests' record of which params each stage read
-            with open(os.environ[PARAMS_READ], "a", encoding="utf-8") as record:
-                print(script.stem, *sorted(params.read | _read_before_start), file=record)
+        remove_dead_scratch(layout.output_roots)
+        params = declared_params(script.stem, layout.root, member=_member_argument())
+        process.prepare(**(process_for(params) if process_for else {}))
+        main(params, layout)
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     except OSError as err:
         if err.filename is None:  # not a fault of a path: a bug, with its traceback
             raise
         print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    if os.environ.get(PARAMS_READ):  # the end-to-end tests' record of which params each stage read
+        with open(os.environ[PARAMS_READ], "a", encoding="utf-8") as record:
+            print(script.stem, *sorted(params.read), file=record)
+    return 0

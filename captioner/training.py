@@ -6,7 +6,7 @@ it trains on is a ``TrainingRun``: the cached features (``frozen_run``), or a fi
 decoder (``captioner.finetuning.training_run``). A ``captioner.trainer.Trainer`` holds the optimizers and the
 compiled steps; ``phases`` lists the ways of training in order (teacher forcing, then self-critical training when
 asked), and ``captioner.epochs.fit`` runs them epoch by epoch, keeping the best weights. The model and its card
-(decoder spec and this config) go to the model directory of ``captioner.layout.Layout``.
+(decoder spec and this config) go to the model directory of the project's ``captioner.layout.Layout``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from captioner.epochs import (
     shown,
 )
 from captioner.features import FeatureFile
-from captioner.layout import Layout
+from captioner.layout import Layout, TrainingOutputs
 from captioner.self_critical import SampledImages, SelfCritical
 from captioner.text import Vocabulary, initial_embeddings
 from captioner.trainer import Trainer, TrainingRun, frozen_run
@@ -48,19 +48,20 @@ from captioner.trainer import Trainer, TrainingRun, frozen_run
 Captions = dict[str, list[tuple[str, list[str]]]]  # split → (image, tokens) pairs
 
 
-def run(config: TrainConfig) -> dict:
-    """Train the model ``config`` describes and save it (on a cluster: the chief alone); its training summary."""
+def run(config: TrainConfig, layout: Layout, outputs: TrainingOutputs | None = None) -> dict:
+    """Train the model ``config`` describes on the project in ``layout`` (its features, captions and vocabulary) and
+    save it there, or to ``outputs`` (on a cluster: the chief alone); its training summary."""
     strategy = distribute.strategy_named(config.strategy)
     use_precision(config.precision)
     if config.self_critical_epochs:  # checked now, not after the teacher-forced epochs
         SelfCritical.check_devices(strategy.num_replicas_in_sync)
     seed_everything(config.seed)
-    vocab = Vocabulary.load(Layout.vocab)
+    vocab = Vocabulary.load(layout.vocab)
     config.decoder.check_fits(vocab.max_length)
     embeddings = initial_embeddings(config.embeddings, config.decoder.embedding_dim, vocab, config.seed)
-    captions = {split: read_captions(Layout.split_captions(split)) for split in ("train", "dev")}
-    outputs = Layout.training_outputs(config.member)
-    with FeatureFile(Layout.features_file(config.encoder), config.encoder) as store, ExitStack() as stack:
+    captions = {split: read_captions(layout.split_captions(split)) for split in ("train", "dev")}
+    outputs = outputs or layout.training_outputs(config.member)
+    with FeatureFile(layout.features_file(config.encoder), config.encoder) as store, ExitStack() as stack:
         chief = distribute.is_chief(strategy)
         if not chief:  # every worker of a cluster trains; the chief alone writes, the others log to scratch
             scratch = Path(stack.enter_context(TemporaryDirectory()))
@@ -70,7 +71,7 @@ def run(config: TrainConfig) -> dict:
         with strategy.scope():
             decoder = architecture(config.decoder, len(vocab))
             model = decoder.build(store.shape(config.decoder.pooled(store.pooling)), embeddings)
-        on = stack.enter_context(training_run(config, model, store, encoded, strategy))
+        on = stack.enter_context(training_run(config, model, store, encoded, strategy, layout.images))
         deterministic_ops()
         with strategy.scope():
             trainer = Trainer(on.trained, decoder.head, config, strategy)
@@ -83,14 +84,15 @@ def run(config: TrainConfig) -> dict:
 
 
 def training_run(
-    config: TrainConfig, model, store: FeatureFile, encoded: dict, strategy: tf.distribute.Strategy
+    config: TrainConfig, model, store: FeatureFile, encoded: dict, strategy: tf.distribute.Strategy, images: Path
 ) -> contextlib.AbstractContextManager[TrainingRun]:
-    """What ``model`` trains on: the ``store``'s cached features, or a fine-tuned encoder's activations."""
+    """What ``model`` trains on: the ``store``'s cached features, or a fine-tuned encoder's activations (of the
+    images in the folder ``images``)."""
     if config.finetune_from is None:
         return contextlib.nullcontext(frozen_run(model, config, store, encoded))
     from captioner import finetuning
 
-    return finetuning.training_run(model, config, store, encoded, encoders.get(config.encoder), strategy)
+    return finetuning.training_run(model, config, store, encoded, encoders.get(config.encoder), strategy, images)
 
 
 def phases(

@@ -1,5 +1,6 @@
 """Stage download: the dataset in the Flickr8k release layout under data/raw."""
 
+import sys
 from pathlib import Path
 
 from captioner.datasets import flickr8k, karpathy, shapes
@@ -8,23 +9,23 @@ from captioner.layout import Layout
 from captioner.stage import Params, run
 
 
-def main(params: Params) -> None:
+def main(params: Params, layout: Layout) -> None:
     dataset = params["dataset"]
-    with atomic_path(Layout.raw) as raw:
+    with atomic_path(layout.raw) as raw:
         if dataset == "shapes":
             shapes.generate(raw, **params["shapes"])
         elif dataset == "karpathy":
-            for warning in karpathy.install(params["karpathy"], Layout.downloads, raw):
+            for warning in karpathy.install(params["karpathy"], layout.downloads, raw):
                 print(f"download: warning: {warning}")
         elif params["flickr8k"]["kaggle_dir"]:
             flickr8k.install_kaggle(Path(params["flickr8k"]["kaggle_dir"]), raw)
         else:
             source = params["flickr8k"]
-            images = flickr8k.fetch(source["images_url"], source["images_sha256"], Layout.downloads)
-            text = flickr8k.fetch(source["text_url"], source["text_sha256"], Layout.downloads)
+            images = flickr8k.fetch(source["images_url"], source["images_sha256"], layout.downloads)
+            text = flickr8k.fetch(source["text_url"], source["text_sha256"], layout.downloads)
             flickr8k.install_release(images, text, raw)
-    print(f"download: {dataset} written to {Layout.raw}")
+    print(f"download: {dataset} written to {layout.raw}")
 
 
 if __name__ == "__main__":
-    run(main)
+    sys.exit(run(main))

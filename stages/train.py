@@ -1,18 +1,25 @@
 """Stage train: fit the decoder on the train captions with early stopping on dev; save it under models/ (an
 ensemble member, ``--member NAME``: under ensemble/NAME/)."""
 
-from captioner.config import size_thread_pools
+import sys
 
-size_thread_pools("train")  # before TensorFlow starts: it sizes its thread pools once
-
-from captioner import training
-from captioner.config import TrainConfig
+from captioner.config import TrainConfig, member_settings
+from captioner.layout import Layout
 from captioner.stage import Params, run
 
 
-def main(params: Params) -> None:
-    training.run(TrainConfig.from_params(params))
+def process_for(params: Params) -> dict:
+    """The process this run needs (``captioner.process.prepare``), set before TensorFlow starts; its config is
+    checked first, so a bad param fails at once."""
+    precision = TrainConfig.from_params(params).precision
+    return {"threads_per_op": member_settings(params)[2]["threads_per_op"], "precision": precision}
+
+
+def main(params: Params, layout: Layout) -> None:
+    from captioner import training
+
+    training.run(TrainConfig.from_params(params), layout)
 
 
 if __name__ == "__main__":
-    run(main)
+    sys.exit(run(main, process_for))

@@ -1,5 +1,8 @@
+import contextlib
 import dataclasses
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -9,13 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from captioner import batching, decoder, epochs
+from captioner import process
 from captioner.config import TrainConfig
 from captioner.datasets import shapes
 from captioner.stage import PARAMS_READ
 from captioner.text import Vocabulary, wrap
-from captioner.training import TeacherForcing
 from tests.tiny_pipeline import ENVIRONMENT, TINY, commit_all, dvc
+
+# As every stage, before a test module starts TensorFlow: what runs in the test processes computes the stages' bits.
+process.prepare()
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_FLICKR8K = PROJECT.parent / "shared" / "flickr8k"
@@ -47,14 +52,23 @@ def copy_project(target: Path) -> None:
             shutil.copy(source, target / name)
 
 
-def run_stage(project: Path, stage: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, f"stages/{stage}.py"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=os.environ | {"PYTHONPATH": str(project)},
-    )
+def run_stage(project: Path, stage: str, *argv: str) -> subprocess.CompletedProcess:
+    """``python stages/<stage>.py *argv`` as DVC runs it (from the project folder), in this process: its exit
+    status, stdout and stderr."""
+    stdout, stderr, saved = io.StringIO(), io.StringIO(), (os.getcwd(), sys.argv)
+    script = project / "stages" / f"{stage}.py"
+    try:
+        os.chdir(project)
+        sys.argv = [str(script), *argv]
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            runpy.run_path(str(script), run_name="__main__")
+        status = 0
+    except SystemExit as exit:
+        status = exit.code
+    finally:
+        os.chdir(saved[0])
+        sys.argv = saved[1]
+    return subprocess.CompletedProcess(sys.argv, status, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture
@@ -85,13 +99,21 @@ def tiny_repo(tmp_path_factory, worker_id) -> tuple[Path, str]:
     return base, first.read_text()
 
 
+def set_params(project: Path, **sections: dict) -> None:
+    """Update ``project``'s params.yaml: each section's values over its own (a top-level param: its value)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(params.get(section), dict) and section != "ensemble":
+            params[section].update(values)
+        else:
+            params[section] = values
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def make_tiny_repo(repo: Path) -> str:
     """The project in ``repo`` on the ``TINY`` params, in git, reproduced and committed; the repro's output."""
     copy_project(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(repo, **TINY)
     shutil.copy(PROJECT / ".gitignore", repo / ".gitignore")  # data, models and logs stay out of git
     for command in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=repo, check=True)
@@ -113,7 +135,42 @@ def repo(tiny_repo, tmp_path) -> tuple[Path, str]:
     return copy, first
 
 
-# Toy decoders: what the unit tests of training, decoding, ensembles and self-critical training share.
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> Path:
+    """The project on the ``TINY`` params with its stages up to ``train`` run in this process, as ``dvc repro``
+    would run them (no git, no DVC): raw data, captions, features, vocabulary and a trained model. Read-only: a test
+    that writes takes a copy (``tiny``)."""
+    root = tmp_path_factory.mktemp("tiny-project")
+    copy_project(root)
+    set_params(root, **TINY)
+    for stage in ("download", "clean_captions", "extract_features", "build_vocab", "train"):
+        result = run_stage(root, stage)
+        assert result.returncode == 0, f"{stage}: {result.stderr}"
+    return root
+
+
+@pytest.fixture
+def tiny(tiny_trained, tmp_path) -> Path:
+    """This test's own copy of ``tiny_trained``."""
+    copy = tmp_path / "project"
+    shutil.copytree(tiny_trained, copy, symlinks=True)
+    return copy
+
+
+def run_stages(project: Path, *stages: str) -> str:
+    """Run ``stages`` (``train --member NAME`` for a member) in this process, each of which must succeed; their
+    stdout."""
+    output = ""
+    for stage in stages:
+        name, *argv = stage.split()
+        result = run_stage(project, name, *argv)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+        output += result.stdout
+    return output
+
+
+# Toy decoders: what the unit tests of training, decoding, ensembles and self-critical training share. TensorFlow's
+# side of the library is imported where it is used, so the process pytest-xdist coordinates from never starts it.
 
 
 def toy_problem(num_images=16, grid=4, channels=8, seed=0):
@@ -128,6 +185,8 @@ def toy_problem(num_images=16, grid=4, channels=8, seed=0):
 
 
 def toy_batches(features, captions, vocab, arch, shuffle_seed=0, reverse_rows=False):
+    from captioner import batching
+
     rows, sequences, _ = batching.encode_captions(captions, {f"{i}.jpg": i for i in range(len(features))}, vocab)
     if reverse_rows:
         rows = rows[::-1].copy()
@@ -137,13 +196,15 @@ def toy_batches(features, captions, vocab, arch, shuffle_seed=0, reverse_rows=Fa
 
 def toy_spec(arch, rnn="gru", dropout=0.0):
     """A small decoder of ``arch`` (a transformer: 2 blocks of 4 heads)."""
-    return decoder.DecoderSpec(
-        rnn, arch, units=32, embedding_dim=16, dropout=dropout, attention_units=16, heads=4, ff_units=64
-    )
+    from captioner.config import DecoderSpec
+
+    return DecoderSpec(rnn, arch, units=32, embedding_dim=16, dropout=dropout, attention_units=16, heads=4, ff_units=64)
 
 
-def toy_decoder(vocab, features, arch, rnn="gru", dropout=0.0) -> decoder.Architecture:
+def toy_decoder(vocab, features, arch, rnn="gru", dropout=0.0):
     """A newly initialised decoder of ``arch`` for the toy ``features``, its model built."""
+    from captioner import decoder
+
     architecture = decoder.architecture(toy_spec(arch, rnn, dropout), len(vocab))
     architecture.build(features.shape[1:] if arch == "attention" else features.shape[2:])
     return architecture
@@ -197,5 +258,8 @@ class NullLive:
 def teacher_forced_fit(trainer, train, dev, live=None, dev_scores=None, **settings) -> dict:
     """Teacher-forced training of ``trainer``'s model through the one epoch loop, as ``toy_config(**settings)``
     says; its summary."""
+    from captioner import epochs
+    from captioner.training import TeacherForcing
+
     phase = TeacherForcing(trainer, {"train": train, "dev": dev}, toy_config(**settings), dev_scores)
     return epochs.fit([phase], trainer, live if live is not None else NullLive())

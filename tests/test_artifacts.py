@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import runpy
 import shutil
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from captioner.decoder import DecoderSpec, architecture
 from captioner.layout import SPLITS, Layout
 from captioner.text import Vocabulary
 from tests.conftest import copy_project
+from tests.conftest import run_stage as run_stage_in
 from tests.test_stage import _features_of
 
 SPEC = DecoderSpec("gru", "inject", units=16, embedding_dim=8, dropout=0.0)
@@ -32,20 +32,20 @@ def pristine(tmp_path_factory) -> Path:
     """A project whose data, vocabulary, features, model and scores are whole (the model untrained)."""
     root = tmp_path_factory.mktemp("pristine")
     copy_project(root)
-    raw = root / Layout.raw
+    raw = Layout(root).raw
     shapes.generate(raw, num_images=20, image_size=32, dev_fraction=0.25, test_fraction=0.25, seed=1)
     release = clean_release(raw)
     for split in SPLITS:
-        write_captions(root / Layout.split_captions(split), release.captions[split])
+        write_captions(Layout(root).split_captions(split), release.captions[split])
     vocab = Vocabulary.build([tokens for _, tokens in release.captions["train"]], min_count=1, max_length=34)
-    vocab.save(root / Layout.vocab)
+    vocab.save(Layout(root).vocab)
     _features_of(root, sorted({image for pairs in release.captions.values() for image, _ in pairs}))
     attrs = {"encoder": "efficientnet_lite0", "weights": "test", "weights_param": "imagenet", "input_size": 224}
     model = architecture(SPEC, len(vocab)).build((8,))
-    checkpoint.save(root / Layout.models, model, attrs, vocab, SPEC, {"dataset": "shapes"})
-    (root / Layout.scores).parent.mkdir()
+    checkpoint.save(Layout(root).models, model, attrs, vocab, SPEC, {"dataset": "shapes"})
+    Layout(root).scores.parent.mkdir()
     scores = {"bleu4": 0.5, "cider": 1.2, "meteor": 0.4, "rouge_l": 0.6, "finetune_from": None, "beam_size": 3}
-    (root / Layout.scores).write_text(json.dumps(scores))
+    Layout(root).scores.write_text(json.dumps(scores))
     return root
 
 
@@ -66,23 +66,15 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def run_stage(root: Path, stage: str, monkeypatch) -> tuple[int, str]:
     """``python stages/<stage>.py`` in this process: (exit status, stderr)."""
-    monkeypatch.setattr("captioner.config.size_thread_pools", lambda stage: None)  # TensorFlow is up already
-    monkeypatch.chdir(root)
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            runpy.run_path(str(root / "stages" / f"{stage}.py"), run_name="__main__")
-            status = 0
-        except SystemExit as exit:
-            status = exit.code
-    return status, stderr.getvalue()
+    result = run_stage_in(root, stage)
+    return result.returncode, result.stderr
 
 
 def run_caption(root: Path, monkeypatch) -> tuple[int, str]:
     monkeypatch.chdir(root)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        status = cli.main([str(next((root / Layout.images).iterdir()))])
+        status = cli.main([str(next((Layout(root).images).iterdir()))])
     return status, stderr.getvalue()
 
 
@@ -115,8 +107,9 @@ def other_features(path: Path) -> None:
         store["features"] = np.ones((3, 8), np.float16)  # three rows for every image name
 
 
-MODEL, CARD = Layout.models / checkpoint.MODEL_FILE, Layout.models / checkpoint.CARD_FILE
-FEATURES = Layout.features_file("efficientnet_lite0")
+LAYOUT = Layout()  # paths relative to the project folder, which the stages run from
+MODEL, CARD = LAYOUT.models / checkpoint.MODEL_FILE, LAYOUT.models / checkpoint.CARD_FILE
+FEATURES = LAYOUT.features_file("efficientnet_lite0")
 CASES = {
     "model truncated": (MODEL, truncated, ["evaluate", "caption"]),
     "model random": (MODEL, random_bytes, ["evaluate", "caption"]),
@@ -131,10 +124,10 @@ CASES = {
         ["evaluate", "caption"],
     ),
     "card spec of bad values": (CARD, edit_json(lambda c: c | {"decoder": c["decoder"] | {"units": "x"}}), ["caption"]),
-    "vocabulary truncated": (Layout.vocab, truncated, ["train", "evaluate"]),
-    "vocabulary random": (Layout.vocab, random_bytes, ["train", "evaluate"]),
-    "vocabulary of the wrong shape": (Layout.vocab, edit_json(lambda v: v | {"tokens": "abc"}), ["train", "evaluate"]),
-    "vocabulary not the model's": (Layout.vocab, edit_json(lambda v: v | {"tokens": v["tokens"][:-1]}), ["evaluate"]),
+    "vocabulary truncated": (LAYOUT.vocab, truncated, ["train", "evaluate"]),
+    "vocabulary random": (LAYOUT.vocab, random_bytes, ["train", "evaluate"]),
+    "vocabulary of the wrong shape": (LAYOUT.vocab, edit_json(lambda v: v | {"tokens": "abc"}), ["train", "evaluate"]),
+    "vocabulary not the model's": (LAYOUT.vocab, edit_json(lambda v: v | {"tokens": v["tokens"][:-1]}), ["evaluate"]),
     "features truncated": (FEATURES, truncated, ["train", "evaluate"]),
     "features random": (FEATURES, random_bytes, ["train", "evaluate"]),
     "features of the wrong shape": (FEATURES, other_features, ["train", "evaluate"]),
@@ -181,7 +174,7 @@ def test_caption_diff_and_caption_exps_refuse_damaged_scores_naming_the_file(
 ):
     monkeypatch.chdir(project)
     report.check_scores()  # the whole file passes: scores are numbers, settings beside them need not be
-    corrupt(project / Layout.scores)
+    corrupt(project / LAYOUT.scores)
     assert command([]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "metrics/scores.json:" in error and "git checkout" in error

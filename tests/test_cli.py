@@ -1,4 +1,6 @@
-"""The caption command's arguments (captioner.cli); captioning itself is tested end to end in test_pipeline.py."""
+"""The caption command (captioner.cli): its arguments, and captioning files with the tiny project's model."""
+
+import json
 
 import pytest
 
@@ -36,7 +38,7 @@ def test_the_length_penalty_reaches_the_beam_search(monkeypatch, capsys, argumen
 
         def caption(self, paths, **settings):
             asked.update(settings)
-            return {path: "a dog" for path in paths}, {}
+            return [captioning.Caption(path, "a dog", -1.5, None) for path in paths]
 
     monkeypatch.setattr(captioning.Captioner, "load", classmethod(lambda cls, *_: Fake()))
     assert main(["photo.jpg", "--beam", "2", *arguments]) == 0
@@ -53,3 +55,29 @@ def test_decoding_options_with_an_exported_model_are_a_usage_error(capsys, optio
         main(["photo.jpg", "--export", "export", *option])
     assert exit_info.value.code == 2
     assert "are fixed in an exported model" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_caption_captions_good_images_and_names_bad_ones_after_a_note_on_a_shapes_model(
+    tiny_trained, tmp_path, capsys, monkeypatch
+):
+    from PIL import Image
+
+    monkeypatch.chdir(tiny_trained)
+    odd = tmp_path / "odd size.png"
+    Image.new("RGB", (300, 170), (200, 30, 30)).save(odd)
+    shape = next((tiny_trained / "data" / "raw" / "Flicker8k_Dataset").iterdir())
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert main([str(shape), str(tmp_path / "notes.txt"), str(odd), str(tmp_path / "gone.jpg"), "--beam", "2"]) == 1
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(shape), str(odd)]
+    assert all(len(line.split(": ", 1)[1].split()) >= 1 for line in lines)
+    errors = printed.err.strip().splitlines()
+    assert errors[0].startswith("caption: note: the model in models/ was trained on generated shapes and describes")
+    assert errors[1:] == [
+        f"caption: error: {tmp_path / 'notes.txt'}: not a readable image",
+        f"caption: error: {tmp_path / 'gone.jpg'}: no such file",
+    ]
+    assert main([str(shape), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image"] == str(shape)

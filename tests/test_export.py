@@ -2,92 +2,121 @@
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from captioner import export
-from tests.tiny_pipeline import ENVIRONMENT, dvc, ran
+from captioner import cli, export
+from captioner.captioning import Captioner
+from tests.conftest import run_stages
 
 # Run by a fresh interpreter outside the repository, ``captioner`` made unimportable: the model must not need it.
+# Each job: [kind, model, paths]; the answer: one result per job.
 STAND_ALONE = """
 import json, sys
 sys.modules["captioner"] = None
 import numpy as np
 import tensorflow as tf
 
-kind, model, *paths = sys.argv[1:]
-images = [open(path, "rb").read() for path in paths]
-if kind == "saved_model":
+def saved_model(model, paths):
     serve = tf.saved_model.load(model).signatures["serving_default"]
-    outputs = serve(images=tf.constant(images))
+    outputs = serve(images=tf.constant([open(path, "rb").read() for path in paths]))
     result = {key: value.numpy().tolist() for key, value in outputs.items()}
     result["captions"] = [caption.decode() for caption in result["captions"]]
     result["errors"] = [error.decode() for error in result["errors"]]
-else:
+    return result
+
+def tflite(model, paths):
     caption = tf.lite.Interpreter(model_path=model).get_signature_runner()  # its one signature
-    pixels = [tf.io.decode_image(image, channels=3, expand_animations=False).numpy() for image in images]
+    decoded = [tf.io.decode_image(open(path, "rb").read(), channels=3, expand_animations=False) for path in paths]
+    pixels = [image.numpy() for image in decoded]
     def words(outputs):
         return [" ".join(word.decode() for word in row if word) for row in outputs["words"]]
     alone = [caption(pixels=image[None]) for image in pixels]  # one at a time, then all at once (one size)
     result = {"captions": [words(outputs)[0] for outputs in alone]}
     result["log_probs"] = [float(outputs["log_probs"][0]) for outputs in alone]
     result["batched"] = words(caption(pixels=np.stack(pixels)))
-print(json.dumps(result))
+    return result
+
+jobs = json.loads(sys.argv[1])
+print(json.dumps([globals()[kind](model, paths) for kind, model, paths in jobs]))
 """
 
 
-def stand_alone(kind: str, model, paths, tmp_path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", STAND_ALONE, kind, str(model), *map(str, paths)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+def stand_alone(jobs: list[tuple[str, Path, list[Path]]], cwd: Path) -> list[dict]:
+    """The results of ``jobs`` ((saved_model | tflite, model, images) each) in one fresh TensorFlow process."""
+    jobs = [(kind, str(model), [str(path) for path in paths]) for kind, model, paths in jobs]
+    command = [sys.executable, "-I", "-c", STAND_ALONE, json.dumps(jobs)]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def repository_captions(repo, paths, *options) -> dict[str, str]:
-    settings = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]
-    command = ["caption", *map(str, paths), "--json", *options]
-    if not options:
-        command += ["--beam", str(settings["beam_size"]), "--max-len", str(settings["max_len"])]
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
-    assert result.returncode == 0, result.stderr
-    return {line["image"]: line["caption"] for line in map(json.loads, result.stdout.splitlines())}
+def repository_captions(project: Path, paths: list[Path]) -> list[str]:
+    """What ``caption`` prints for ``paths`` with the project's model, decoding as evaluate does."""
+    settings = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]
+    captioner = Captioner.load(project / "models")
+    results = captioner.caption(paths, beam_size=settings["beam_size"], max_len=settings["max_len"])
+    assert not any(result.error for result in results)
+    return [result.text for result in results]
+
+
+def exif_photos(image: Path, folder: Path) -> list[Path]:
+    """``image`` upright, stored sideways with EXIF orientation 6 (which turns it back), and sideways untagged, as
+    PNG: lossless, so the tagged photo's pixels are the upright one's once turned."""
+    from PIL import Image
+
+    upright = np.asarray(Image.open(image).convert("RGB"))
+    stored = np.rot90(upright, 1).copy()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright).save(folder / "upright.png")
+    Image.fromarray(stored).save(folder / "tagged.png", exif=exif)
+    Image.fromarray(stored).save(folder / "untagged.png")
+    return [folder / name for name in ("upright.png", "tagged.png", "untagged.png")]
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_repo, tmp_path_factory):
-    """The tiny repo's export (written by its first repro) and five of its test images."""
-    repo, first = tiny_repo
-    assert "export" in ran(first)
-    images = sorted((repo / "data" / "raw" / "Flicker8k_Dataset").iterdir())
-    test = {line.split("\t")[0] for line in (repo / "data" / "captions" / "test.tsv").read_text().splitlines()}
-    return repo, [path for path in images if path.name in test][:5], tmp_path_factory.mktemp("stand-alone")
+def exported(tiny_trained, tmp_path_factory):
+    """A copy of the tiny project exported by the export stage (in this process), five of its test images, and
+    what a fresh TensorFlow process without ``captioner`` made of them: the SavedModel on a batch with bad items,
+    on a photo turned by its EXIF tag, and the TensorFlow Lite file."""
+    project = tmp_path_factory.mktemp("exported") / "project"
+    shutil.copytree(tiny_trained, project, symlinks=True)
+    run_stages(project, "export")
+    images = sorted((project / "data" / "raw" / "Flicker8k_Dataset").iterdir())
+    test = {line.split("\t")[0] for line in (project / "data" / "captions" / "test.tsv").read_text().splitlines()}
+    images = [path for path in images if path.name in test][:5]
+    outside = tmp_path_factory.mktemp("stand-alone")
+    (outside / "truncated.jpg").write_bytes(images[0].read_bytes()[:300])
+    (outside / "notes.txt").write_text("not an image")
+    (outside / "empty.png").write_bytes(b"")
+    batch = [images[0], outside / "truncated.jpg", images[1], outside / "notes.txt", outside / "empty.png", *images[2:]]
+    saved_model, tflite_file = project / "export" / export.SAVED_MODEL, project / "export" / export.TFLITE_FILE
+    jobs = {
+        "batch": ("saved_model", saved_model, batch),
+        "exif": ("saved_model", saved_model, exif_photos(images[0], outside)),
+        "saved_model": ("saved_model", saved_model, images),
+        "tflite": ("tflite", tflite_file, images),
+    }
+    return project, images, dict(zip(jobs, stand_alone(list(jobs.values()), outside), strict=True))
 
 
 @pytest.mark.e2e
 def test_a_fresh_tensorflow_process_captions_as_the_caption_command_and_reports_bad_items(exported):
-    repo, images, outside = exported
-    truncated = outside / "truncated.jpg"
-    truncated.write_bytes(images[0].read_bytes()[:300])
-    (outside / "notes.txt").write_text("not an image")
-    (outside / "empty.png").write_bytes(b"")
-    batch = [images[0], truncated, images[1], outside / "notes.txt", outside / "empty.png", *images[2:]]
-    result = stand_alone("saved_model", repo / "export" / export.SAVED_MODEL, batch, outside)
-    expected = repository_captions(repo, images)
+    project, images, results = exported
+    result = results["batch"]
     good = [0, 2, 5, 6, 7]
-    assert [result["captions"][i] for i in good] == [expected[str(path)] for path in images]
+    assert [result["captions"][i] for i in good] == repository_captions(project, images)
     assert all(result["captions"][i] for i in good) and not any(result["errors"][i] for i in good)
     assert [result["errors"][i] for i in (1, 3, 4)] == [export.UNDECODABLE, export.NOT_AN_IMAGE, "empty input"]
     assert [result["captions"][i] for i in (1, 3, 4)] == ["", "", ""]
     assert all(value < 0 for value in np.array(result["log_probs"])[good])
-    print("\n".join(f"{path.name}: {result['captions'][i]}" for i, path in zip(good, images, strict=True)))
 
 
 @pytest.mark.e2e
@@ -95,34 +124,22 @@ def test_the_tflite_file_captions_the_same_pixels_with_the_same_words(exported):
     """The test images (64 px) are enlarged to the encoder's input, where TensorFlow Lite's resize (no antialiasing)
     gives the same pixels: the same captions, one image at a time or all at once; log-probabilities agree to float
     tolerance (other kernels)."""
-    repo, images, outside = exported
-    saved = stand_alone("saved_model", repo / "export" / export.SAVED_MODEL, images, outside)
-    lite = stand_alone("tflite", repo / "export" / export.TFLITE_FILE, images, outside)
+    project, _, results = exported
+    saved, lite = results["saved_model"], results["tflite"]
     assert lite["captions"] == lite["batched"] == saved["captions"]
     assert all(saved["captions"])
     np.testing.assert_allclose(lite["log_probs"], saved["log_probs"], rtol=1e-3, atol=1e-3)
-    card = json.loads((repo / "export" / export.EXPORT_CARD).read_text())
-    assert card["tflite_bytes"] == (repo / "export" / export.TFLITE_FILE).stat().st_size > 1_000_000  # weights in
-    sizes = json.loads((repo / "metrics" / "export.json").read_text())
+    card = json.loads((project / "export" / export.EXPORT_CARD).read_text())
+    assert card["tflite_bytes"] == (project / "export" / export.TFLITE_FILE).stat().st_size > 1_000_000  # weights in
+    sizes = json.loads((project / "metrics" / "export.json").read_text())
     assert sizes["tflite_mb"] == round(card["tflite_bytes"] / 2**20, 1)
 
 
 @pytest.mark.e2e
-def test_the_exported_model_turns_a_photo_upright_by_its_exif_orientation(exported, tmp_path):
+def test_the_exported_model_turns_a_photo_upright_by_its_exif_orientation(exported):
     """A photo stored sideways with EXIF orientation 6 gets exactly the caption and log-probability of the upright
-    photo (PNG: lossless, so the pixels are the same once turned); without the tag, the model sees another picture."""
-    from PIL import Image
-
-    repo, images, outside = exported
-    upright = np.asarray(Image.open(images[0]).convert("RGB"))
-    stored = np.rot90(upright, 1).copy()  # orientation 6 turns this back
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(upright).save(tmp_path / "upright.png")
-    Image.fromarray(stored).save(tmp_path / "tagged.png", exif=exif)
-    Image.fromarray(stored).save(tmp_path / "untagged.png")
-    paths = [tmp_path / name for name in ("upright.png", "tagged.png", "untagged.png")]
-    result = stand_alone("saved_model", repo / "export" / export.SAVED_MODEL, paths, outside)
+    photo; without the tag, the model sees another picture."""
+    result = exported[2]["exif"]
     assert result["captions"][1] == result["captions"][0] and result["log_probs"][1] == result["log_probs"][0]
     assert result["log_probs"][2] != result["log_probs"][0]
 
@@ -133,8 +150,8 @@ def test_a_tensorflow_serving_rest_request_matches_the_signature(exported):
     API maps each of "instances" to one batch item of the only input, {"b64": …} to the bytes of a string."""
     import tensorflow as tf
 
-    repo, images, _ = exported
-    serve = tf.saved_model.load(str(repo / "export" / export.SAVED_MODEL)).signatures[export.SIGNATURE]
+    project, images, _ = exported
+    serve = tf.saved_model.load(str(project / "export" / export.SAVED_MODEL)).signatures[export.SIGNATURE]
     (name, spec), *others = serve.structured_input_signature[1].items()
     assert (name, spec.dtype, spec.shape.as_list(), others) == (export.INPUT, tf.string, [None], [])
     assert {key: value.dtype for key, value in serve.structured_outputs.items()} == {
@@ -148,46 +165,27 @@ def test_a_tensorflow_serving_rest_request_matches_the_signature(exported):
     batch = [base64.b64decode(instance["b64"]) for instance in payload["instances"]]
     outputs = serve(**{name: tf.constant(batch)})
     predictions = [{key: value[i].numpy() for key, value in outputs.items()} for i in range(len(batch))]
-    assert [p["captions"].decode() for p in predictions] == list(repository_captions(repo, images[:2]).values())
+    assert [p["captions"].decode() for p in predictions] == repository_captions(project, images[:2])
 
 
 @pytest.mark.e2e
-def test_caption_with_export_prints_what_caption_prints(exported, tmp_path):
-    repo, images, _ = exported
-    assert repository_captions(repo, images, "--export", "export") == repository_captions(repo, images)
-    missing = subprocess.run(
-        ["caption", str(images[0]), "--export", str(tmp_path)], cwd=repo, capture_output=True, text=True
-    )
-    assert missing.returncode == 1 and missing.stderr.startswith(f"caption: error: {tmp_path} holds no exported model")
+def test_caption_with_export_prints_what_caption_prints(exported, tmp_path, capsys, monkeypatch):
+    project, images, _ = exported
+    monkeypatch.chdir(project)
+    settings = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]
+    decoding = ["--beam", str(settings["beam_size"]), "--max-len", str(settings["max_len"])]
+    printed = []
+    for options in (["--export", "export"], decoding):
+        assert cli.main([*map(str, images), "--json", *options]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and len(printed[0].splitlines()) == len(images)
+    assert cli.main([str(images[0]), "--export", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith(f"caption: error: {tmp_path} holds no exported model")
     (tmp_path / export.SAVED_MODEL).mkdir()
     (tmp_path / export.SAVED_MODEL / "saved_model.pb").write_bytes(b"\x00damaged")
-    damaged = subprocess.run(
-        ["caption", str(images[0]), "--export", str(tmp_path)], cwd=repo, capture_output=True, text=True
-    )
-    assert damaged.returncode == 1 and "not a loadable SavedModel" in damaged.stderr
-    assert len(damaged.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.e2e
-def test_export_reruns_only_for_the_model_or_the_decoding_params_and_ships_through_the_registry(repo, tmp_path):
-    repo, _ = repo
-
-    def rerun_with(**evaluate) -> set[str]:
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["evaluate"].update(evaluate)
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        stages = ran(dvc(repo, "repro", "--dry"))
-        subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
-        return stages
-
-    assert rerun_with(batch_size=7) == set()  # speed only
-    assert rerun_with(beam_size=2) == rerun_with(max_len=9) == {"evaluate", "export"}
-    dvc(repo, "push")
-    tag = ["git", "tag", "-a", "captioner@v0.1.0", "-m", "Registering artifact captioner version v0.1.0"]
-    subprocess.run(tag, cwd=repo, check=True, env=ENVIRONMENT)  # a version, as `gto register captioner` tags it
-    dvc(repo, "artifacts", "get", str(repo), "captioner", "-o", str(tmp_path / "shipped"))
-    assert (tmp_path / "shipped" / export.TFLITE_FILE).is_file()
-    assert (tmp_path / "shipped" / export.SAVED_MODEL / "saved_model.pb").is_file()
+    assert cli.main([str(images[0]), "--export", str(tmp_path)]) == 1
+    damaged = capsys.readouterr().err
+    assert "not a loadable SavedModel" in damaged and len(damaged.strip().splitlines()) == 1
 
 
 def test_a_header_claiming_too_many_pixels_is_refused_before_decoding_and_named():

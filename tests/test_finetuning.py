@@ -125,8 +125,8 @@ def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_
     captioner = Captioner.load(directory)
     tuned = captioner.extractor.model.trainable_variables  # the caption command's encoder is the fine-tuned one
     assert all(np.array_equal(v.numpy(), w.numpy()) for v, w in zip(tuned, split.full.trainable_variables, strict=True))
-    written, failures = captioner.caption([images / names[0]], beam_size=2)
-    assert failures == {} and len(written[images / names[0]].split()) >= 1
+    (result,) = captioner.caption([images / names[0]], beam_size=2)
+    assert result.error is None and len(result.text.split()) >= 1 and result.log_prob < 0
 
 
 def test_an_image_that_no_longer_decodes_fails_with_one_line_naming_it(shapes_raw, tmp_path):

@@ -132,3 +132,16 @@ def test_diversity():
         "novel_rate": pytest.approx(1 / 3),
         "avg_len": pytest.approx(7 / 3),
     }
+
+
+def test_meteor_starts_once_per_process_and_answers_the_same_whatever_it_scored_before():
+    if not shutil.which("java"):
+        return  # nothing starts without Java (the test above)
+    metrics.start_meteor()
+    scorer = metrics._METEOR["scorer"]
+    references, hypotheses = random_corpus(2, images=6)
+    first, _ = metrics.coco_scores(references, hypotheses)
+    metrics.coco_scores(references, [refs[0] for refs in references])
+    metrics.start_meteor()
+    again, _ = metrics.coco_scores(references, hypotheses)
+    assert metrics._METEOR["scorer"] is scorer and again["meteor"] == first["meteor"]

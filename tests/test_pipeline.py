@@ -1,5 +1,7 @@
-"""End to end: `dvc repro` on tiny params in a temporary git repo, what reruns after a change, the commands a user
-runs on the results, a remote, two workers. Training's other modes: tests/test_pipeline_training.py."""
+"""What only DVC proves, on tiny params in a temporary git repo (each test on its own copy of one reproduced repo):
+`dvc repro` runs every stage; which stages a params change reruns; experiments, the run-cache and the way back; the
+queue; a remote, a second clone and the artifact registry; the pull-request diff. And two training processes on
+loopback. What each mode of training computes is proven in this process: tests/test_training.py."""
 
 import json
 import os
@@ -7,22 +9,21 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
 from captioner.params import RULES, SPEED_ONLY
+from captioner.report import _flat
 from captioner.stage import stage_param_names
-from tests.conftest import PROJECT_FILES
+from tests.conftest import PROJECT_FILES, set_params
 from tests.tiny_pipeline import (
-    BY_DEV_BLEU4,
     ENVIRONMENT,
     EVERY_STAGE,
-    assert_selected_by_dev_bleu4,
     dvc,
     ran,
     run_dvc,
-    tf_noise,
     tracked_changes,
 )
 
@@ -65,76 +66,47 @@ def test_each_stage_lists_exactly_the_params_it_reads(repo):
     assert set(SPEED_ONLY) <= set().union(*read.values())  # each one is read, by a stage that does not list it
 
 
-def test_speed_only_params_rerun_nothing_and_a_forced_repro_with_them_changes_no_tracked_byte(repo):
+def dry_run(repo, **sections) -> set[str]:
+    """The stages ``dvc repro`` would run with ``sections`` over params.yaml (then put back as committed)."""
+    set_params(repo, **sections)
+    stages = ran(dvc(repo, "repro", "--dry"))
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
+    return stages
+
+
+def test_a_params_change_reaches_exactly_the_stages_that_declare_it(repo):
+    """What ``dvc repro --dry`` lists: the stages whose declared params changed (those downstream of them rerun
+    only when their inputs' hashes change: the experiment below)."""
     repo, _ = repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    values = {"evaluate.batch_size": 3, "train.threads_per_op": 2}
-    assert set(values) == set(SPEED_ONLY)
-    for name, value in values.items():
-        section, key = name.split(".")
-        assert params[section][key] != value
-        params[section][key] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert dry_run(repo, evaluate={"batch_size": 3}, train={"threads_per_op": 2}) == set()  # speed only
+    assert dry_run(repo, decoder={"units": 24}) == dry_run(repo, train={"finetune_from": "top_conv"}) == {"train"}
+    assert dry_run(repo, features={"image_size": 96}) == {"extract_features"}
+    assert dry_run(repo, decoder={"arch": "attention"}, features={"pooling": "grid"}) == {"extract_features", "train"}
+    assert dry_run(repo, evaluate={"beam_size": 2}) == dry_run(repo, evaluate={"max_len": 9}) == {"evaluate", "export"}
+    assert dry_run(repo, vocab={"min_count": 1}) == {"build_vocab"}
+    member = {"second": {"decoder": {"arch": "transformer"}}}
+    assert dry_run(repo, ensemble=member) == {"train_member@second", "evaluate", "export"}  # the member alone
+
+
+def test_speed_only_params_change_no_byte_of_what_they_reach(repo):
+    """``train.threads_per_op`` sizes TensorFlow's thread pools when a process starts: a train stage run with
+    another value writes the model and curves the repro wrote, byte for byte (``evaluate.batch_size``:
+    tests/test_evaluation.py)."""
+    repo, _ = repo
+    set_params(repo, train={"threads_per_op": 2})
     assert "Data and pipelines are up to date" in dvc(repo, "status")
-    # Every stage again, the speed-only params changed: every output, DVC-cached or in git, comes out byte for byte
-    # the same (dvc.lock, metrics, plots and figures as committed).
-    forced = dvc(repo, "repro", "--force")
-    assert ran(forced) == EVERY_STAGE
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
-    # Nothing new beside git's files; dvc.lock staged or not (core.autostage stages it when its bytes change).
-    changed = sorted(line[3:] for line in status.stdout.splitlines())
-    assert changed in (["params.yaml"], ["dvc.lock", "params.yaml"]), status.stdout
-    # The one exception: the TensorFlow Lite converter names tensors with process-wide counters, so the export's
-    # bytes (its hash in dvc.lock) differ from run to run. Everything else in dvc.lock is as committed.
-    committed = subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=repo, capture_output=True, text=True, check=True)
-    locks = [yaml.safe_load(committed.stdout), yaml.safe_load((repo / "dvc.lock").read_text())]
-    for lock in locks:
-        lock["stages"]["export"].pop("outs")
-    assert locks[0] == locks[1]
-    training = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
-    assert set(training) == {"best_epoch", "best_dev_loss", "epochs_run"}
-    timings = (repo / "logs" / "train_epochs.tsv").read_text().splitlines()
-    assert timings[0] == "epoch\tepoch_seconds" and timings[1].startswith("1\t")  # kept, outside git
-
-
-def test_the_console_of_a_stage_is_quiet_unless_asked(repo):
-    repo, _ = repo
-    quiet = subprocess.run([sys.executable, "stages/evaluate.py"], cwd=repo, capture_output=True, text=True)
-    assert quiet.returncode == 0 and not tf_noise(quiet.stderr)
-    assert quiet.stdout.startswith("evaluate: bleu1")
-    loud = subprocess.run(
-        [sys.executable, "stages/evaluate.py"], cwd=repo, capture_output=True, text=True,
-        env=os.environ | {"CAPTIONER_TF_LOGS": "1"},
-    )  # fmt: skip
-    assert loud.returncode == 0 and "WARNING: All log messages before absl::InitializeLog()" in loud.stderr
-
-
-def test_caption_command_captions_good_images_and_names_bad_ones(repo, tmp_path):
-    from PIL import Image
-
-    repo, _ = repo
-    odd = tmp_path / "odd size.png"
-    Image.new("RGB", (300, 170), (200, 30, 30)).save(odd)
-    shape = next((repo / "data" / "raw" / "Flicker8k_Dataset").iterdir())
-    (tmp_path / "notes.txt").write_text("not an image")
-    command = ["caption", str(shape), str(tmp_path / "notes.txt"), str(odd), str(tmp_path / "gone.jpg"), "--beam", "2"]
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
-    assert result.returncode == 1
-    lines = result.stdout.strip().splitlines()
-    assert [line.split(": ")[0] for line in lines] == [str(shape), str(odd)]
-    assert all(len(line.split(": ", 1)[1].split()) >= 1 for line in lines)
-    errors = result.stderr.strip().splitlines()
-    assert errors[0].startswith("caption: note: the model in models/ was trained on generated shapes and describes")
-    assert len(errors) == 3  # the note and the two bad files: no TensorFlow start-up lines
-    assert f"caption: error: {tmp_path / 'notes.txt'}: not a readable image" in errors
-    assert f"caption: error: {tmp_path / 'gone.jpg'}: no such file" in errors
-    as_json = subprocess.run(
-        ["caption", str(shape), "--json"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT
+    outputs = [repo / "models" / "captioner.keras", repo / "metrics" / "train" / "metrics.json"]
+    outputs += sorted((repo / "metrics" / "train" / "plots").rglob("*.tsv"))
+    before = [path.read_bytes() for path in outputs]
+    train = subprocess.run(
+        [sys.executable, "stages/train.py"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT
     )
-    assert as_json.returncode == 0 and json.loads(as_json.stdout)["image"] == str(shape)
+    assert train.returncode == 0, train.stderr
+    assert [path.read_bytes() for path in outputs] == before
+    assert tracked_changes(repo).split() == ["M", "params.yaml"]
 
 
-def test_decoder_change_reruns_train_and_evaluate_only_and_the_diff_report_shows_it(repo):
+def test_an_experiment_reruns_its_stages_and_the_diff_report_and_experiments_table_show_it(repo):
     repo, _ = repo
     assert ran(dvc(repo, "exp", "run", "-S", "decoder.units=24")) == {"train", "evaluate", "export"}
     assert "Data and pipelines are up to date" in dvc(repo, "status")
@@ -143,6 +115,7 @@ def test_decoder_change_reruns_train_and_evaluate_only_and_the_diff_report_shows
     assert report.stdout.startswith("## Test scores: `HEAD` → this change")
     assert re.search(r"\| metrics/scores.json\s*\| bleu1\s*\|", report.stdout)
     assert report.stdout.index("bleu1") < report.stdout.index("## Training") < report.stdout.index("## Params")
+    assert re.search(r"\| params.yaml\s*\| decoder.units\s*\| 16\s*\| 24\s*\|", report.stdout)
     committed = subprocess.run(["git", "show", "HEAD:metrics/test_captions.tsv"], cwd=repo, capture_output=True,
                                text=True, check=True).stdout  # fmt: skip
     weighed = "on the same 8 test images; redrawing them with replacement (paired bootstrap, 95 %)"
@@ -152,40 +125,14 @@ def test_decoder_change_reruns_train_and_evaluate_only_and_the_diff_report_shows
     metrics_diff = json.loads(diff.stdout)
     assert "bleu1" in metrics_diff["metrics/scores.json"]  # and nothing of the machine or of the last epoch:
     assert set(metrics_diff.get("metrics/train/metrics.json", {})) <= {"best_epoch", "best_dev_loss", "epochs_run"}
-    assert ran(dvc(repo, "exp", "run", "-S", "train.epochs=3")) == {"train", "evaluate", "export"}
     table = subprocess.run(["caption-exps"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
     assert table.returncode == 0, table.stderr
     header = [cell.strip() for cell in table.stdout.splitlines()[0].strip("|").split("|")]
-    assert header == ["Experiment", "decoder.units", "train.epochs", "bleu4", "cider", "meteor", "rouge_l"]
-    assert len(table.stdout.splitlines()) >= 2 + 4  # workspace, HEAD, and the two experiments
+    assert header == ["Experiment", "decoder.units", "bleu4", "cider", "meteor", "rouge_l"]
+    assert len(table.stdout.splitlines()) >= 2 + 3  # workspace, HEAD, and the experiment
     assert max(map(len, table.stdout.splitlines())) <= 120 and "data/" not in table.stdout
-    assert re.search(r"\| params.yaml\s*\| decoder.units\s*\| 16\s*\| 24\s*\|", report.stdout)
     missing = subprocess.run(["caption-diff", "no-such-rev"], cwd=repo, capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("caption-diff: error: dvc metrics diff")
-
-
-def test_encoder_change_reruns_from_extraction_and_switching_back_uses_the_run_cache(repo):
-    repo, _ = repo
-    lite0 = repo / "data" / "features" / "efficientnet_lite0.h5"
-    before = lite0.read_bytes()
-    switched = dvc(repo, "exp", "run", "-S", "encoder=mobilenet_v2", "-S", "features.weights=none")
-    assert ran(switched) == {"extract_features", "train", "evaluate", "export"}
-    assert (repo / "data" / "features" / "mobilenet_v2.h5").exists()
-    back = dvc(repo, "exp", "run", "-S", "encoder=efficientnet_lite0", "-S", "features.weights=imagenet")
-    assert "extract_features" not in ran(back) and "train" not in ran(back)  # evaluate's uncached outputs may rerun it
-    assert "Stage 'extract_features' is cached - skipping run" in back
-    assert lite0.read_bytes() == before
-
-
-def test_attention_over_the_grid_runs_end_to_end(repo):
-    repo, _ = repo
-    output = dvc(repo, "exp", "run", "-S", "decoder.arch=attention", "-S", "features.pooling=grid", *BY_DEV_BLEU4)
-    assert ran(output) == {"extract_features", "train", "evaluate", "export"}
-    assert "test_images 8" in output
-    assert_selected_by_dev_bleu4(repo)
-    figures = sorted(p.name for p in (repo / "metrics" / "figures").iterdir())
-    assert figures == ["attention_1.png", "attention_2.png", "attention_3.png", "cosine_similarity.png", "samples.png"]
-    assert "Data and pipelines are up to date" in dvc(repo, "status")
 
 
 def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
@@ -243,6 +190,62 @@ def test_the_default_remote_shares_features_model_and_curves_with_a_second_clone
     drawn = re.findall(r"!\[[^]]*\]\(([^)]+)\)", index)
     assert "loss-train-vs-dev.png" in drawn and "main-samples.png" in drawn
     assert all((clone / "plots-diff" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in drawn)
+    # The export through the artifact registry: a version tagged as `gto register captioner` tags it, then fetched.
+    tag = ["git", "tag", "-a", "captioner@v0.1.0", "-m", "Registering artifact captioner version v0.1.0"]
+    subprocess.run(tag, cwd=repo, check=True, env=ENVIRONMENT)
+    shipped = repo.parent / "shipped"
+    dvc(repo, "artifacts", "get", str(repo), "captioner", "-o", str(shipped))
+    assert (shipped / "captioner.tflite").is_file() and (shipped / "saved_model" / "saved_model.pb").is_file()
+
+
+def queue_status(repo, deadline: float) -> str:
+    """``dvc queue status``, retried until ``deadline``: while a task runs, DVC reading its queue files fails now
+    and then ("unexpected error - Expecting value")."""
+    while True:
+        result = run_dvc(repo, "queue", "status")
+        if result.returncode == 0:
+            return result.stdout
+        assert time.monotonic() < deadline, result.stdout + result.stderr
+        time.sleep(2)
+
+
+def test_a_queued_sweep_starts_each_experiment_from_the_baseline(repo):
+    """Two queued experiments, each of a speed-only param (nothing reruns, so the queue itself is what is timed)."""
+    repo, _ = repo
+    baseline = _flat(yaml.safe_load((repo / "params.yaml").read_text()))
+    sweep = {"threads": "train.threads_per_op=2", "batch": "evaluate.batch_size=3"}
+    for name, setting in sweep.items():
+        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", setting)
+    assert tracked_changes(repo) == ""  # queued, not applied: the next idea starts from the baseline too
+    # `dvc queue start` leaves a daemon that holds the stdout it was given until its worker exits (an idle worker
+    # on a loaded machine can wait minutes): give it none of ours to wait for, and poll the queue instead.
+    started = subprocess.run(
+        ["dvc", "queue", "start"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=ENVIRONMENT | {"PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert started.returncode == 0
+    # Until both have ended: between two tasks DVC's status can list neither as queued nor running for a moment.
+    deadline = time.monotonic() + 600
+    status = queue_status(repo, deadline)
+    while status.count("Success") < 2 and not re.search(r"\bFailed\b", status):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+        status = queue_status(repo, deadline)
+    assert status.count("Success") >= 2, status
+    rows = {}
+    for commit in json.loads(dvc(repo, "exp", "show", "--json")):
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment["revs"]:
+                data = revision["data"]
+                rows[revision["name"]] = (
+                    _flat(data["params"]["params.yaml"]["data"]),
+                    data["metrics"]["metrics/scores.json"]["data"]["bleu4"],
+                )
+    for name, setting in sweep.items():
+        params, bleu4 = rows[name]
+        changed = {key: value for key, value in params.items() if baseline[key] != value}
+        assert changed == {setting.split("=")[0]: int(setting.split("=")[1])}
+        assert 0 <= bleu4 <= 1
 
 
 def _free_port() -> int:

@@ -200,37 +200,22 @@ def test_train_and_evaluate_refuse_a_split_whose_images_have_no_features(project
     assert not (project / "models").exists() and not (project / "metrics").exists()
 
 
-PROBE = """import os
-from captioner.config import size_thread_pools
-size_thread_pools("train")
-import tensorflow
-print(os.environ.get("TF_NUM_INTRAOP_THREADS"))
-try:
-    size_thread_pools("train")
-except RuntimeError as err:
-    print(err)
-"""
-
-
-@pytest.mark.parametrize(
-    ("threads_per_op", "argv", "expected"),
-    [(1, [], "1"), (0, [], "None"), (1, ["--member", "b"], "2")],
-)
-def test_size_thread_pools_sets_tensorflows_threads_per_op_from_the_param_before_tensorflow_starts(
-    project, threads_per_op, argv, expected
+@pytest.mark.parametrize(("threads_per_op", "member", "expected"), [(1, None, 1), (0, None, 0), (1, "b", 2)])
+def test_the_train_stage_readies_its_process_with_the_threads_per_op_and_precision_of_its_model(
+    project, threads_per_op, member, expected
 ):
+    from stages import train
+
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["threads_per_op"] = threads_per_op
     params["ensemble"] = {"b": {"train": {"threads_per_op": 2}}}  # a member's own setting wins for it
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    (project / "stages" / "probe.py").write_text(PROBE)
-    environment = {key: value for key, value in os.environ.items() if key != "TF_NUM_INTRAOP_THREADS"}
-    result = subprocess.run(
-        [sys.executable, "stages/probe.py", *argv], cwd=project, capture_output=True, text=True, env=environment
-    )
-    assert result.returncode == 0, result.stderr
-    # TensorFlow reads TF_NUM_INTRAOP_THREADS when it starts; once it has, the call refuses rather than do nothing.
-    assert result.stdout.splitlines() == [expected, "size_thread_pools must run before TensorFlow is imported"]
+    settings = train.process_for(declared_params("train", project, member=member))
+    assert settings == {"threads_per_op": expected, "precision": "float32"}
+    params["train"]["self_critical_epochs"], params["train"]["finetune_from"] = 2, "top_conv"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(CaptionerError, match="self_critical_epochs needs a frozen encoder"):
+        train.process_for(declared_params("train", project))  # the config is checked before TensorFlow starts
 
 
 def test_any_stage_run_removes_dead_writers_scratch_anywhere_under_the_outputs(project, tmp_path):

@@ -19,7 +19,7 @@ GIT_IDENTITY = {k: "pipeline-test" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_N
     k: "test@example.invalid" for k in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL")
 }
 ENVIRONMENT = os.environ | GIT_IDENTITY
-# Lines TensorFlow's C++ side prints that captioner.console keeps off a stage's console.
+# Lines TensorFlow's C++ side prints that captioner.process keeps off a stage's console.
 TF_NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages", "cuInit", "oneDNN")
 
 

@@ -1,6 +1,6 @@
 """Datasets in the Flickr8k release layout, whatever their source, and their cleaned captions.
 
-The layout (see ``captioner.layout.Layout``): an image folder, ``Flickr8k.token.txt`` with
+The layout (see ``captioner.layout.Release``): an image folder, ``Flickr8k.token.txt`` with
 ``<image>#<n>\\t<caption>`` lines, and one ``Flickr_8k.<split>Images.txt`` list per split.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from captioner import CaptionerError, text
 from captioner.boundary import confine
 from captioner.files import text_lines
-from captioner.layout import SPLITS, Layout
+from captioner.layout import SPLITS, Release
 
 DATASETS = ("shapes", "flickr8k", "karpathy")
 
@@ -26,7 +26,7 @@ def read_split_list(path: Path) -> list[str]:
     """The image names a split list beside the image folder holds, each confined to that folder."""
     if not path.exists():
         raise CaptionerError(f"split list {path} is missing")
-    images = path.parent / Layout.images.relative_to(Layout.raw)
+    images = path.parent / Release.images
     names = []
     for number, line in enumerate(text_lines(path), start=1):
         if line.strip():
@@ -64,7 +64,7 @@ def _split_of_images(raw: Path, present: set[str], warnings: list[str]) -> dict[
     test image never trains); a listed image without a file is named. Both are warnings."""
     split_of: dict[str, str] = {}
     for split in SPLITS:
-        listed = read_split_list(raw / Layout.split_list(split).relative_to(Layout.raw))
+        listed = read_split_list(raw / Release.split_list(split))
         moved = sorted({image for image in listed if split_of.get(image, split) != split})
         if moved:
             earlier = sorted({split_of[image] for image in moved})
@@ -85,8 +85,8 @@ def clean_release(raw: Path) -> CleanedRelease:
     that is not ``<image>#<n>\\t<caption>``. Captions of images in no split are left out silently.
     A split left with no caption at all is a CaptionerError: nothing useful trains or scores on it.
     """
-    images = raw / Layout.images.relative_to(Layout.raw)
-    captions_file = raw / Layout.captions_file.relative_to(Layout.raw)
+    images = raw / Release.images
+    captions_file = raw / Release.captions_file
     if not captions_file.exists():
         raise CaptionerError(f"caption file {captions_file} is missing")
     present = {entry.name for entry in os.scandir(images) if entry.is_file()} if images.is_dir() else set()
@@ -118,7 +118,7 @@ def clean_release(raw: Path) -> CleanedRelease:
         if not pairs:
             listed = sum(1 for kept_in in split_of.values() if kept_in == split)
             raise CaptionerError(
-                f"the {split} split has no usable captions ({listed} images listed in {Layout.split_list(split).name}"
+                f"the {split} split has no usable captions ({listed} images listed in {Release.split_list(split)}"
                 f", {sum(skipped.values())} caption lines skipped); every split needs some"
             )
     return CleanedRelease(cleaned, skipped, warnings)

@@ -18,10 +18,10 @@ from pathlib import Path, PurePosixPath
 from captioner import CaptionerError, boundary
 from captioner.boundary import confine
 from captioner.files import progress, sha256_of, text_lines
-from captioner.layout import SPLITS, Layout
+from captioner.layout import SPLITS, Release
 
 IMAGES_FOLDER_IN_ZIP = "Flicker8k_Dataset"  # the release's own spelling
-TEXT_FILES = ("Flickr8k.token.txt", *(Layout.split_list(split).name for split in SPLITS))
+TEXT_FILES = (Release.captions_file, *(Release.split_list(split) for split in SPLITS))
 
 
 def _local_path(url: str) -> Path | None:
@@ -108,7 +108,7 @@ def extract(zip_path: Path, target: Path, keep) -> int:
 
 def install_release(images_zip: Path, text_zip: Path, target: Path) -> None:
     """Extract the image folder and the caption and split files of the release into ``target``."""
-    image_folder = Layout.images.relative_to(Layout.raw)
+    image_folder = PurePosixPath(Release.images)
 
     def image(name: PurePosixPath):
         return (
@@ -162,7 +162,7 @@ def install_kaggle(folder: Path, target: Path) -> None:
     for needed in (images, captions):
         if not needed.exists():
             raise CaptionerError(f"{folder} is not in the Kaggle layout: {needed.name} is missing")
-    image_dir = target / Layout.images.relative_to(Layout.raw)
+    image_dir = target / Release.images
     image_dir.mkdir(parents=True)
     numbers: dict[str, int] = {}
     lines, splits = [], {split: [] for split in SPLITS}
@@ -174,8 +174,8 @@ def install_kaggle(folder: Path, target: Path) -> None:
             splits[kaggle_split(image)].append(image)
             if (images / image).is_file():
                 link_or_copy(images / image, image_dir / image)
-    (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines), encoding="utf-8")
+    (target / Release.captions_file).write_text("".join(lines), encoding="utf-8")
     for split in SPLITS:
-        (target / Layout.split_list(split).relative_to(Layout.raw)).write_text(
+        (target / Release.split_list(split)).write_text(
             "".join(f"{i}\n" for i in sorted(splits[split])), encoding="utf-8"
         )

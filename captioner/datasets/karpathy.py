@@ -18,7 +18,7 @@ from captioner import CaptionerError
 from captioner.boundary import confine, field, shown
 from captioner.datasets.flickr8k import extract, fetch, link_or_copy
 from captioner.files import progress
-from captioner.layout import SPLITS, Layout
+from captioner.layout import SPLITS, Release
 
 OUR_SPLIT = {"train": "train", "val": "dev", "test": "test"}  # restval joins train when asked
 
@@ -60,7 +60,7 @@ def install_karpathy(split_file: dict, source: Path, images_root: Path, target: 
     """Write the corpus of ``split_file`` (read from ``source``) as the release layout in ``target``; its images
     are ``images_root / filepath / filename``. Returns warnings: images listed without a file (left to
     clean_captions to skip), and restval images left out."""
-    image_dir = target / Layout.images.relative_to(Layout.raw)
+    image_dir = target / Release.images
     image_dir.mkdir(parents=True)
     lines, lists = [], {split: [] for split in SPLITS}
     missing, left_out, seen = [], 0, {}
@@ -84,9 +84,9 @@ def install_karpathy(split_file: dict, source: Path, images_root: Path, target: 
             missing.append(str(PurePosixPath(filepath) / filename))
         lists[ours].append(filename)
         lines.extend(f"{filename}#{number}\t{caption}\n" for number, caption in enumerate(captions))
-    (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines), encoding="utf-8")
+    (target / Release.captions_file).write_text("".join(lines), encoding="utf-8")
     for split in SPLITS:
-        (target / Layout.split_list(split).relative_to(Layout.raw)).write_text("".join(f"{i}\n" for i in lists[split]))
+        (target / Release.split_list(split)).write_text("".join(f"{i}\n" for i in lists[split]))
     warnings = []
     if missing:
         shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")

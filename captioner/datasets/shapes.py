@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from captioner import CaptionerError
 from captioner.files import progress
-from captioner.layout import SPLITS, Layout
+from captioner.layout import SPLITS, Release
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -163,7 +163,7 @@ def generate(
             f"{num_images} leave the {' and '.join(empty)} split without images ({sizes}); every split needs one"
         )
     rng = np.random.default_rng(seed)
-    image_dir = target / Layout.images.relative_to(Layout.raw)
+    image_dir = target / Release.images
     image_dir.mkdir(parents=True)
     names = [f"shapes_{index:06d}.jpg" for index in range(num_images)]
     lines = []
@@ -171,7 +171,7 @@ def generate(
         things = _sample_things(rng)
         _draw(things, image_size, rng).save(image_dir / name, quality=92)
         lines += [f"{name}#{number}\t{caption}\n" for number, caption in enumerate(_captions(things, rng))]
-    (target / Layout.captions_file.relative_to(Layout.raw)).write_text("".join(lines))
+    (target / Release.captions_file).write_text("".join(lines))
     order = rng.permutation(num_images)
     split_indices = {
         "dev": order[:num_dev],
@@ -180,4 +180,4 @@ def generate(
     }
     for split in SPLITS:
         listed = "".join(f"{names[index]}\n" for index in sorted(split_indices[split]))
-        (target / Layout.split_list(split).relative_to(Layout.raw)).write_text(listed)
+        (target / Release.split_list(split)).write_text(listed)

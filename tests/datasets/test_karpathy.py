@@ -15,18 +15,18 @@ from hypothesis import strategies as st
 from captioner import CaptionerError, encoders, features
 from captioner.datasets import clean_release, karpathy, parse_caption_line, read_split_list
 from captioner.files import text_lines
-from captioner.layout import SPLITS, Layout
+from captioner.layout import SPLITS, Release
 from captioner.text import Vocabulary
 
-IMAGES = Layout.images.relative_to(Layout.raw)
+IMAGES = Release.images
 KARPATHY_SPLIT = {"train": "train", "dev": "val", "test": "test"}
 
 
 def karpathy_json_of_release(raw) -> dict:
     """The Karpathy split file of a release-layout folder: same images, captions and splits, token-file order."""
-    split_of = {image: split for split in SPLITS for image in read_split_list(raw / Layout.split_list(split).name)}
+    split_of = {image: split for split in SPLITS for image in read_split_list(raw / Release.split_list(split))}
     sentences: dict[str, list[dict]] = {}
-    for line in text_lines(raw / Layout.captions_file.name):
+    for line in text_lines(raw / Release.captions_file):
         image, caption = parse_caption_line(line)
         if image in split_of:
             sentences.setdefault(image, []).append({"raw": caption, "tokens": caption.lower().split()})
@@ -72,8 +72,8 @@ def test_flickr8k_as_a_karpathy_split_file_gives_the_release_layouts_captions_vo
              for cleaned in (ours, theirs)]  # fmt: skip
     assert vocab[0] == vocab[1]
     for split in SPLITS:  # in another order: the features stage sorts them
-        assert sorted(read_split_list(converted / Layout.split_list(split).name)) == sorted(
-            read_split_list(release / Layout.split_list(split).name)
+        assert sorted(read_split_list(converted / Release.split_list(split))) == sorted(
+            read_split_list(release / Release.split_list(split))
         )
     images = sorted((release / IMAGES).iterdir())
     assert sorted(path.name for path in (converted / IMAGES).iterdir()) == [path.name for path in images]
@@ -118,7 +118,7 @@ def test_a_coco_style_split_file_with_two_image_folders_restval_and_a_missing_im
     warnings = karpathy.install_karpathy(karpathy.read_split_file(split_file, "x"), split_file, root, target, restval)
     assert warnings[0] == f"1 listed images are not under {root}: val2014/COCO_val2014_5.jpg"
     assert ("1 restval images left out (karpathy.restval: false)" in warnings) is not restval
-    lists = {split: read_split_list(target / Layout.split_list(split).name) for split in SPLITS}
+    lists = {split: read_split_list(target / Release.split_list(split)) for split in SPLITS}
     train = ["COCO_train2014_1.jpg", "COCO_train2014_2.jpg"] if restval else ["COCO_train2014_1.jpg"]
     test = ["COCO_val2014_4.jpg", "COCO_val2014_5.jpg"]
     assert lists == {"train": train, "dev": ["COCO_val2014_3.jpg"], "test": test}
