@@ -37,6 +37,7 @@ def test_a_cluster_description_is_checked_before_anything_waits_for_it(config, m
     )
 
 
+@pytest.mark.e2e  # TensorFlow in processes of its own
 def test_a_wait_past_its_deadline_ends_the_process_with_one_error_line():
     waits = "import time\nfrom captioner.distribute import deadline\nwith deadline(0.5, 'no cluster'):\n time.sleep(60)"
     result = subprocess.run([sys.executable, "-c", waits], capture_output=True, text=True, timeout=60)

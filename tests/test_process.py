@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from captioner import process
 from tests.tiny_pipeline import tf_noise
 
@@ -56,6 +58,7 @@ def extracted(shapes_raw, tmp_path, **env) -> tuple[list[str], str]:
     return done.stdout.split(), done.stderr
 
 
+@pytest.mark.e2e  # TensorFlow in processes of its own
 def test_a_prepared_process_is_quiet_gets_its_threads_and_extracts_the_same_bits_whatever_the_cpu_would_pick(
     shapes_raw, tmp_path
 ):

@@ -58,6 +58,7 @@ def test_mixed_precision_trains_and_the_saved_model_reloads_and_decodes_in_float
     assert words == [captions[i][1][2] for i in range(4)]  # the peak channel's word, as trained
 
 
+@pytest.mark.e2e  # TensorFlow in processes of its own
 def test_mirrored_training_over_two_devices_matches_one_device():
     # Logical devices must be configured before TensorFlow starts, so this runs in a fresh process.
     result = subprocess.run(
