@@ -79,9 +79,9 @@ def test_flickr8k_as_a_karpathy_split_file_gives_the_release_layouts_captions_vo
     assert sorted(path.name for path in (converted / IMAGES).iterdir()) == [path.name for path in images]
     # The features stage reads the same bytes under the same names: spot-check the features themselves.
     picked = [path.name for path in images[:: len(images) // 6][:6]]
-    lite0 = encoders.get("efficientnet_lite0")
+    extractor = features.Extractor(encoders.get("efficientnet_lite0"), "avg")
     for raw in (release, converted):
-        features.extract(lite0, [raw / IMAGES / name for name in picked], raw / "f.h5", "avg", batch_size=6)
+        extractor.write([raw / IMAGES / name for name in picked], raw / "f.h5", batch_size=6)
     with h5py.File(release / "f.h5") as a, h5py.File(converted / "f.h5") as b:
         np.testing.assert_array_equal(a["features"][:], b["features"][:])
         assert list(a["image_ids"][:]) == list(b["image_ids"][:])
