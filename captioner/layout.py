@@ -4,6 +4,7 @@ project folder from any working directory."""
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,6 +58,15 @@ class Layout:
 
     def __repr__(self) -> str:
         return f"Layout({str(self.root)!r})"
+
+    def located(self, value: str | list | None) -> str | list | None:
+        """A param naming a file or folder (a path or a URL; a list of them): a relative path is the project
+        folder's, as DVC runs every stage from there, whatever the working directory of this process."""
+        if isinstance(value, list):
+            return [self.located(item) for item in value]
+        if not value or len(urllib.parse.urlparse(value).scheme) > 1 or Path(value).is_absolute():
+            return value
+        return str(self.root / value)
 
     def training_outputs(self, member: str | None = None) -> TrainingOutputs:
         """Where training writes the main model, or ensemble member ``member``."""
