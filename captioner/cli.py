@@ -101,16 +101,13 @@ def _captions(arguments: argparse.Namespace) -> tuple[dict[Path, str], dict[Path
     if arguments.export:
         from captioner import export
 
-        return export.caption_files(arguments.export, arguments.images)
+        captions_and_failures = export.caption_files(arguments.export, arguments.images)
+        _note_a_shapes_model(export.read_card(arguments.export).get("dataset"), arguments.export)
+        return captions_and_failures
     from captioner.captioning import Captioner
 
     captioner = Captioner.load(arguments.model_dir, arguments.member)
-    if captioner.trained.card.get("dataset") == "shapes":
-        print(
-            f"caption: note: the model in {arguments.model_dir}/ was trained on generated shapes and describes only "
-            "coloured shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
-            file=sys.stderr,
-        )
+    _note_a_shapes_model(captioner.trained.card.get("dataset"), arguments.model_dir)
     results = captioner.caption(
         arguments.images,
         beam_size=arguments.beam or 3,
@@ -119,3 +116,12 @@ def _captions(arguments: argparse.Namespace) -> tuple[dict[Path, str], dict[Path
     )
     captions = {result.image: result.text for result in results if result.error is None}
     return captions, {result.image: result.error for result in results if result.error is not None}
+
+
+def _note_a_shapes_model(dataset: str | None, folder: Path) -> None:
+    if dataset == "shapes":
+        print(
+            f"caption: note: the model in {folder}/ was trained on generated shapes and describes only coloured "
+            "shapes; for photos train on Flickr8k: dvc exp run -S dataset=flickr8k (README: Real Flickr8k)",
+            file=sys.stderr,
+        )

@@ -196,6 +196,7 @@ def export(captioner: Captioner, target: Path, beam_size: int, max_len: int, len
             "beam_size": beam_size,
             "max_len": max_len,
             "length_penalty": length_penalty,
+            "dataset": captioner.trained.card.get("dataset"),  # caption --export says when it was a toy one
             "encoder": captioner.trained.card["encoder"],
             "decoder": captioner.trained.spec.arch,
             "ensemble_members": len(captioner.members),
@@ -244,6 +245,12 @@ def load(directory: Path):
         )
     with artifacts.reading(saved_model, "not a loadable SavedModel (truncated or corrupt?)"):
         return tf.saved_model.load(str(saved_model)).signatures[SIGNATURE]
+
+
+def read_card(directory: Path) -> dict:
+    """What the export stage recorded of the model in ``directory`` (``export.json``; empty if it has none)."""
+    card = Path(directory) / EXPORT_CARD
+    return artifacts.read_json(card) if card.is_file() else {}
 
 
 def caption_files(directory: Path, paths: list[Path]) -> tuple[dict[Path, str], dict[Path, str]]:

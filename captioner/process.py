@@ -9,13 +9,13 @@ Python API (``captioner.Captioner``, ``captioner.train``) call ``prepare`` befor
   file descriptor 2 pointed at /dev/null (an import hook that removes itself once used). ``TF_CPP_MIN_LOG_LEVEL``
   is 2 unless set; NLTK's advice to smooth BLEU is hidden (our BLEU is the unsmoothed corpus BLEU, on purpose).
   TensorFlow's and Python's warnings and errors afterwards still show. Opt out: ``CAPTIONER_TF_LOGS=1``.
-- **Pinned CPU kernels**, so that an output's bytes follow its inputs and params, not the CPU that made it.
-  TensorFlow picks CPU kernels by what the processor offers: its oneDNN graph rewrite is on by default only on
-  CPUs with AVX-512 VNNI, BF16 or AMX, and the matrix products of its Eigen kernels call oneDNN's sgemm, which
-  dispatches to AVX2 or AVX-512 code at run time. Each choice sums in another order (other last bits, other DVC
-  hashes, the same scores). ``TF_ENABLE_ONEDNN_OPTS=0`` and ``ONEDNN_MAX_CPU_ISA=AVX2`` pin them
-  (``tests/test_process.py``; their speed: ``bench/kernels.py``). Opt out: ``CAPTIONER_NATIVE_KERNELS=1`` (the
-  fastest kernels of each CPU, hashes of that CPU), as ``train.precision: mixed_bfloat16`` does.
+- **Pinned CPU kernels**, so that fewer of an output's bits follow the CPU that made it. TensorFlow picks CPU
+  kernels by what the processor offers: its oneDNN graph rewrite is on by default only on CPUs with AVX-512 VNNI,
+  BF16 or AMX, and the matrix products of its Eigen kernels call oneDNN's sgemm, which dispatches to AVX2 or
+  AVX-512 code at run time. Each choice sums in another order (other last bits, other DVC hashes, the same
+  scores). ``TF_ENABLE_ONEDNN_OPTS=0`` and ``ONEDNN_MAX_CPU_ISA=AVX2`` pin them (``tests/test_process.py``; their
+  speed: ``bench/kernels.py``); bits can still differ between CPU models (the README's rule for teams). Opt out:
+  ``CAPTIONER_NATIVE_KERNELS=1`` (the fastest kernels of each CPU), as ``train.precision: mixed_bfloat16`` does.
 - **For training**, each TensorFlow op's CPU threads (``TF_NUM_INTRAOP_THREADS`` from ``train.threads_per_op``;
   0 leaves TensorFlow's default, all cores) and the kernels ``train.precision`` needs.
 

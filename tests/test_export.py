@@ -174,11 +174,14 @@ def test_caption_with_export_prints_what_caption_prints(exported, tmp_path, caps
     monkeypatch.chdir(project)
     settings = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]
     decoding = ["--beam", str(settings["beam_size"]), "--max-len", str(settings["max_len"])]
-    printed = []
+    printed, notes = [], []
     for options in (["--export", "export"], decoding):
         assert cli.main([*map(str, images), "--json", *options]) == 0
-        printed.append(capsys.readouterr().out)
+        out, err = capsys.readouterr()
+        printed.append(out)
+        notes.append(err.split(" was trained on generated shapes")[0])  # the note names the model's folder
     assert printed[0] == printed[1] and len(printed[0].splitlines()) == len(images)
+    assert notes == ["caption: note: the model in export/", "caption: note: the model in models/"]
     assert cli.main([str(images[0]), "--export", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith(f"caption: error: {tmp_path} holds no exported model")
     (tmp_path / export.SAVED_MODEL).mkdir()
