@@ -211,3 +211,19 @@ def test_no_function_is_longer_than_50_lines_and_no_layout_is_kept_from_the_form
             if "# fmt: skip" in line:  # the reason in a comment line above the statement it keeps
                 before = "\n".join(lines[max(0, number - 12) : number])
                 assert "fmt: skip)" in before, f"{path.relative_to(PROJECT)}:{number + 1}: # fmt: skip without a why"
+
+
+# How the people who build it talk about their work, not what a user needs: no user doc uses these words.
+WORKSHOP_WORDS = (
+    r"\bissue[- ]#?\d+|\blevers?\b|\bbudget\b|stop rule|scratch (patch|script|clone|copy)|\bgoals?\b|\bnot met\b"
+)
+
+
+def test_the_user_docs_speak_to_users():
+    for path in [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md")), PROJECT / "CHANGELOG.md"]:
+        found = [m.group(0) for m in re.finditer(WORKSHOP_WORDS, path.read_text(), re.IGNORECASE)]
+        assert not found, f"{path.relative_to(PROJECT)}: {found}"
+    config = (PROJECT / ".dvc" / "config").read_text()
+    for section in re.findall(r'docs/(\w+)\.md, "([^"]+)"', config):  # a pointer to a section resolves
+        assert f"## {section[1]}" in (PROJECT / "docs" / f"{section[0]}.md").read_text()
+    assert re.findall(r'docs/(\w+)\.md, "([^"]+)"', config)
