@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import re
@@ -196,18 +197,49 @@ def _cell(value) -> str:
     return text if len(text) <= WIDEST_VALUE else text[: WIDEST_VALUE - 1] + "…"
 
 
+DATA_SOURCE = ("dataset", "shapes.", "flickr8k.", "karpathy.")  # params that only say where the data comes from
+WIDEST_TABLE = 120  # characters of a line of the experiments table
+
+
+def _data_source(params: dict) -> str:
+    """The dataset, and a short digest of its source params (URLs, checksums, folders): two sources differ."""
+    source = {name: params[name] for name in sorted(params) if name.startswith(DATA_SOURCE[1:])}
+    digest = hashlib.sha256(repr(source).encode()).hexdigest()[:4]
+    return f"{params.get('dataset', '')}·{digest}"
+
+
 def experiments_table(show: list[dict]) -> str:
-    """A Markdown table: one row per experiment, a column per param whose value differs between them, then
-    the headline test scores."""
-    rows = _experiments(show)
+    """A Markdown table of at most ``WIDEST_TABLE`` characters a line: one row per experiment, a column per param
+    whose value differs between them (the data source's params folded into one ``data`` column), then the headline
+    test scores. Too many differing params for that width: one ``changed`` column lists them, shortened."""
+    rows = [(name, {"data": _data_source(p), **_without_source(p)}, s) for name, p, s in _experiments(show)]
     names = sorted({name for _, params, _ in rows for name in params})
     changed = [name for name in names if len({repr(params.get(name)) for _, params, _ in rows}) > 1]
-    header = ["Experiment", *changed, *HEADLINE]
-    body = [
-        [name, *(_cell(p.get(k, "")) for k in changed), *(_cell(s.get(k, "")) for k in HEADLINE)] for name, p, s in rows
-    ]
-    widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
-    lines = [header, ["-" * width for width in widths], *body]
+    firsts = [_cell(name) for name, _, _ in rows]
+    scores = [[_cell(s.get(key, "")) for key in HEADLINE] for _, _, s in rows]
+    values = [[_cell(p.get(key, "")) for key in changed] for _, p, _ in rows]
+    wide = _markdown([["Experiment", *changed, *HEADLINE], *map(_joined, firsts, values, scores)])
+    if max(map(len, wide.splitlines())) <= WIDEST_TABLE:
+        return wide
+    listed = [", ".join(f"{key}={value}" for key, value in zip(changed, row, strict=True)) for row in values]
+    room = WIDEST_TABLE - len(
+        _markdown([["Experiment", "", *HEADLINE], *map(_joined, firsts, [[""]] * len(rows), scores)]).splitlines()[0]
+    )
+    listed = [[text if len(text) <= room else text[: room - 1] + "…"] for text in listed]
+    return _markdown([["Experiment", "changed", *HEADLINE], *map(_joined, firsts, listed, scores)])
+
+
+def _joined(first: str, middle: list[str], last: list[str]) -> list[str]:
+    return [first, *middle, *last]
+
+
+def _without_source(params: dict) -> dict:
+    return {name: value for name, value in params.items() if not name.startswith(DATA_SOURCE)}
+
+
+def _markdown(lines: list[list[str]]) -> str:
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
+    lines = [lines[0], ["-" * max(width, 1) for width in widths], *lines[1:]]
     return "\n".join(
         "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |" for line in lines
     )
@@ -239,10 +271,12 @@ def experiments_main(argv: list[str] | None = None) -> int:
         description="Every experiment (dvc exp show): the params "
         "that differ between them and the headline test scores.",
     )
-    parser.parse_args(argv)
+    parser.add_argument("-A", "--all-commits", action="store_true", help="the experiments of every commit, not HEAD's")
+    arguments = parser.parse_args(argv)
     try:
         check_scores()
-        print(experiments_table(json.loads(_dvc("exp", "show", "--json", "--no-fetch"))))
+        everywhere = ["--all-commits"] if arguments.all_commits else []
+        print(experiments_table(json.loads(_dvc("exp", "show", "--json", "--no-fetch", *everywhere))))
     except (RuntimeError, FileNotFoundError, json.JSONDecodeError, CaptionerError) as error:
         print(f"caption-exps: error: {error}", file=sys.stderr)
         return 1

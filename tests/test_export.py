@@ -32,7 +32,9 @@ def saved_model(model, paths):
     return result
 
 def tflite(model, paths):
-    caption = tf.lite.Interpreter(model_path=model).get_signature_runner()  # its one signature
+    from ai_edge_litert.interpreter import Interpreter  # TensorFlow Lite's runtime, as the README's snippet
+
+    caption = Interpreter(model_path=model).get_signature_runner()  # its one signature
     decoded = [tf.io.decode_image(open(path, "rb").read(), channels=3, expand_animations=False) for path in paths]
     pixels = [image.numpy() for image in decoded]
     def words(outputs):

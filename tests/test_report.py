@@ -1,5 +1,6 @@
 """caption-diff and caption-exps (captioner.report): what reviewers read."""
 
+import json
 import subprocess
 
 import numpy as np
@@ -112,3 +113,36 @@ def test_a_captions_table_without_its_columns_is_one_clear_error(monkeypatch, tm
     assert report.diff_main(["main"]) == 1
     error = capsys.readouterr().err
     assert error == "caption-diff: error: metrics/test_captions.tsv has no image, generated and references columns\n"
+
+
+def test_the_experiments_table_folds_the_data_source_and_stays_within_120_characters_for_any_experiments():
+    local = "../shared/flickr8k/Flickr8k_Dataset.zip"
+    show = [{**_revision("main", 16, 0.5), "experiments": [{"revs": [_revision("flickr8k-run", 512, 0.2, local)]}]}]
+    show[0]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["dataset"] = "flickr8k"
+    lines = report.experiments_table(show).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == ["Experiment", "data", "decoder.units", "bleu4", "cider", "meteor", "rouge_l"]
+    assert lines[3].split("|")[2].strip().startswith("flickr8k·") and "Dataset.zip" not in lines[3]
+    assert max(map(len, lines)) <= 120
+    many = {f"knob_{i}": i for i in range(12)}  # more params differ than columns fit
+    revision = _revision("many", 24, 0.4)
+    revision["data"]["params"]["params.yaml"]["data"]["train"] = many
+    show = [{**_revision("main", 16, 0.5), "experiments": [{"revs": [revision]}]}]
+    lines = report.experiments_table(show).splitlines()
+    assert [cell.strip() for cell in lines[0].strip("|").split("|")][:2] == ["Experiment", "changed"]
+    assert "decoder.units=24, train.knob_0=0" in lines[3] and lines[3].split("|")[2].strip().endswith("…")
+    assert max(map(len, lines)) <= 120 and len({len(line) for line in lines}) == 1
+
+
+def test_caption_exps_asks_dvc_for_every_commits_experiments_with_a(monkeypatch, capsys):
+    asked = []
+
+    def fake_dvc(*args):
+        asked.append(args)
+        return json.dumps([_revision("main", 16, 0.5)])
+
+    monkeypatch.setattr(report, "_dvc", fake_dvc)
+    monkeypatch.setattr(report, "check_scores", lambda: None)
+    assert report.experiments_main(["-A"]) == 0 and report.experiments_main([]) == 0
+    assert asked == [("exp", "show", "--json", "--no-fetch", "--all-commits"), ("exp", "show", "--json", "--no-fetch")]
+    assert capsys.readouterr().out.startswith("| Experiment |")
