@@ -40,6 +40,7 @@ def samples(
     plt = _pyplot()
     rows = -(-len(images) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.5 * columns, 3.5 * rows), squeeze=False, layout="constrained")
+    figure.get_layout_engine().set(h_pad=0.12)  # inches between a row's captions and the next row's images
     for axis in axes.flat:
         axis.set_axis_off()
     for axis, image, caption, refs in zip(axes.flat, images, generated, references, strict=False):
@@ -48,8 +49,9 @@ def samples(
         for spine in axis.spines.values():
             spine.set_visible(False)
         axis.imshow(_image(image))
-        axis.set_title(image.name, fontsize=7)
-        lines = [textwrap.fill(f"ours: {caption}", 38)] + [textwrap.fill(f"ref: {ref}", 38) for ref in refs[:2]]
+        # The image's name and at most 7 lines beneath it, so a long caption never runs into the next row.
+        lines = [image.name, textwrap.fill(f"ours: {caption}", 38, max_lines=3, placeholder=" …")]
+        lines += [textwrap.fill(f"ref: {ref}", 38, max_lines=2, placeholder=" …") for ref in refs[:2]]
         axis.set_xlabel("\n".join(lines), fontsize=7, loc="left")
     _save(figure, path, dpi=100)
 

@@ -28,3 +28,19 @@ def test_the_same_figure_drawn_twice_is_byte_identical(shapes_raw, tmp_path):
     for name in ("one.png", "two.png"):
         figures.samples(images, ["a red circle"] * 4, [["a red disc"]] * 4, tmp_path / name)
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
+
+
+def test_long_captions_stay_clear_of_the_next_rows_images(shapes_raw, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path, dpi=110: drawn.append(figure))
+    images = sorted((shapes_raw / "Flicker8k_Dataset").iterdir())[:8]
+    long = " ".join(["three shapes from left to right a yellow square that is little"] * 3)
+    figures.samples(images, [long] * 8, [[long, long, long]] * 8, tmp_path / "s.png")
+    (figure,) = drawn
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    axes = [axis for axis in figure.axes if axis.images]
+    for above, below in zip(axes[:4], axes[4:], strict=True):  # each of the first row over the one beneath it
+        label = above.xaxis.label
+        assert len(label.get_text().splitlines()) <= 8
+        assert label.get_window_extent(renderer).y0 > below.get_window_extent(renderer).y1
