@@ -17,7 +17,7 @@ import yaml
 from captioner.params import RULES, SPEED_ONLY
 from captioner.report import _flat
 from captioner.stage import stage_param_names
-from tests.conftest import PROJECT_FILES, set_params
+from tests.conftest import PROJECT, PROJECT_FILES, set_params
 from tests.tiny_pipeline import (
     ENVIRONMENT,
     EVERY_STAGE,
@@ -27,6 +27,7 @@ from tests.tiny_pipeline import (
     tracked_changes,
 )
 
+README = (PROJECT / "README.md").read_text()
 pytestmark = pytest.mark.e2e  # `pytest -m "not e2e"` runs the unit tests alone
 
 
@@ -142,6 +143,13 @@ def test_an_experiment_reruns_its_stages_and_the_diff_report_and_experiments_tab
     assert max(map(len, table.stdout.splitlines())) <= 120 and "data/" not in table.stdout
     missing = subprocess.run(["caption-diff", "no-such-rev"], cwd=repo, capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stderr.startswith("caption-diff: error: dvc metrics diff")
+    # The README's way back to the baseline: params, lock, metrics, figures and model as committed, nothing else.
+    (repo / "metrics" / "figures" / "attention_1.png").write_bytes(b"a figure only the experiment drew")
+    way_back = re.search(r"^(git checkout HEAD .*?)\s+# back to the baseline", README, re.MULTILINE)[1]
+    subprocess.run(way_back, shell=True, cwd=repo, check=True, env=ENVIRONMENT | {"PYTHONPATH": str(repo)})
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
+    assert status.stdout == "" and "Data and pipelines are up to date" in dvc(repo, "status")
+    assert json.loads((repo / "models" / "captioner.json").read_text())["decoder"]["units"] == 16
 
 
 def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
