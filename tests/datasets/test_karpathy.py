@@ -39,6 +39,7 @@ def karpathy_json_of_release(raw) -> dict:
     }
 
 
+@pytest.mark.e2e  # the whole real Flickr8k copy (7,000 images) through both installs
 def test_flickr8k_as_a_karpathy_split_file_gives_the_release_layouts_captions_vocabulary_and_features(
     shared_flickr8k, tmp_path
 ):
