@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -197,22 +197,23 @@ def _cell(value) -> str:
     return text if len(text) <= WIDEST_VALUE else text[: WIDEST_VALUE - 1] + "…"
 
 
-DATA_SOURCE = ("dataset", "shapes.", "flickr8k.", "karpathy.")  # params that only say where the data comes from
+SOURCE = ("flickr8k.", "karpathy.")  # params that say where a dataset's files come from: URLs, checksums, folders
 WIDEST_TABLE = 120  # characters of a line of the experiments table
 
 
-def _data_source(params: dict) -> str:
-    """The dataset, and a short digest of its source params (URLs, checksums, folders): two sources differ."""
-    source = {name: params[name] for name in sorted(params) if name.startswith(DATA_SOURCE[1:])}
+def _source(params: dict) -> str:
+    """Where the data came from, in one cell: the first download's file name and a digest of all source params."""
+    source = {name: params[name] for name in sorted(params) if name.startswith(SOURCE)}
     digest = hashlib.sha256(repr(source).encode()).hexdigest()[:4]
-    return f"{params.get('dataset', '')}·{digest}"
+    download = "karpathy.split_url" if params.get("dataset") == "karpathy" else "flickr8k.images_url"
+    return f"{PurePosixPath(str(params.get(download) or '')).name}·{digest}"
 
 
 def experiments_table(show: list[dict]) -> str:
     """A Markdown table of at most ``WIDEST_TABLE`` characters a line: one row per experiment, a column per param
-    whose value differs between them (the data source's params folded into one ``data`` column), then the headline
+    whose value differs between them (where the data came from folded into one ``source`` column), then the headline
     test scores. Too many differing params for that width: one ``changed`` column lists them, shortened."""
-    rows = [(name, {"data": _data_source(p), **_without_source(p)}, s) for name, p, s in _experiments(show)]
+    rows = [(name, {"source": _source(p), **_without_source(p)}, s) for name, p, s in _experiments(show)]
     names = sorted({name for _, params, _ in rows for name in params})
     changed = [name for name in names if len({repr(params.get(name)) for _, params, _ in rows}) > 1]
     firsts = [_cell(name) for name, _, _ in rows]
@@ -234,7 +235,7 @@ def _joined(first: str, middle: list[str], last: list[str]) -> list[str]:
 
 
 def _without_source(params: dict) -> dict:
-    return {name: value for name, value in params.items() if not name.startswith(DATA_SOURCE)}
+    return {name: value for name, value in params.items() if not name.startswith(SOURCE)}
 
 
 def _markdown(lines: list[list[str]]) -> str:

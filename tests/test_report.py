@@ -121,8 +121,8 @@ def test_the_experiments_table_folds_the_data_source_and_stays_within_120_charac
     show[0]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["dataset"] = "flickr8k"
     lines = report.experiments_table(show).splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header == ["Experiment", "data", "decoder.units", "bleu4", "cider", "meteor", "rouge_l"]
-    assert lines[3].split("|")[2].strip().startswith("flickr8k·") and "Dataset.zip" not in lines[3]
+    assert header == ["Experiment", "dataset", "decoder.units", "source", "bleu4", "cider", "meteor", "rouge_l"]
+    assert lines[3].split("|")[4].strip().startswith("Flickr8k_Dataset.zip·") and "../shared" not in lines[3]
     assert max(map(len, lines)) <= 120
     many = {f"knob_{i}": i for i in range(12)}  # more params differ than columns fit
     revision = _revision("many", 24, 0.4)
