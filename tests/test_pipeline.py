@@ -17,7 +17,7 @@ import yaml
 from captioner.params import RULES, SPEED_ONLY
 from captioner.report import _flat
 from captioner.stage import stage_param_names
-from tests.conftest import PROJECT, PROJECT_FILES, set_params
+from tests.conftest import PROJECT, PROJECT_FILES, run_stage, set_params
 from tests.tiny_pipeline import (
     ENVIRONMENT,
     EVERY_STAGE,
@@ -118,14 +118,15 @@ def test_speed_only_params_rerun_nothing_and_stages_run_again_with_them_change_n
 
 def test_an_experiment_reruns_its_stages_and_the_diff_report_and_experiments_table_show_it(repo):
     repo, _ = repo
-    assert ran(dvc(repo, "exp", "run", "-S", "decoder.units=24")) == {"train", "evaluate", "export"}
+    # A decoding param: evaluate and export rerun (train's rerun is the failed experiment's below, and the dry runs').
+    assert ran(dvc(repo, "exp", "run", "-S", "evaluate.beam_size=2")) == {"evaluate", "export"}
     assert "Data and pipelines are up to date" in dvc(repo, "status")
     report = subprocess.run(["caption-diff", "HEAD"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
     assert report.returncode == 0, report.stderr
     assert report.stdout.startswith("## Test scores: `HEAD` → this change")
     assert re.search(r"\| metrics/scores.json\s*\| bleu1\s*\|", report.stdout)
     assert report.stdout.index("bleu1") < report.stdout.index("## Training") < report.stdout.index("## Params")
-    assert re.search(r"\| params.yaml\s*\| decoder.units\s*\| 16\s*\| 24\s*\|", report.stdout)
+    assert re.search(r"\| params.yaml\s*\| evaluate.beam_size\s*\| 3\s*\| 2\s*\|", report.stdout)
     committed = subprocess.run(["git", "show", "HEAD:metrics/test_captions.tsv"], cwd=repo, capture_output=True,
                                text=True, check=True).stdout  # fmt: skip
     weighed = "on the same 8 test images; redrawing them with replacement (paired bootstrap, 95 %)"
@@ -138,7 +139,7 @@ def test_an_experiment_reruns_its_stages_and_the_diff_report_and_experiments_tab
     table = subprocess.run(["caption-exps"], cwd=repo, capture_output=True, text=True, env=ENVIRONMENT)
     assert table.returncode == 0, table.stderr
     header = [cell.strip() for cell in table.stdout.splitlines()[0].strip("|").split("|")]
-    assert header == ["Experiment", "decoder.units", "bleu4", "cider", "meteor", "rouge_l"]
+    assert header == ["Experiment", "evaluate.beam_size", "bleu4", "cider", "meteor", "rouge_l"]
     assert len(table.stdout.splitlines()) >= 2 + 3  # workspace, HEAD, and the experiment
     assert max(map(len, table.stdout.splitlines())) <= 120 and "data/" not in table.stdout
     missing = subprocess.run(["caption-diff", "no-such-rev"], cwd=repo, capture_output=True, text=True)
@@ -149,7 +150,7 @@ def test_an_experiment_reruns_its_stages_and_the_diff_report_and_experiments_tab
     subprocess.run(way_back, shell=True, cwd=repo, check=True, env=ENVIRONMENT | {"PYTHONPATH": str(repo)})
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
     assert status.stdout == "" and "Data and pipelines are up to date" in dvc(repo, "status")
-    assert json.loads((repo / "models" / "captioner.json").read_text())["decoder"]["units"] == 16
+    assert json.loads((repo / "metrics" / "scores.json").read_text())["beam_size"] == 3
 
 
 def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
@@ -303,12 +304,12 @@ def test_two_workers_on_loopback_train_the_weights_of_one_process_and_only_the_c
         )  # fmt: skip
 
     runs = {role: start(role, index) for role, index in (("chief", 0), ("worker", 1))}
+    alone = run_stage(places["alone"], "train")  # one process's weights: this one's, while the cluster trains
     outputs = {role: run.communicate(timeout=240)[0] for role, run in runs.items()}
-    alone = start("alone", None)
-    outputs["alone"] = alone.communicate(timeout=240)[0]
-    for role, run in (*runs.items(), ("alone", alone)):
+    for role, run in runs.items():
         assert run.returncode == 0, f"{role}:\n{outputs[role][-3000:]}"
-    assert "2 replica(s)" in outputs["chief"] and "1 replica(s)" in outputs["alone"]
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "2 replica(s)" in outputs["chief"] and "1 replica(s)" in alone.stdout
     assert not (places["worker"] / "models").exists() and not (places["worker"] / "metrics" / "train").exists()
     assert (places["chief"] / "metrics" / "train" / "metrics.json").exists()
     weights = {

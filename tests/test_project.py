@@ -227,3 +227,19 @@ def test_the_user_docs_speak_to_users():
     for section in re.findall(r'docs/(\w+)\.md, "([^"]+)"', config):  # a pointer to a section resolves
         assert f"## {section[1]}" in (PROJECT / "docs" / f"{section[0]}.md").read_text()
     assert re.findall(r'docs/(\w+)\.md, "([^"]+)"', config)
+
+
+def test_each_stage_depends_on_the_outputs_it_reads_so_a_new_model_reruns_evaluate_and_export():
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+
+    def data(stage: str) -> set[str]:
+        definition = stages[stage].get("do", stages[stage])
+        return {dep for dep in definition["deps"] if not dep.startswith(("captioner/", "stages/"))}
+
+    features, captions = "data/features/${encoder}.h5", {f"data/captions/{split}.tsv" for split in ("train", "dev")}
+    assert data("extract_features") == data("clean_captions") == {"data/raw"}
+    assert data("build_vocab") == {"data/captions/train.tsv"}
+    assert data("train") == data("train_member") == {features, "data/vocab.json", "data/raw", *captions}
+    assert data("evaluate") == {"models", "ensemble", features, "data/vocab.json", "data/raw",
+                                "data/captions/train.tsv", "data/captions/test.tsv"}  # fmt: skip
+    assert data("export") == {"models", "ensemble"}
