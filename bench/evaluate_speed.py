@@ -33,8 +33,8 @@ def timed(code: str) -> tuple[float, float]:
     """Wall and CPU seconds (user + sys of the child) of one evaluate run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(PROJECT / "stages" / "evaluate.py")], cwd=PROJECT, check=True,
-                   capture_output=True)  # fmt: skip
+    command = [sys.executable, "-c", code, str(PROJECT / "stages" / "evaluate.py")]
+    subprocess.run(command, cwd=PROJECT, check=True, capture_output=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.perf_counter() - started, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 

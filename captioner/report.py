@@ -218,20 +218,18 @@ def experiments_table(show: list[dict]) -> str:
     changed = [name for name in names if len({repr(params.get(name)) for _, params, _ in rows}) > 1]
     firsts = [_cell(name) for name, _, _ in rows]
     scores = [[_cell(s.get(key, "")) for key in HEADLINE] for _, _, s in rows]
+
+    def table(middle: list[str], cells: list[list[str]]) -> str:
+        body = [[first, *row, *score] for first, row, score in zip(firsts, cells, scores, strict=True)]
+        return _markdown([["Experiment", *middle, *HEADLINE], *body])
+
     values = [[_cell(p.get(key, "")) for key in changed] for _, p, _ in rows]
-    wide = _markdown([["Experiment", *changed, *HEADLINE], *map(_joined, firsts, values, scores)])
+    wide = table(changed, values)
     if max(map(len, wide.splitlines())) <= WIDEST_TABLE:
         return wide
+    room = WIDEST_TABLE - len(table([""], [[""]] * len(rows)).splitlines()[0])
     listed = [", ".join(f"{key}={value}" for key, value in zip(changed, row, strict=True)) for row in values]
-    room = WIDEST_TABLE - len(
-        _markdown([["Experiment", "", *HEADLINE], *map(_joined, firsts, [[""]] * len(rows), scores)]).splitlines()[0]
-    )
-    listed = [[text if len(text) <= room else text[: room - 1] + "…"] for text in listed]
-    return _markdown([["Experiment", "changed", *HEADLINE], *map(_joined, firsts, listed, scores)])
-
-
-def _joined(first: str, middle: list[str], last: list[str]) -> list[str]:
-    return [first, *middle, *last]
+    return table(["changed"], [[text if len(text) <= room else text[: room - 1] + "…"] for text in listed])
 
 
 def _without_source(params: dict) -> dict:

@@ -26,7 +26,7 @@ def test_a_stage_run_from_another_working_directory_reads_and_writes_its_own_pro
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for stage in ("clean_captions", "build_vocab"):
-        run = subprocess.run([sys.executable, str(project / "stages" / f"{stage}.py")], cwd=elsewhere,
-                             capture_output=True, text=True)  # fmt: skip
+        command = [sys.executable, str(project / "stages" / f"{stage}.py")]
+        run = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
     assert (project / "data" / "vocab.json").is_file() and list(elsewhere.iterdir()) == []

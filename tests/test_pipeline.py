@@ -104,14 +104,14 @@ def test_speed_only_params_rerun_nothing_and_stages_run_again_with_them_change_n
     outputs += sorted((repo / "metrics" / "train").rglob("*.*")) + sorted((repo / "metrics" / "figures").iterdir())
     before = [path.read_bytes() for path in outputs]
     for stage in ("train", "evaluate"):
-        run = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=repo, capture_output=True, text=True,
-                             env=ENVIRONMENT | {"PYTHONPATH": str(repo)})  # fmt: skip
+        environment = ENVIRONMENT | {"PYTHONPATH": str(repo)}
+        command = [sys.executable, f"stages/{stage}.py"]
+        run = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=environment)
         assert run.returncode == 0, run.stderr
     assert [path.read_bytes() for path in outputs] == before
     assert tracked_changes(repo).split() == ["M", "params.yaml"]
-    assert set(json.loads((repo / "metrics" / "train" / "metrics.json").read_text())) == {
-        "best_epoch", "best_dev_loss", "epochs_run"
-    }  # fmt: skip
+    summary = json.loads((repo / "metrics" / "train" / "metrics.json").read_text())
+    assert set(summary) == {"best_epoch", "best_dev_loss", "epochs_run"}
     timings = (repo / "logs" / "train_epochs.tsv").read_text().splitlines()
     assert timings[0] == "epoch\tepoch_seconds" and timings[1].startswith("1\t")  # kept, outside git
 

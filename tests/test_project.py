@@ -240,6 +240,6 @@ def test_each_stage_depends_on_the_outputs_it_reads_so_a_new_model_reruns_evalua
     assert data("extract_features") == data("clean_captions") == {"data/raw"}
     assert data("build_vocab") == {"data/captions/train.tsv"}
     assert data("train") == data("train_member") == {features, "data/vocab.json", "data/raw", *captions}
-    assert data("evaluate") == {"models", "ensemble", features, "data/vocab.json", "data/raw",
-                                "data/captions/train.tsv", "data/captions/test.tsv"}  # fmt: skip
+    tested = {"data/captions/train.tsv", "data/captions/test.tsv"}
+    assert data("evaluate") == {"models", "ensemble", features, "data/vocab.json", "data/raw", *tested}
     assert data("export") == {"models", "ensemble"}

@@ -12,7 +12,6 @@ TINY = {
     "decoder": {"units": 16, "embedding_dim": 8},
     "train": {"epochs": 2, "batch_size": 32},
 }
-BY_DEV_BLEU4 = ("-S", "train.select_by=dev_bleu4")
 EVERY_STAGE = {"download", "clean_captions", "extract_features", "build_vocab", "train", "evaluate", "export"}
 
 GIT_IDENTITY = {k: "pipeline-test" for k in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME")} | {
