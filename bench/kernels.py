@@ -1,14 +1,15 @@
-"""What the pinned CPU kernels cost (captioner/process.py): feature extraction and the train step with the pins
-(the same bytes on every CPU) vs the kernels TensorFlow picks itself, in worker processes taking turns.
+"""Which CPU kernels give which bits, at what speed: feature extraction and the train step under TensorFlow's own
+choice (what the stages run) and other kernel settings, in worker processes taking turns.
 
     dvc repro            # the bench reads data/ and params.yaml as the pipeline left them
     python bench/kernels.py [--images 256] [--steps 30] [--rounds 3]
 
-Settings: pinned (the default); native (CAPTIONER_NATIVE_KERNELS=1: on this CPU TensorFlow's own choice);
-native with oneDNN's graph rewrite (TF_ENABLE_ONEDNN_OPTS=1, TensorFlow's default on AVX-512 VNNI, BF16 or AMX
-CPUs). Each worker encodes the same ``--images`` train images (the params' encoder, features.batch_size a
-batch, decoding included) and runs ``--steps`` train steps of the params' decoder; prints seconds per round of
-each and the ratios to pinned, and whether each setting's features are bit for bit the pinned ones.
+Settings: TensorFlow's choice (oneDNN's graph rewrite on by default on AVX-512 VNNI, BF16 or AMX CPUs, else off);
+the rewrite off; off with oneDNN's sgemm held to AVX2 code (``ONEDNN_MAX_CPU_ISA=AVX2``); on; on with AVX2 code.
+Each worker encodes the same ``--images`` train images (the params' encoder, features.batch_size a batch, decoding
+included) and runs ``--steps`` train steps of the params' decoder; prints seconds per round of each, the ratios to
+TensorFlow's choice, and digests of each setting's encoder output and of the decoder's weights after three
+warm-up steps: compare them with another machine's.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import time
 from threads import train_steps
 
 SETTINGS = {
-    "pinned (default)": {},
-    "native": {"CAPTIONER_NATIVE_KERNELS": "1"},
-    "native + oneDNN rewrite": {"CAPTIONER_NATIVE_KERNELS": "1", "TF_ENABLE_ONEDNN_OPTS": "1"},
+    "TensorFlow's choice": {},
+    "rewrite off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+    "rewrite off, AVX2 sgemm": {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "rewrite on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    "rewrite on, AVX2 code": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
 
 
@@ -34,7 +37,7 @@ def worker(images: int, steps: int) -> None:
 
     from captioner import process
 
-    process.prepare()  # the pins, unless the worker's environment lifts them
+    process.prepare()
     from captioner import encoders, features
     from captioner.datasets import read_split_list
     from captioner.layout import Layout
@@ -55,8 +58,8 @@ def worker(images: int, steps: int) -> None:
         return np.concatenate(outputs).tobytes()
 
     digest = hashlib.sha256(encode()).hexdigest()[:12]  # also the warm-up
-    description, train = train_steps(steps)
-    print(f"ready: {len(paths)} images, {description}; features {digest}", flush=True)
+    description, train, weights = train_steps(steps)  # three warm-up steps taken
+    print(f"ready: {len(paths)} images, {description}; features {digest}, weights {weights()}", flush=True)
     for _ in sys.stdin:
         started = time.perf_counter()
         encode()
@@ -97,12 +100,12 @@ def main() -> None:
     for process in workers.values():
         process.stdin.close()
         process.wait()
-    pinned = spent["pinned (default)"]
-    print(f"seconds per round ({arguments.images} images encoded; {arguments.steps} train steps), ratio to pinned:")
+    reference = spent["TensorFlow's choice"]
+    print(f"seconds per round ({arguments.images} images encoded; {arguments.steps} train steps), ratio to the first:")
     for name, (encode, train) in spent.items():
         rounds = arguments.rounds
-        encoding = f"encode {encode / rounds:6.2f} s ({encode / pinned[0]:.2f})"
-        print(f"  {name:>24}: {encoding}   train {train / rounds:6.2f} s ({train / pinned[1]:.2f})")
+        encoding = f"encode {encode / rounds:6.2f} s ({encode / reference[0]:.2f})"
+        print(f"  {name:>24}: {encoding}   train {train / rounds:6.2f} s ({train / reference[1]:.2f})")
 
 
 if __name__ == "__main__":

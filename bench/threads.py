@@ -20,10 +20,13 @@ from collections.abc import Callable
 SETTINGS = {"all cores (threads_per_op 0)": "0", "one thread (threads_per_op 1)": "1"}
 
 
-def train_steps(steps: int) -> tuple[str, Callable[[], None]]:
-    """(a description, a function running ``steps`` steps): the params' decoder's train step, compiled and warm,
-    on the train stage's first batches (seed 0)."""
+def train_steps(steps: int) -> tuple[str, Callable[[], None], Callable[[], str]]:
+    """(a description, a function running ``steps`` steps, one giving a digest of the weights): the params' decoder's
+    train step, compiled and warm, on the train stage's first batches (seed 0)."""
+    import hashlib
     import itertools
+
+    import numpy as np
 
     from captioner import batching, decoder, training
     from captioner.config import TrainConfig
@@ -56,14 +59,19 @@ def train_steps(steps: int) -> tuple[str, Callable[[], None]]:
 
     for features, tokens in batches[:3]:  # compile and warm up
         step(features, tokens)[0].numpy()
-    return f"{spec.arch} {spec.rnn.upper()}-{spec.units}, batch {settings['batch_size']}", run
+
+    def digest() -> str:
+        weights = trainer.model.get_weights()
+        return hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in weights)).hexdigest()[:12]
+
+    return f"{spec.arch} {spec.rnn.upper()}-{spec.units}, batch {settings['batch_size']}", run, digest
 
 
 def worker(steps: int) -> None:
     """Build the step, then time ``steps`` of it for every line read from stdin, printing the seconds."""
     import time
 
-    description, run = train_steps(steps)
+    description, run, _ = train_steps(steps)
     print(f"ready {description}", flush=True)
     for _ in sys.stdin:
         started = time.perf_counter()

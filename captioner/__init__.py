@@ -2,8 +2,8 @@
 
     from captioner import Captioner, Layout, TrainConfig, train, train_config
 
-Importing changes nothing in the process. The API readies it (``captioner.process.prepare``: a quiet TensorFlow,
-pinned CPU kernels) the first time ``Captioner`` or ``train`` is used, before TensorFlow starts.
+Importing changes nothing in the process. The API readies it (``captioner.process.prepare``: a quiet TensorFlow)
+the first time ``Captioner`` or ``train`` is used, before TensorFlow starts.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ How to get a good one comes from dvc.yaml, the one place that says which stage w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import zipfile
@@ -39,9 +40,40 @@ def remedy(path: Path | str) -> str:
             for candidate in (target, *target.parents):
                 if re.fullmatch(pattern, str(candidate)):
                     key = f"@{candidate.name}" if "${key}" in name else ""
-                    restore = "git checkout" if in_git else "dvc checkout"
-                    return f"`{restore} {candidate}` restores it, or `dvc repro -f -s {stage}{key}` rebuilds it"
+                    rebuild = f"`dvc repro -f -s {stage}{key}` rebuilds it"
+                    if in_git:
+                        return f"`git checkout {candidate}` restores it, or {rebuild}"
+                    cached = _cached_copy(project, str(candidate), str(target))
+                    if cached == "damaged":
+                        return f"DVC's cached copy is damaged too (a corrupt cache or remote): {rebuild}"
+                    fetch = "pull" if cached == "missing" else "checkout"
+                    return f"`dvc {fetch} {candidate}` restores it, or {rebuild}"
     return "rebuild it with `dvc repro`, or point at a good copy"
+
+
+def _cached_copy(project: Path, out: str, file: str) -> str:
+    """What DVC's cache holds of ``file`` (inside the output ``out``) as ``dvc.lock`` records it: "good" bytes,
+    "damaged" ones (the object's bytes do not match its hash: a corrupt cache or remote), "missing" (``dvc pull``
+    fetches it), or "unknown" (no record)."""
+    try:
+        lock = yaml.safe_load((project / "dvc.lock").read_text())
+        recorded = [entry for stage in lock["stages"].values() for entry in stage.get("outs", [])]
+        digest = next(entry["md5"] for entry in recorded if entry["path"] == out)
+    except (OSError, KeyError, TypeError, AttributeError, StopIteration, yaml.YAMLError):
+        return "unknown"
+    cache = project / ".dvc" / "cache" / "files" / "md5"
+    try:
+        if digest.endswith(".dir"):  # a folder: its manifest lists each file's hash
+            manifest = json.loads((cache / digest[:2] / digest[2:]).read_text())
+            relative = PurePosixPath(file).relative_to(out).as_posix()
+            digest = next(entry["md5"] for entry in manifest if entry["relpath"] == relative)
+        md5 = hashlib.md5()
+        with open(cache / digest[:2] / digest[2:], "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                md5.update(block)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return "missing"
+    return "good" if md5.hexdigest() == digest else "damaged"
 
 
 def damaged(path: Path | str, what: str) -> CaptionerError:

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from captioner import CaptionerError, artifacts
+from captioner import CaptionerError, artifacts, process
 from captioner.boundary import field
 from captioner.decoder import Architecture, DecoderSpec, architecture, disagreement, parts
 from captioner.encoders import Encoder
@@ -40,6 +40,7 @@ def write_card(
     card |= {key: _plain(features_attrs[key]) for key in ("encoder", "weights", "weights_param", "input_size")}
     card |= {"decoder": spec.card(), "finetune_from": training.get("finetune_from"), "vocabulary_size": len(vocab)}
     card |= {"training": training or None, "vocabulary": vocab.words, "max_length": vocab.max_length}
+    card |= {"machine": process.machine()}  # which CPU and kernels made the weights' last bits
     (directory / CARD_FILE).write_text(json.dumps(card, indent=1))
 
 

@@ -12,27 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def positive(value: str) -> int:
-    """An argparse type: a whole number ≥ 1."""
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, not {value!r}")
-    return int(value)
+def like_param(name: str):
+    """An argparse type: a number read as the param ``name`` (e.g. ``evaluate.beam_size``) and held to its rule, so a
+    flag accepts what the param does (no infinite length penalty, no beam of a million)."""
+    from captioner.params import RULES
 
+    rule = RULES[name]
 
-def non_negative(value: str) -> float:
-    """An argparse type: a number ≥ 0."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not number >= 0:  # nan too
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, not {value!r}")
-    return number
+    def parse(value: str):
+        try:
+            number = int(value) if rule.kind == "integer" else float(value)
+        except ValueError:
+            number = None
+        if number is None or not rule.accepts(number):
+            raise argparse.ArgumentTypeError(f"must be {rule.allowed()} (as {name}), not {value!r}")
+        return number
+
+    return parse
 
 
 def arguments_parser() -> argparse.ArgumentParser:
@@ -56,14 +57,17 @@ def arguments_parser() -> argparse.ArgumentParser:
         help="caption with the exported model in DIR (the export stage's export/): TensorFlow alone, decoding as it "
         "was exported (evaluate's beam size and length limit, its ensemble)",
     )
-    parser.add_argument("--beam", type=positive, help="beam width; 1 is greedy (default: 3)")
+    parser.add_argument("--beam", type=like_param("evaluate.beam_size"), help="beam width; 1 is greedy (default: 3)")
     parser.add_argument(
         "--length-penalty",
-        type=non_negative,
+        type=like_param("evaluate.length_penalty"),
         help="beams ranked by log-prob ÷ length**this; 1: per token, longer captions (default: 0, as evaluate's)",
     )
     parser.add_argument(
-        "--max-len", type=positive, default=None, help="longest caption in tokens (default: the vocabulary's)"
+        "--max-len",
+        type=like_param("evaluate.max_len"),
+        default=None,
+        help="longest caption in tokens (default: the vocabulary's)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line: image, caption")
     return parser
@@ -81,41 +85,37 @@ def main(argv: list[str] | None = None) -> int:
     from captioner import CaptionerError, process
 
     process.prepare()
+    failed = False
     try:
-        captions, failures = _captions(arguments)
+        for path, caption, error in _captions(arguments):
+            failed = failed or error is not None
+            if error is not None:
+                print(f"caption: error: {path}: {error}", file=sys.stderr)
+            elif arguments.json:
+                print(json.dumps({"image": str(path), "caption": caption}), flush=True)
+            else:
+                print(f"{path}: {caption}", flush=True)
     except CaptionerError as err:
         print(f"caption: error: {err}", file=sys.stderr)
         return 1
-    for path in arguments.images:
-        if path in failures:
-            print(f"caption: error: {path}: {failures[path]}", file=sys.stderr)
-        elif arguments.json:
-            print(json.dumps({"image": str(path), "caption": captions[path]}))
-        else:
-            print(f"{path}: {captions[path]}")
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
-def _captions(arguments: argparse.Namespace) -> tuple[dict[Path, str], dict[Path, str]]:
-    """Each image's caption, and why each other image has none."""
+def _captions(arguments: argparse.Namespace) -> Iterator[tuple[Path, str, str | None]]:
+    """``(image, caption, why it has none or None)`` of each image in order, as they are ready."""
     if arguments.export:
         from captioner import export
 
-        captions_and_failures = export.caption_files(arguments.export, arguments.images)
         _note_a_shapes_model(export.read_card(arguments.export).get("dataset"), arguments.export)
-        return captions_and_failures
+        yield from export.caption_files(arguments.export, arguments.images)
+        return
     from captioner.captioning import Captioner
 
     captioner = Captioner.load(arguments.model_dir, arguments.member)
     _note_a_shapes_model(captioner.trained.card.get("dataset"), arguments.model_dir)
-    results = captioner.caption(
-        arguments.images,
-        beam_size=arguments.beam or 3,
-        max_len=arguments.max_len,
-        length_penalty=arguments.length_penalty or 0.0,
-    )
-    captions = {result.image: result.text for result in results if result.error is None}
-    return captions, {result.image: result.error for result in results if result.error is not None}
+    decoding = {"beam_size": arguments.beam or 3, "max_len": arguments.max_len}
+    for result in captioner.captions(arguments.images, **decoding, length_penalty=arguments.length_penalty or 0.0):
+        yield result.image, result.text, result.error
 
 
 def _note_a_shapes_model(dataset: str | None, folder: Path) -> None:

@@ -7,8 +7,8 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import tensorflow as tf
@@ -74,22 +74,29 @@ def cluster_task(config: str | None) -> tuple[str, int, int]:
     return kind, index, sum(len(addresses) for addresses in cluster.values())
 
 
+# The watchdog process: waits on its stdin for ``seconds``; the block ending (or the process dying) closes it.
+_WATCHDOG = """
+import os, select, signal, sys
+watched, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], seconds)[0]:
+    os.write(2, ("error: " + message + "\\n").encode())
+    os.kill(watched, signal.SIGKILL)
+"""
+
+
 @contextlib.contextmanager
 def deadline(seconds: float, message: str) -> Iterator[None]:
-    """Exit the process with ``error: <message>`` unless the block ends within ``seconds``: for a wait inside
-    TensorFlow that no exception can interrupt."""
-
-    def give_up() -> None:
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        os._exit(1)
-
-    timer = threading.Timer(seconds, give_up)
-    timer.daemon = True
-    timer.start()
+    """End the process with ``error: <message>`` unless the block ends within ``seconds``: for a wait inside
+    TensorFlow that no exception can interrupt. The clock runs in a process of its own, since such a wait
+    (``MultiWorkerMirroredStrategy()`` missing a worker) holds the GIL and no Python thread would run; it kills the
+    process (SIGKILL: TensorFlow's multi-worker strategy handles SIGTERM itself)."""
+    command = [sys.executable, "-I", "-c", _WATCHDOG, str(os.getpid()), repr(seconds), message]
+    watchdog = subprocess.Popen(command, stdin=subprocess.PIPE)
     try:
         yield
     finally:
-        timer.cancel()
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -21,7 +21,8 @@ LOSS_MARGIN = 1e-4  # a dev loss lower by less than this is no improvement (for 
 SCORE_MARGIN = 1e-5  # a dev BLEU-4 or CIDEr-D higher by less than this is no improvement
 METRIC_NAMES = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}  # as printed
 # DVCLive's folder of the curves a run may or may not log (dev scores, the reward, the encoder's learning rate),
-# beside the learning rate it always logs: dvc.yaml plots each file in it, so an unlogged one is no empty plot.
+# beside the learning rate it always logs (so the folder exists): dvc.yaml plots each file in it, so an unlogged one
+# is no empty plot.
 BY_EPOCH = "by_epoch"
 
 

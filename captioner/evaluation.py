@@ -16,7 +16,7 @@ from captioner.decoder import Stepper, StepwiseDecoder
 from captioner.encoders import Encoder
 from captioner.ensemble import decoder_of
 from captioner.features import FeatureFile
-from captioner.files import write_text
+from captioner.files import atomic_path, write_text
 from captioner.layout import Layout
 from captioner.teacher_forcing import EpochStats, teacher_forced
 from captioner.text import Vocabulary, strip_special
@@ -42,9 +42,13 @@ def evaluate(layout: Layout, encoder: str, settings: dict, members: list[str] = 
         result = caption_test_images(every, cached, encoders.get(encoder), layout.images, test, vocab, settings)
     train = read_captions(layout.split_captions("train"))
     values, cosines, notes = scores(result, trained, vocab, train, settings, len(every))
-    write_text(layout.scores, json.dumps(values, indent=2) + "\n")
-    write_text(layout.test_captions, captions_table(result))
-    draw(result, cosines, layout.images, layout.figures)
+    # The figures first, into a scratch folder that replaces the last run's whole, then the tables, the scores last:
+    # a stage that fails on the way leaves the last run's outputs.
+    with atomic_path(layout.figures) as figures_folder:
+        figures_folder.mkdir()
+        draw(result, cosines, layout.images, figures_folder)
+        write_text(layout.test_captions, captions_table(result))
+        write_text(layout.scores, json.dumps(values, indent=2) + "\n")
     return values, notes
 
 

@@ -10,21 +10,23 @@ decoder or the ensemble, beam search (``captioner.decoding.Loops``) and the voca
   ``errors`` (string [N]: "" for a captioned image, else why it was not; its caption is then "").
 
 The TensorFlow Lite file takes decoded pixels (``caption_pixels``: uint8 [N, H, W, 3], upright) and returns each
-image's words and log-probability: TensorFlow Lite has no built-in ops to decode images or run ``tf.data``. It
-resizes without antialiasing (no such kernel; the same pixels when an image is enlarged or kept, slightly
-different ones when it is shrunk).
+image's words and log-probability, and ``errors`` (``BAD_PIXELS`` for pixels of another shape): TensorFlow Lite has
+no built-in ops to decode images or run ``tf.data``. It resizes without antialiasing (no such kernel; the same pixels
+when an image is enlarged or kept, slightly different ones when it is shrunk).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
 import tensorflow as tf
 
 from captioner import CaptionerError, artifacts, decoding
-from captioner.captioning import Captioner
+from captioner.captioning import CHUNK, Captioner
 from captioner.features import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, decode_image, encoder_input, image_problem
 from captioner.files import atomic_path, write_text
 from captioner.layout import Layout
@@ -32,12 +34,16 @@ from captioner.text import SPECIAL_TOKENS, Vocabulary
 
 SAVED_MODEL, TFLITE_FILE, EXPORT_CARD = "saved_model", "captioner.tflite", "export.json"
 SIGNATURE, INPUT = "serving_default", "images"  # encoded images → captions
+OUTPUTS = {"captions": tf.string, "log_probs": tf.float32, "errors": tf.string}
 PIXELS_SIGNATURE, PIXELS = "caption_pixels", "pixels"  # upright RGB images of one size → words (TensorFlow Lite)
-MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP"}  # how each format's files begin
-NOT_AN_IMAGE = "not a JPEG, PNG, GIF or BMP image"
+MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP"}  # how files begin
+NOT_AN_IMAGE = "not a JPEG, PNG, GIF, BMP or WebP image"
 UNDECODABLE = "a corrupt image: it does not decode"
 TOO_LARGE = f"over the {MAX_IMAGE_BYTES >> 20} MB an image may have"
-TOO_MANY_PIXELS = f"its header claims over the {MAX_IMAGE_PIXELS // 1_000_000} million pixels an image may have"
+BAD_PIXELS = f"pixels must be uint8 [N, H, W, 3] with 1 ≤ H×W ≤ {MAX_IMAGE_PIXELS // 1_000_000} million"
+TOO_MANY_PIXELS = (
+    f"its headers claim over the {MAX_IMAGE_PIXELS // 1_000_000} million pixels an image may have (all frames)"
+)
 
 
 class ExportedCaptioner(tf.Module):
@@ -55,18 +61,24 @@ class ExportedCaptioner(tf.Module):
         tokens = captioner.trained.vocab.tokens
         self.words = tf.constant(["" if token in SPECIAL_TOKENS else token for token in tokens])  # specials: no word
         self.settings = (max_len, beam_size, float(length_penalty))
-        # Both signatures call one traced function: the encoder and the beam search loop are traced once.
+        # Both signatures call one traced function (preprocessed images → ids, log-probabilities): the encoder and the
+        # beam search loop are traced once.
         preprocessed = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
         self.caption = tf.function(self._caption, input_signature=[preprocessed])
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None], tf.string, name=INPUT)])
         # A batch of any size, not [1, ...]: with a static batch the TensorFlow Lite converter fixes the shrinking
         # batch of unfinished images inside the beam search loop at its first size.
-        pixels = tf.TensorSpec([None, None, None, 3], tf.uint8, name=PIXELS)
+        # Channels too: a static 3 would be folded into the graph, and TensorFlow Lite takes any shape it is given.
+        pixels = tf.TensorSpec([None, None, None, None], tf.uint8, name=PIXELS)
         self.caption_pixels = tf.function(self._caption_pixels, input_signature=[pixels])
 
     def _serve(self, images):
         index, pixels = self._decodable(images)
-        words, log_probs = self.caption(pixels)
+        # Not the encoder on an empty batch: oneDNN's batch norm (TensorFlow's default kernels on AVX-512 VNNI CPUs)
+        # fails on one, and so would the whole request where no image decodes.
+        nothing = (tf.zeros([0, self.settings[0]], tf.int32), tf.zeros([0], tf.float32))
+        ids, log_probs = tf.cond(tf.size(index) > 0, lambda: self.caption(pixels), lambda: nothing)
+        words = self._words(ids)
         captions = tf.strings.strip(tf.strings.reduce_join(tf.where(words == "", "", words + " "), axis=1))
         slot = tf.tensor_scatter_nd_update(
             tf.fill(tf.shape(images), tf.size(index)), index[:, None], tf.range(tf.size(index))
@@ -80,10 +92,28 @@ class ExportedCaptioner(tf.Module):
 
     def _caption_pixels(self, pixels):
         """TensorFlow Lite's signature: upright RGB images of one size → their captions' words (blanks after the
-        last one)."""
-        images = encoder_input(tf.cast(pixels, tf.float32), self.size, self.preprocess, antialias=False)
-        words, log_probs = self.caption(images)
-        return {"words": words, "log_probs": log_probs}
+        last one), and an error for each where the pixels are not [N, H, W, 3] with 1 ≤ H×W ≤ the pixel limit
+        (TensorFlow Lite lets a caller resize the input to any shape)."""
+        shape = tf.shape(pixels)
+        fits = tf.logical_and(tf.equal(shape[3], 3), tf.logical_and(shape[1] >= 1, shape[2] >= 1))
+        fits = tf.logical_and(fits, tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64) <= MAX_IMAGE_PIXELS)
+        # Pixels of another shape pass through as three channels of at least 1×1, and their words are blanked after:
+        # TensorFlow Lite prepares every branch of a cond for the shapes it is given, so none would keep them out.
+        grow = [
+            [0, 0],
+            [0, tf.maximum(1 - shape[1], 0)],
+            [0, tf.maximum(1 - shape[2], 0)],
+            [0, tf.maximum(1 - shape[3], 0)],
+        ]
+        padded = tf.pad(tf.cast(pixels, tf.float32), grow)  # float32: TensorFlow Lite pads no uint8
+        rgb = tf.gather(padded, tf.minimum(tf.range(3), tf.shape(padded)[3] - 1), axis=3)
+        images = encoder_input(rgb, self.size, self.preprocess, antialias=False)
+        ids, log_probs = self.caption(images)
+        ids = ids * tf.cast(fits, ids.dtype)  # all padding (Vocabulary.pad_id is 0): no word
+        # A gather, not tf.where: TensorFlow Lite's built-in select takes no strings.
+        errors = tf.gather(tf.constant(["", BAD_PIXELS]), tf.fill([shape[0]], 1 - tf.cast(fits, tf.int32)))
+        log_probs = tf.where(fits, log_probs, tf.fill(tf.shape(log_probs), float("nan")))
+        return {"words": self._words(ids), "log_probs": log_probs, "errors": errors}
 
     def _decodable(self, images):
         """The index of each image that decodes (and is not too large), and those images preprocessed. ``tf.data``'s
@@ -93,9 +123,9 @@ class ExportedCaptioner(tf.Module):
 
         def decodes(index, encoded):
             tf.debugging.assert_less_equal(tf.strings.length(encoded), MAX_IMAGE_BYTES)
-            tf.debugging.assert_less_equal(
-                claimed_pixels(encoded), tf.constant(MAX_IMAGE_PIXELS, tf.int64)
-            )  # before decoding a bomb
+            claimed = claimed_pixels(encoded)  # before decoding a bomb
+            tf.debugging.assert_less_equal(claimed, tf.constant(MAX_IMAGE_PIXELS, tf.int64))
+            tf.debugging.assert_non_negative(claimed)  # a JPEG or GIF whose structure does not walk
             return index, tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
         tried = tf.data.Dataset.from_tensor_slices((tf.range(count), images)).map(decodes).ignore_errors()
@@ -111,7 +141,7 @@ class ExportedCaptioner(tf.Module):
             features = tf.reshape(features, [tf.shape(features)[0], -1, features.shape[-1]])
         max_len, beam_size, length_penalty = self.settings
         decoded = self.loops.beam_search(features, max_len, beam_size, length_penalty)
-        return self._words(decoded["ids"]), decoded["log_prob"]
+        return decoded["ids"], decoded["log_prob"]
 
     def _words(self, ids):
         """Each row's words (max_len strings): up to its first end token, specials blank (as ``Vocabulary.decode``
@@ -134,30 +164,124 @@ def _saveable(model):
     return clone
 
 
-def claimed_pixels(encoded):
-    """Width × height (int64) as a PNG, GIF or BMP header states it, 0 for other files: read before decoding, since a
-    few-KB file can claim billions of pixels. (A JPEG's size sits after its other segments; TensorFlow's JPEG
-    decoder refuses one over 2^29 pixels itself.)"""
-    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, 0, 26), tf.uint8), tf.int64)
-    head = tf.pad(raw, [[0, 26 - tf.size(raw)]])
+UNKNOWN_SIZE = -1  # claimed_pixels of a JPEG or GIF whose structure does not walk: refused, as undecodable
+_WALK_STEPS = 1 << 18  # markers or blocks walked at most: a 64 MB GIF has at most this many data sub-blocks
 
-    def number(begin: int, width: int, little: bool):  # at most 2^31, so a product of two cannot overflow
-        digits = [head[begin + k] for k in range(width)]
+
+def claimed_pixels(encoded):
+    """The pixels (int64) that decoding ``encoded`` would produce, as its headers state them, read before decoding
+    (a few-KB file can claim billions): width × height for PNG, BMP and WebP; a JPEG's from its frame header, found
+    by walking its segments; a GIF's canvas times its frames (TensorFlow decodes them all), counted by walking its
+    blocks until they alone are too many. ``UNKNOWN_SIZE`` for a JPEG or GIF that does not walk; 0 for other files."""
+    raw = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
+    length = tf.size(raw, out_type=tf.int64)
+    padded = tf.concat([raw, tf.zeros([32], tf.int64)], 0)  # fixed-offset fields past a short file read as 0
+
+    def at(index):
+        return padded[tf.clip_by_value(tf.cast(index, tf.int64), 0, length + 31)]
+
+    def number(begin, width: int, little: bool):  # at most 2^31, so a product of two cannot overflow
+        digits = [at(begin + k) for k in range(width)]
         return tf.minimum(sum(digit * 256**k for k, digit in enumerate(digits if little else digits[::-1])), 2**31)
 
-    png, gif, bmp = (tf.strings.substr(encoded, 0, len(magic)) == magic for magic in (b"\x89PNG", b"GIF8", b"BM"))
-    signed = tf.bitcast(tf.cast(head[22:26], tf.uint8), tf.int32)  # a BMP stored top-down gives a negative height
-    height = tf.minimum(tf.abs(tf.cast(signed, tf.int64)), 2**31)
-    sizes = [(png, number(16, 4, False) * number(20, 4, False)), (gif, number(6, 2, True) * number(8, 2, True))]
-    sizes.append((bmp, number(18, 4, True) * height))
-    return sum(tf.where(is_format, pixels, tf.constant(0, tf.int64)) for is_format, pixels in sizes)
+    def holds(begin: int, text: bytes):
+        return tf.reduce_all(tf.stack([at(begin + k) == byte for k, byte in enumerate(text)]))
+
+    starts = {name: holds(0, magic) for magic, name in MAGIC.items()}
+    height = tf.minimum(tf.abs(tf.cast(tf.bitcast(tf.cast(padded[22:26], tf.uint8), tf.int32), tf.int64)), 2**31)
+    lossless_bits = number(21, 4, True)
+    webp = [  # its first chunk: lossy (VP8), lossless (VP8L) or extended (VP8X, the canvas)
+        (holds(8, b"WEBPVP8 "), (number(26, 2, True) % 16384) * (number(28, 2, True) % 16384)),
+        (holds(8, b"WEBPVP8L"), (lossless_bits % 16384 + 1) * (lossless_bits // 16384 % 16384 + 1)),
+        (holds(8, b"WEBPVP8X"), (number(24, 3, True) + 1) * (number(27, 3, True) + 1)),
+    ]
+    sizes = [
+        (starts["PNG"], number(16, 4, False) * number(20, 4, False)),
+        (starts["BMP"], number(18, 4, True) * height),  # a BMP stored top-down gives a negative height
+        *((tf.logical_and(starts["WebP"], is_chunk), pixels) for is_chunk, pixels in webp),
+    ]
+    plain = sum(tf.where(is_format, pixels, tf.constant(0, tf.int64)) for is_format, pixels in sizes)
+    return tf.case(
+        [
+            (starts["JPEG"], lambda: _jpeg_pixels(at, number, length)),
+            (starts["GIF"], lambda: _gif_pixels(at, number, length)),
+        ],
+        default=lambda: plain,
+    )
+
+
+def _jpeg_pixels(at, number, length):
+    """Walks a JPEG's segments from its start marker to the frame header (SOF0…SOF15 but DHT, JPG and DAC)."""
+    frame_markers = tf.constant(
+        [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF], tf.int64
+    )
+
+    def step(position, pixels, steps):
+        marker = at(position + 1)
+        if_frame = number(position + 5, 2, False) * number(position + 7, 2, False)
+        found = tf.reduce_any(marker == frame_markers)
+        lost = tf.logical_or(at(position) != 0xFF, tf.logical_or(marker == 0xDA, marker == 0xD9))  # scan or end first
+        standalone = tf.logical_or(marker == 0x01, tf.logical_and(marker >= 0xD0, marker <= 0xD8))
+        one, two = tf.constant(1, tf.int64), tf.constant(2, tf.int64)
+        advance = tf.where(marker == 0xFF, one, tf.where(standalone, two, 2 + number(position + 2, 2, False)))
+        pixels = tf.where(found, if_frame, tf.where(lost, tf.constant(UNKNOWN_SIZE, tf.int64), pixels))
+        return position + advance, pixels, steps + 1
+
+    def walking(position, pixels, steps):
+        return tf.logical_and(tf.logical_and(pixels == -2, position < length), steps < _WALK_STEPS)
+
+    start = (tf.constant(2, tf.int64), tf.constant(-2, tf.int64), tf.constant(0, tf.int64))
+    _, pixels, _ = tf.while_loop(walking, step, start)
+    return tf.where(pixels == -2, tf.constant(UNKNOWN_SIZE, tf.int64), pixels)
+
+
+def _gif_pixels(at, number, length):
+    """A GIF's canvas times the frames its blocks hold: extensions and frames, each followed by data sub-blocks."""
+    canvas = number(6, 2, True) * number(8, 2, True)
+    limit = tf.constant(MAX_IMAGE_PIXELS, tf.int64) // tf.maximum(canvas, 1) + 1  # frames enough to refuse it
+
+    def table(packed):  # a colour table's bytes, from the packed field of a screen or frame descriptor
+        entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8)
+        return tf.where(packed >= 128, 3 * entries, tf.constant(0, tf.int64))
+
+    def step(position, frames, in_blocks, ended, steps):
+        size, block = at(position), at(position)
+        after_block = position + 2, position + 11 + table(at(position + 9))
+        position = tf.where(
+            in_blocks,
+            position + size + 1,
+            tf.where(block == 0x21, after_block[0], tf.where(block == 0x2C, after_block[1], position)),
+        )
+        ended = tf.logical_and(tf.logical_not(in_blocks), tf.logical_and(block != 0x21, block != 0x2C))
+        frames = frames + tf.cast(tf.logical_and(tf.logical_not(in_blocks), block == 0x2C), tf.int64)
+        in_blocks = tf.where(in_blocks, size != 0, tf.logical_not(ended))
+        return position, frames, in_blocks, ended, steps + 1
+
+    def walking(position, frames, in_blocks, ended, steps):
+        going = tf.logical_and(tf.logical_not(ended), position < length)
+        return tf.logical_and(going, tf.logical_and(frames < limit, steps < _WALK_STEPS))
+
+    start = (
+        13 + table(at(10)),
+        tf.constant(0, tf.int64),
+        tf.constant(False),
+        tf.constant(False),
+        tf.constant(0, tf.int64),
+    )
+    _, frames, _, _, steps = tf.while_loop(walking, step, start)
+    return tf.where(steps >= _WALK_STEPS, tf.constant(UNKNOWN_SIZE, tf.int64), canvas * tf.maximum(frames, 1))
 
 
 def _problem(images):
     """Why each image would not decode, from its size and first bytes (the decoder says no more than that)."""
     known = tf.reduce_any(tf.stack([tf.strings.substr(images, 0, len(magic)) == magic for magic in MAGIC]), axis=0)
     length = tf.strings.length(images)
-    pixels = tf.map_fn(claimed_pixels, images, fn_output_signature=tf.int64)
+
+    def claimed(encoded):  # not walked past the size limit: its reason is the size
+        small = tf.strings.length(encoded) <= MAX_IMAGE_BYTES
+        return tf.cond(small, lambda: claimed_pixels(encoded), lambda: tf.constant(0, tf.int64))
+
+    pixels = tf.map_fn(claimed, images, fn_output_signature=tf.int64)
     problem = tf.where(
         known, tf.where(pixels > tf.constant(MAX_IMAGE_PIXELS, tf.int64), TOO_MANY_PIXELS, UNDECODABLE), NOT_AN_IMAGE
     )
@@ -235,8 +359,8 @@ def _tflite(module: ExportedCaptioner) -> bytes:
 
 
 def load(directory: Path):
-    """The serving function of the model the export stage wrote to ``directory``; a missing or damaged one is one
-    line naming it."""
+    """The serving function of the model the export stage wrote to ``directory``; a missing or damaged one, or one
+    whose signature is not this captioner's, is one line naming it."""
     saved_model = Path(directory) / SAVED_MODEL
     if not (saved_model / "saved_model.pb").is_file():
         raise CaptionerError(
@@ -244,7 +368,24 @@ def load(directory: Path):
             "one with `dvc artifacts get <repo URL> captioner`"
         )
     with artifacts.reading(saved_model, "not a loadable SavedModel (truncated or corrupt?)"):
-        return tf.saved_model.load(str(saved_model)).signatures[SIGNATURE]
+        signatures = tf.saved_model.load(str(saved_model)).signatures
+    serve = signatures.get(SIGNATURE)
+    inputs = serve.structured_input_signature[1] if serve is not None else {}
+    outputs = serve.structured_outputs if serve is not None else {}
+    expected = tf.TensorSpec([None], tf.string)
+    if (
+        list(inputs) != [INPUT]
+        or not inputs[INPUT].is_compatible_with(expected)
+        or inputs[INPUT].dtype != tf.string
+        or set(outputs) != set(OUTPUTS)
+        or any(outputs[name].dtype != dtype for name, dtype in OUTPUTS.items())
+    ):
+        wanted = ", ".join(f"{name} ({dtype.name})" for name, dtype in OUTPUTS.items())
+        raise CaptionerError(
+            f"{saved_model} is not a captioner's export: its {SIGNATURE!r} signature must take {INPUT} (string [N]) "
+            f"and return {wanted}"
+        )
+    return serve
 
 
 def read_card(directory: Path) -> dict:
@@ -253,19 +394,19 @@ def read_card(directory: Path) -> dict:
     return artifacts.read_json(card) if card.is_file() else {}
 
 
-def caption_files(directory: Path, paths: list[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
-    """Captions of the readable images among ``paths`` by the exported model in ``directory``, and why each other
-    path failed (checked before it is read, as the repository's caption command does)."""
-    serve = load(directory)
-    failures = {path: problem for path in paths if (problem := image_problem(path))}
-    readable = [path for path in paths if path not in failures]
-    if not readable:
-        return {}, failures
-    outputs = serve(**{INPUT: tf.constant([path.read_bytes() for path in readable], dtype=tf.string)})
-    captions = {}
-    for path, caption, error in zip(readable, outputs["captions"].numpy(), outputs["errors"].numpy(), strict=True):
-        if error:
-            failures[path] = error.decode()
-        else:
-            captions[path] = caption.decode()
-    return captions, failures
+def caption_files(directory: Path, paths: Iterable[Path]) -> Iterator[tuple[Path, str, str | None]]:
+    """``(path, caption, why it has none or None)`` of each path in order, by the exported model in ``directory``,
+    ``CHUNK`` images a request (memory flat however many); a path is checked before it is read, as the
+    repository's caption command does."""
+    serve, paths = load(directory), iter(paths)
+    while chunk := list(itertools.islice(paths, CHUNK)):
+        failures = {path: problem for path in chunk if (problem := image_problem(path))}
+        readable = [path for path in chunk if path not in failures]
+        answers = {}
+        if readable:
+            outputs = serve(**{INPUT: tf.constant([path.read_bytes() for path in readable], dtype=tf.string)})
+            captions, errors = outputs["captions"].numpy(), outputs["errors"].numpy()
+            for path, caption, error in zip(readable, captions, errors, strict=True):
+                answers[path] = (caption.decode(), error.decode() or None)
+        for path in chunk:
+            yield (path, "", failures[path]) if path in failures else (path, *answers[path])

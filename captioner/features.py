@@ -8,6 +8,7 @@ pooling and preprocessing, so a reader can refuse a file made for other params.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import tempfile
@@ -18,10 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from captioner import CaptionerError, artifacts, encoders
+from captioner import CaptionerError, artifacts, encoders, process
 from captioner.datasets import read_split_list
 from captioner.encoders import Encoder
-from captioner.files import atomic_path, progress
+from captioner.files import atomic_path, progress, write_text
 from captioner.layout import SPLITS, Layout
 
 POOLINGS = ("avg", "grid")
@@ -127,11 +128,29 @@ def image_problem(path: Path | str) -> str | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                # TensorFlow decodes every frame of an animated GIF (then keeps the first): each one costs.
+                frames = _frames(image, MAX_IMAGE_PIXELS // max(width * height, 1) + 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return "not a readable image"
-    if width * height > MAX_IMAGE_PIXELS:
-        return f"{width}×{height} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} million an image may have"
+    if width * height * frames > MAX_IMAGE_PIXELS:
+        size = f"{width}×{height} pixels" + (f" in {frames}{'+' if frames > 1 else ''} frames" if frames > 1 else "")
+        return f"{size}, over the {MAX_IMAGE_PIXELS // 1_000_000} million an image may have"
     return None
+
+
+def _frames(image, limit: int) -> int:
+    """How many frames ``image`` (a PIL image, open) holds, counted up to ``limit``: each is found by seeking,
+    which skips its pixel data without decoding it."""
+    if image.format != "GIF":
+        return 1
+    count = 1
+    while count < limit:
+        try:
+            image.seek(count)
+        except EOFError:
+            break
+        count += 1
+    return count
 
 
 def load_image(path, size: int, preprocess):
@@ -224,6 +243,7 @@ class Extractor:
                 input_size=self.size,
                 pooling=self.pooling,
                 preprocessing=self.encoder.preprocessing,
+                machine=json.dumps(process.machine()),  # which CPU and kernels made these bits
             )
             images = _image_dataset(
                 [path for path in paths if image_problem(path) is None], self.size, self.encoder.preprocess, batch_size
@@ -275,12 +295,14 @@ def extract(
 def extract_project(layout: Layout, encoder: str, settings: dict) -> tuple[Path, list[Path], list[str]]:
     """The extract_features stage on the project in ``layout``: the ``encoder``'s features of every image its split
     lists name, as the ``features`` params ``settings`` say. (The features file, the images read, the names of
-    those that were not readable images.)"""
+    those that were not readable images.) Which machine made them goes to ``layout.machine_record`` too."""
     names = sorted({name for split in SPLITS for name in read_split_list(layout.split_list(split))})
     paths = [layout.images / name for name in names if (layout.images / name).is_file()]
     target = layout.features_file(encoder)
     options = (settings["pooling"], settings["batch_size"], str(settings["weights"]), settings["image_size"])
-    return target, paths, extract(encoders.get(encoder), paths, target, *options)
+    unreadable = extract(encoders.get(encoder), paths, target, *options)
+    write_text(layout.machine_record, json.dumps(process.machine(), indent=1) + "\n")
+    return target, paths, unreadable
 
 
 UNREADABLE = "not a readable features file (truncated or overwritten?)"

@@ -44,8 +44,28 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         if err.errno not in WRITE_FAULTS:
             raise
         raise CaptionerError(f"{err.filename or target}: {err.strerror} (while writing {target})") from None
+    except Exception as err:
+        fault = _tensorflow_write_fault(err)
+        if fault is None:
+            raise
+        raise CaptionerError(f"{target}: {fault} (while writing {target})") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# TensorFlow's writers (SavedModel, TensorFlow Lite, checkpoints) report a full disk or a file-size limit as errors
+# of their own, the system's words at the end of the message.
+_TENSORFLOW_WRITE_ERRORS = {"OutOfRangeError", "ResourceExhaustedError", "PermissionDeniedError", "UnknownError"}
+_SYSTEM_WORDS = {errno_: os.strerror(errno_) for errno_ in WRITE_FAULTS}
+
+
+def _tensorflow_write_fault(err: Exception) -> str | None:
+    """The system's words (``File too large``, ``No space left on device``…) when ``err`` is TensorFlow reporting
+    a write the machine refused, else None."""
+    if not type(err).__module__.startswith("tensorflow") or type(err).__name__ not in _TENSORFLOW_WRITE_ERRORS:
+        return None
+    message = str(err)
+    return next((words for words in _SYSTEM_WORDS.values() if words.lower() in message.lower()), None)
 
 
 SCRATCH = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")  # atomic_path's temporaries
@@ -95,13 +115,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+MAX_LINE_BYTES = 1 << 20  # a caption line is ~100 bytes, a GloVe 300d line ~3 KB
+
+
 def text_lines(path: Path | str) -> Iterator[str]:
     """The lines of a UTF-8 text file, without line ends; a byte-order mark is ignored. Streams, so a GloVe
-    file of a gigabyte costs one line of memory. A byte that is not UTF-8 is a CaptionerError naming file and line."""
+    file of a gigabyte costs one line of memory, and a line is read at most ``MAX_LINE_BYTES`` at a time. A byte that
+    is not UTF-8, or a longer line, is a CaptionerError naming file and line."""
     if not Path(path).is_file():
         raise CaptionerError(f"{path} is missing")
     with open(path, "rb") as stream:
-        for number, raw in enumerate(stream, start=1):
+        for number, raw in enumerate(iter(lambda: stream.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise CaptionerError(f"{path}:{number}: a line of over {MAX_LINE_BYTES >> 20} MB; not a text file?")
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:

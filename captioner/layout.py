@@ -42,6 +42,7 @@ class Layout:
         self.captions = root / "data" / "captions"
         self.vocab = root / "data" / "vocab.json"
         self.features = root / "data" / "features"
+        self.machine_record = root / "metrics" / "machine.json"  # the CPU and kernels that made the features (in git)
         self.models = root / "models"  # the trained decoder and its card (see captioner.checkpoint)
         self.model = self.models / "captioner.keras"
         self.train_log = root / "metrics" / "train"  # DVCLive's: plots/ per epoch, metrics.json the summary

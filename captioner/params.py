@@ -11,8 +11,12 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from captioner import CaptionerError
 
@@ -226,3 +230,54 @@ def choice(value: str, allowed, what: str) -> str:
     if value not in allowed:
         raise CaptionerError(f"unknown {what} {value!r}; choose one of: {', '.join(sorted(allowed))}")
     return value
+
+
+# Bytes per image pixel a batch of images costs the encoder at least: 190, measured as the peak memory of
+# EfficientNet-Lite0's forward pass at 8 and at 128 images of 224² (825 and 1,964 MB, 2026-12-07). Fine-tuning
+# keeps more alive for its backward pass; a lower bound refuses only what cannot fit.
+BYTES_PER_PIXEL = 190
+UNSIZED_IMAGE = 300  # features.image_size null: the encoder's own size, at most this among the encoders offered
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's limit where lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def check_memory(values: dict, memory: int | None = None) -> None:
+    """ParamError when the size params in ``values`` (params.yaml's sections), each within its bounds, together ask
+    for more memory than the machine has (``memory`` bytes, by default ``machine_memory()``): the batch of images
+    the encoder holds at once, extracting features or fine-tuning it (at least ``BYTES_PER_PIXEL`` a pixel)."""
+    memory = memory or machine_memory()
+    features, train = values.get("features") or {}, values.get("train") or {}
+    size = features.get("image_size") or UNSIZED_IMAGE
+    batches = []
+    if "batch_size" in features:
+        batches.append(("features.batch_size", features["batch_size"]))
+    if train.get("finetune_from") and "batch_size" in train:
+        batches.append(("train.batch_size", train["batch_size"]))
+    for name, batch in batches:
+        needed = batch * size * size * BYTES_PER_PIXEL
+        if needed > memory:
+            raise ParamError(
+                f"{name} {batch} × features.image_size {size}² needs ~{needed / 2**30:.0f} GB at once, more than this "
+                f"machine's {memory / 2**30:.0f} GB; lower either"
+            )
+
+
+def check_feature_batch(batch_size: int, feature_shape: tuple[int, ...], memory: int | None = None) -> None:
+    """ParamError when ``train.batch_size`` batches of features of ``feature_shape`` (a grid: cells × channels) need
+    more memory than the machine has, at least 4 bytes a value twice (the batch and its gradient's activations)."""
+    memory = memory or machine_memory()
+    values = batch_size * int(np.prod(feature_shape))
+    if values * 8 > memory:
+        shape = " × ".join(map(str, feature_shape))
+        raise ParamError(
+            f"train.batch_size {batch_size} × features of {shape} needs ~{values * 8 / 2**30:.0f} GB at once, more "
+            f"than this machine's {memory / 2**30:.0f} GB; lower train.batch_size or features.image_size"
+        )

@@ -9,13 +9,14 @@ Python API (``captioner.Captioner``, ``captioner.train``) call ``prepare`` befor
   file descriptor 2 pointed at /dev/null (an import hook that removes itself once used). ``TF_CPP_MIN_LOG_LEVEL``
   is 2 unless set; NLTK's advice to smooth BLEU is hidden (our BLEU is the unsmoothed corpus BLEU, on purpose).
   TensorFlow's and Python's warnings and errors afterwards still show. Opt out: ``CAPTIONER_TF_LOGS=1``.
-- **Pinned CPU kernels**, so that fewer of an output's bits follow the CPU that made it. TensorFlow picks CPU
-  kernels by what the processor offers: its oneDNN graph rewrite is on by default only on CPUs with AVX-512 VNNI,
-  BF16 or AMX, and the matrix products of its Eigen kernels call oneDNN's sgemm, which dispatches to AVX2 or
-  AVX-512 code at run time. Each choice sums in another order (other last bits, other DVC hashes, the same
-  scores). ``TF_ENABLE_ONEDNN_OPTS=0`` and ``ONEDNN_MAX_CPU_ISA=AVX2`` pin them (``tests/test_process.py``; their
-  speed: ``bench/kernels.py``); bits can still differ between CPU models (the README's rule for teams). Opt out:
-  ``CAPTIONER_NATIVE_KERNELS=1`` (the fastest kernels of each CPU), as ``train.precision: mixed_bfloat16`` does.
+- **CPU kernels as TensorFlow picks them**, recorded. TensorFlow picks CPU kernels by what the processor offers
+  (its oneDNN graph rewrite is on by default only on CPUs with AVX-512 VNNI, BF16 or AMX), and each choice sums in
+  its own order: other last bits, other DVC hashes, the same scores. No setting made every CPU agree: Eigen's kernels
+  gave an AVX2 and an AVX-512 CPU other features whatever oneDNN's instruction set; oneDNN's rewrite gave them the
+  same features but the training's bits follow its instruction set, and held to AVX2 code it logs ERROR lines
+  (``bench/kernels.py``, docs/benchmarks.md). So nothing is pinned; ``machine()`` says which CPU and kernels made a
+  file (the features file, the model card, ``metrics/machine.json``) and the extract_features stage says in one
+  line when this machine differs from the committed one.
 - **For training**, each TensorFlow op's CPU threads (``TF_NUM_INTRAOP_THREADS`` from ``train.threads_per_op``;
   0 leaves TensorFlow's default, all cores) and the kernels ``train.precision`` needs.
 
@@ -28,29 +29,24 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import os
 import sys
 import warnings
+from pathlib import Path
 
 VERBOSE = "CAPTIONER_TF_LOGS"
-NATIVE = "CAPTIONER_NATIVE_KERNELS"
-PORTABLE = {
-    "TF_ENABLE_ONEDNN_OPTS": "0",  # Eigen's kernels, as TensorFlow runs them on every CPU without AVX-512 VNNI
-    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN's sgemm inside them: the AVX2 code on AVX-512 CPUs too
-}
-_before = {name: os.environ.get(name) for name in PORTABLE}
 _prepared = False
 
 
 def prepare(threads_per_op: int | None = None, precision: str = "float32") -> None:
-    """Ready this process before TensorFlow starts (see the module's docstring): a quiet console and pinned kernels;
-    for a training run also ``threads_per_op`` CPU threads per op (0: all cores) and ``precision``'s kernels."""
+    """Ready this process before TensorFlow starts (see the module's docstring): a quiet console; for a training run
+    also ``threads_per_op`` CPU threads per op (0: all cores) and ``precision``'s kernels."""
     global _prepared
     if _prepared or "tensorflow" in sys.modules:
         return
     _prepared = True
     quiet_tensorflow()
-    pin()
     if threads_per_op is None:
         return
     # TensorFlow starts here, before the thread count is set, as it always did in this pipeline: the count then
@@ -63,27 +59,62 @@ def prepare(threads_per_op: int | None = None, precision: str = "float32") -> No
     for_precision(precision)
 
 
-def pin() -> None:
-    """Before TensorFlow starts: the portable kernels, unless CAPTIONER_NATIVE_KERNELS=1."""
-    if os.environ.get(NATIVE) != "1":
-        os.environ.update(PORTABLE)
+# oneDNN's instruction-set levels (ONEDNN_MAX_CPU_ISA's names), most capable first, and the CPU flag of each.
+_ISA_LEVELS = {"AVX512_CORE_AMX": "amx_tile", "AVX512_CORE_BF16": "avx512_bf16", "AVX512_CORE_VNNI": "avx512_vnni"}
+_ISA_LEVELS |= {"AVX512_CORE": "avx512f", "AVX2": "avx2", "AVX": "avx", "SSE41": "sse4_1"}
 
 
-def unpin() -> None:
-    """Before TensorFlow starts: the kernels TensorFlow would choose itself (the environment as it came)."""
-    for name, value in _before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """What decides the last bits of this process's float results, as far as known: the CPU's model, the
+    instruction set oneDNN's code uses (the CPU's best, held down by ``ONEDNN_MAX_CPU_ISA``), oneDNN's graph rewrite
+    on or off, and TensorFlow's version. Read before TensorFlow starts or after, not during."""
+    fields = {}
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    levels = list(_ISA_LEVELS)
+    best = next((level for level, flag in _ISA_LEVELS.items() if flag in flags), None)
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if best and cap in levels and levels.index(cap) > levels.index(best):
+        best = cap
+    try:
+        tensorflow = importlib.metadata.version("tensorflow")
+    except importlib.metadata.PackageNotFoundError:
+        tensorflow = None
+    rewrite = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    default = "on" if flags & {"avx512_vnni", "avx512_bf16", "amx_tile"} else "off"  # TensorFlow's own choice
+    return {
+        "cpu": fields.get("model name") or os.uname().machine,
+        "isa": best or os.uname().machine,
+        "onednn_rewrite": {"1": "on", "0": "off"}.get(rewrite, default),
+        "tensorflow": tensorflow,
+    }
+
+
+def machine_change(record: Path) -> str | None:
+    """When ``record`` (a ``machine()`` in a JSON file in git, written with the features) names another machine than
+    this one, the one line saying so: the bytes made here, and so ``dvc.lock``'s hashes, may differ."""
+    import json
+
+    now, before = machine(), None
+    try:
+        before = json.loads(record.read_text())
+    except (OSError, ValueError):
+        pass  # no record yet (or not one we can read): nothing to compare with
+    if not isinstance(before, dict) or before == now:
+        return None
+    differs = ", ".join(f"{key} {before.get(key)} → {now[key]}" for key in now if now[key] != before.get(key))
+    return (
+        f"note: this machine differs from the one that made the committed features ({differs}; {record}): "
+        "dvc.lock's hashes may change, the scores should not"
+    )
 
 
 def for_precision(precision: str) -> None:
-    """For a training run at ``precision``. bfloat16 arithmetic runs on AVX-512 BF16 or AMX only: its runs go
-    native. Under ``mixed_float16`` oneDNN would log an ERROR-level line on CPUs without AVX-512 float16 (and fall
-    back to Eigen's kernels anyway), so its graph rewrite stays off whatever the pins."""
-    if precision == "mixed_bfloat16":
-        unpin()
+    """For a training run at ``precision``. Under ``mixed_float16`` oneDNN would log an ERROR-level line on CPUs
+    without AVX-512 float16 (and fall back to Eigen's kernels anyway), so its graph rewrite goes off."""
     if precision == "mixed_float16":
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 

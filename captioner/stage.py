@@ -8,8 +8,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from captioner import CaptionerError, process
 from captioner import params as param_rules
 from captioner.files import remove_dead_scratch
@@ -61,12 +59,26 @@ def _lookup(tree: dict, dotted: str):
     return node
 
 
-def _read_yaml(path: Path) -> dict:
-    """A YAML mapping from one of the project's own files; a missing or broken one is one line naming it."""
+MAX_YAML_BYTES = 1 << 20  # params.yaml is a few KB; a file far bigger is no params file
+
+
+def _read_yaml(path: Path, aliases: bool = False) -> dict:
+    """A YAML mapping from one of the project's own files, read as DVC reads it (ruamel.yaml, YAML 1.2: ``yes`` is
+    text, ``1e-3`` a number), so a run sees the values ``dvc.lock`` records; a missing, broken or oversized one, or
+    unless ``aliases`` (dvc.yaml's own) one using aliases (``*name``: a few lines of them can expand to gigabytes),
+    is one line naming it."""
+    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.events import AliasEvent
+
     restore = f"`git checkout {path.name}` restores it"
     try:
-        value = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise CaptionerError(f"{path}: {path.stat().st_size >> 20} MB, not a params file; {restore}")
+        text, reader = path.read_text(encoding="utf-8"), YAML(typ="safe", pure=True)
+        if not aliases and any(isinstance(event, AliasEvent) for event in reader.parse(text)):
+            raise CaptionerError(f"{path}: uses a YAML alias (*name); write each value out")
+        value = reader.load(text)
+    except (OSError, UnicodeDecodeError, YAMLError) as err:
         raise CaptionerError(f"{path}: not readable YAML ({' '.join(str(err).split())[:160]}); {restore}") from None
     if not isinstance(value, dict):
         raise CaptionerError(f"{path}: holds a {type(value).__name__}, not a mapping; {restore}")
@@ -92,12 +104,13 @@ def declared_params(stage: str, root: Path = Path("."), member: str | None = Non
     """The values from params.yaml of the params dvc.yaml lists for ``stage``, plus the speed-only params
     (``captioner.params.SPEED_ONLY``) of the sections it reads. Every param of those sections is checked against
     its rule in ``captioner.params`` (a CaptionerError naming the first that breaks it, or a typo)."""
-    pipeline, values = _read_yaml(root / "dvc.yaml"), _read_yaml(root / "params.yaml")
+    pipeline, values = _read_yaml(root / "dvc.yaml", aliases=True), _read_yaml(root / "params.yaml")
     names = stage_param_names(pipeline, stage, member)
     sections = {name.split(".")[0] for name in names}
     names += [name for name in param_rules.SPEED_ONLY if name.split(".")[0] in sections]
     for section in sections - {"ensemble"}:  # the whole section, so a misspelt key is caught too
         param_rules.check(section, _lookup(values, section))
+    param_rules.check_memory({section: values[section] for section in sections & {"features", "train"}})
     params = Params()
     for name in names:
         node, target = params, name.split(".")
@@ -129,6 +142,7 @@ def run(main: Callable[[Params, Layout], None], process_for: Callable[[Params], 
     """
     script = Path(sys.modules["__main__"].__file__).resolve()
     layout = Layout(os.path.relpath(script.parent.parent))  # paths in messages as the user would type them
+    params = Params()
     try:
         remove_dead_scratch(layout.output_roots)
         params = declared_params(script.stem, layout.root, member=_member_argument())
@@ -141,6 +155,15 @@ def run(main: Callable[[Params, Layout], None], process_for: Callable[[Params], 
         if err.filename is None:  # not a fault of a path: a bug, with its traceback
             raise
         print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
+        return 1
+    except Exception as err:  # TensorFlow's, or Python's, report of memory the machine did not have
+        if not isinstance(err, MemoryError) and type(err).__name__ != "ResourceExhaustedError":
+            raise
+        sizes = ", ".join(sorted(name for name in params.read if name.endswith(("batch_size", "image_size"))))
+        print(
+            f"error: out of memory ({type(err).__name__}); lower this stage's sizes: {sizes or 'none read'}",
+            file=sys.stderr,
+        )
         return 1
     if os.environ.get(PARAMS_READ):  # the end-to-end tests' record of which params each stage read
         with open(os.environ[PARAMS_READ], "a", encoding="utf-8") as record:

@@ -22,21 +22,29 @@ SPECIAL_TOKENS = (PAD, START, END, UNK)  # their ids are their positions: PAD mu
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-def _fold(character: str) -> str:
-    """Accents off (é → e), punctuation of any script removed, as ASCII punctuation is."""
-    if unicodedata.category(character).startswith("P"):
-        return ""
-    return "".join(part for part in unicodedata.normalize("NFKD", character) if not unicodedata.combining(part))
-
-
 def clean(caption: str) -> list[str]:
-    """The usual Flickr8k cleaning: lowercase, strip punctuation, keep alphabetic tokens. Beyond ASCII (the one rule for
-    other characters): accents are removed (``café`` is ``cafe``), punctuation of any script (“ ” — ¿) is
-    removed like ASCII punctuation, and letters of other scripts are letters."""
+    """The usual Flickr8k cleaning: lowercase, strip punctuation, keep words of letters. Beyond ASCII (the one rule
+    for other characters): text is NFKC-normalized (a composed é stays é, a full-width Ａ is A, the ligature ﬁ is
+    fi), letters of any script keep their marks (й, ئ, हिन्दी stay as written), invisible format characters (zero-width
+    space or joiner, byte-order mark, soft hyphen) are removed without splitting the word, and punctuation of any
+    script (“ ” — ¿) is removed like ASCII punctuation."""
     lowered = caption.lower().translate(_PUNCTUATION)
     if not lowered.isascii():
-        lowered = "".join(map(_fold, lowered))
-    return [word for word in lowered.split() if word.isalpha()]
+        lowered = "".join(_kept(character) for character in unicodedata.normalize("NFKC", lowered)).lower()
+    return [word for word in lowered.split() if word.isalpha() or _is_word(word)]
+
+
+def _kept(character: str) -> str:
+    """A character of NFKC text as cleaning keeps it: punctuation of any script and invisible format characters
+    removed (as ASCII punctuation is), the rest as it is."""
+    return "" if unicodedata.category(character).startswith(("P", "Cf")) else character
+
+
+def _is_word(word: str) -> bool:
+    """Letters of any script with their combining marks (a Devanagari vowel sign is a mark, not a letter)."""
+    return unicodedata.category(word[0]).startswith("L") and all(
+        unicodedata.category(character)[0] in "LM" for character in word
+    )
 
 
 def wrap(words: list[str]) -> list[str]:

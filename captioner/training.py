@@ -41,6 +41,7 @@ from captioner.epochs import (
 )
 from captioner.features import FeatureFile
 from captioner.layout import Layout, TrainingOutputs
+from captioner.params import check_feature_batch
 from captioner.self_critical import SampledImages, SelfCritical
 from captioner.text import Vocabulary, initial_embeddings
 from captioner.trainer import Trainer, TrainingRun, frozen_run
@@ -66,6 +67,7 @@ def run(config: TrainConfig, layout: Layout, outputs: TrainingOutputs | None = N
         if not chief:  # every worker of a cluster trains; the chief alone writes, the others log to scratch
             scratch = Path(stack.enter_context(TemporaryDirectory()))
             outputs = outputs._replace(log=scratch, timings=scratch / "epochs.tsv")
+        check_feature_batch(config.batch_size, store.shape(config.decoder.pooled(store.pooling)))
         encoded = {split: encode_split(split, pairs, store.row_of, vocab) for split, pairs in captions.items()}
         print(f"train: {strategy.num_replicas_in_sync} replica(s), {config.batch_size} captions per step in all")
         with strategy.scope():
@@ -77,8 +79,8 @@ def run(config: TrainConfig, layout: Layout, outputs: TrainingOutputs | None = N
             trainer = Trainer(on.trained, decoder.head, config, strategy)
         with EpochLog(outputs.log, outputs.timings) as live:
             live.summary = fit(phases(config, trainer, decoder, on, store, captions, vocab), trainer, live)
-        if chief:
-            save(outputs.model, on.saved, store.attrs, vocab, config.decoder, config.card())
+            if chief:  # inside: a model that cannot be saved leaves the last run's log in place too
+                save(outputs.model, on.saved, store.attrs, vocab, config.decoder, config.card())
     print(finished(live.summary, outputs.model if chief else None))
     return live.summary
 

@@ -7,8 +7,11 @@ from captioner.stage import Params, run
 
 
 def main(params: Params, layout: Layout) -> None:
-    from captioner import features
+    from captioner import features, process
 
+    notice = process.machine_change(layout.machine_record)
+    if notice:
+        print(notice)
     target, paths, skipped = features.extract_project(layout, params["encoder"], params["features"])
     for name in skipped:
         print(f"extract_features: skipped {name}: not a readable image")

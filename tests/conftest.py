@@ -263,3 +263,14 @@ def teacher_forced_fit(trainer, train, dev, live=None, dev_scores=None, **settin
 
     phase = TeacherForcing(trainer, {"train": train, "dev": dev}, toy_config(**settings), dev_scores)
     return epochs.fit([phase], trainer, live if live is not None else NullLive())
+
+
+def animated_gif(width: int, height: int, frames: int) -> bytes:
+    """A GIF whose screen is ``width`` × ``height`` and whose ``frames`` frames are one pixel each (15 bytes a frame:
+    a bomb when TensorFlow decodes each onto the whole screen)."""
+    import struct
+
+    frame = (
+        b"\x21\xf9\x04\x00\x00\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    )
+    return b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0" * 6 + frame * frames + b"\x3b"

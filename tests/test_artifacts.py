@@ -167,6 +167,38 @@ def test_the_remedy_names_the_stage_that_writes_the_file_and_how_to_restore_it(p
     assert artifacts.remedy("/elsewhere/model.keras") == "rebuild it with `dvc repro`, or point at a good copy"
 
 
+def test_the_remedy_of_a_dvc_output_says_whether_the_cache_holds_good_bytes(tmp_path, monkeypatch):
+    """A file output and a file inside a folder output, their cache objects good, missing, or corrupt (a corrupt cache
+    or remote object, which `dvc checkout` would only copy back)."""
+    import yaml
+
+    shutil.copy(Path(__file__).parents[1] / "dvc.yaml", tmp_path / "dvc.yaml")
+    cache = tmp_path / ".dvc" / "cache" / "files" / "md5"
+
+    def cached(content: bytes, suffix: str = "") -> str:
+        digest = hashlib.md5(content).hexdigest() + suffix  # DVC names a folder's manifest <md5>.dir
+        (cache / digest[:2]).mkdir(parents=True, exist_ok=True)
+        (cache / digest[:2] / digest[2:]).write_bytes(content)
+        return digest
+
+    features, model = cached(b"features"), cached(b"weights")
+    manifest = cached(json.dumps([{"md5": model, "relpath": "captioner.keras"}]).encode(), ".dir")
+    outs = {
+        "extract_features": [{"path": "data/features/x.h5", "md5": features}],
+        "train": [{"path": "models", "md5": manifest}],
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {stage: {"outs": o} for stage, o in outs.items()}}))
+    monkeypatch.chdir(tmp_path)
+    assert artifacts.remedy("data/features/x.h5").startswith("`dvc checkout data/features/x.h5` restores it")
+    assert artifacts.remedy("models/captioner.keras").startswith("`dvc checkout models` restores it")
+    (cache / model[:2] / model[2:]).write_bytes(b"weights, corrupted in place")
+    assert artifacts.remedy("models/captioner.keras") == (
+        "DVC's cached copy is damaged too (a corrupt cache or remote): `dvc repro -f -s train` rebuilds it"
+    )
+    (cache / features[:2] / features[2:]).unlink()
+    assert artifacts.remedy("data/features/x.h5").startswith("`dvc pull data/features/x.h5` restores it")
+
+
 @pytest.mark.parametrize("corrupt", [truncated, random_bytes, lambda path: path.write_text('{"bleu4": "high"}')])
 @pytest.mark.parametrize("command", [report.diff_main, report.experiments_main])
 def test_caption_diff_and_caption_exps_refuse_damaged_scores_naming_the_file(

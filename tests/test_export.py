@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import yaml
 
 from captioner import cli, export
 from captioner.captioning import Captioner
-from tests.conftest import run_stages
+from tests.conftest import animated_gif, run_stages
 
 # Run by a fresh interpreter outside the repository, ``captioner`` made unimportable: the model must not need it.
 # Each job: [kind, model, paths]; the answer: one result per job.
@@ -25,7 +26,7 @@ import tensorflow as tf
 
 def saved_model(model, paths):
     serve = tf.saved_model.load(model).signatures["serving_default"]
-    outputs = serve(images=tf.constant([open(path, "rb").read() for path in paths]))
+    outputs = serve(images=tf.constant([open(path, "rb").read() for path in paths], tf.string))
     result = {key: value.numpy().tolist() for key, value in outputs.items()}
     result["captions"] = [caption.decode() for caption in result["captions"]]
     result["errors"] = [error.decode() for error in result["errors"]]
@@ -43,6 +44,9 @@ def tflite(model, paths):
     result = {"captions": [words(outputs)[0] for outputs in alone]}
     result["log_probs"] = [float(outputs["log_probs"][0]) for outputs in alone]
     result["batched"] = words(caption(pixels=np.stack(pixels)))
+    refused = [caption(pixels=np.zeros(shape, np.uint8)) for shape in ([1, 8, 8, 4], [1, 8, 8, 1], [1, 0, 0, 3])]
+    result["refused"] = [[error.decode() for error in outputs["errors"]] + words(outputs) for outputs in refused]
+    result["errors"] = [outputs["errors"][0].decode() for outputs in alone]
     return result
 
 jobs = json.loads(sys.argv[1])
@@ -50,11 +54,15 @@ print(json.dumps([globals()[kind](model, paths) for kind, model, paths in jobs])
 """
 
 
-def stand_alone(jobs: list[tuple[str, Path, list[Path]]], cwd: Path) -> list[dict]:
-    """The results of ``jobs`` ((saved_model | tflite, model, images) each) in one fresh TensorFlow process."""
+def stand_alone(jobs: list[tuple[str, Path, list[Path]]], cwd: Path, onednn: str) -> list[dict]:
+    """The results of ``jobs`` ((saved_model | tflite, model, images) each) in one fresh TensorFlow process, its
+    oneDNN graph rewrite on (``onednn`` "1": TensorFlow's default on AVX-512 VNNI, BF16 or AMX CPUs) or off ("0")."""
     jobs = [(kind, str(model), [str(path) for path in paths]) for kind, model, paths in jobs]
     command = [sys.executable, "-I", "-c", STAND_ALONE, json.dumps(jobs)]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    plain = {name: value for name, value in os.environ.items() if not name.startswith(("TF_", "ONEDNN_", "CAPTIONER_"))}
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, env=plain | {"TF_ENABLE_ONEDNN_OPTS": onednn}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -86,8 +94,9 @@ def exif_photos(image: Path, folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def exported(tiny_trained, tmp_path_factory):
     """A copy of the tiny project exported by the export stage (in this process), five of its test images, and
-    what a fresh TensorFlow process without ``captioner`` made of them: the SavedModel on a batch with bad items,
-    on a photo turned by its EXIF tag, and the TensorFlow Lite file."""
+    what fresh TensorFlow processes without ``captioner`` made of them: the SavedModel on a batch with bad items,
+    on bad items alone and on no image under either kernels, on a photo turned by its EXIF tag, and the TensorFlow
+    Lite file."""
     project = tmp_path_factory.mktemp("exported") / "project"
     shutil.copytree(tiny_trained, project, symlinks=True)
     run_stages(project, "export")
@@ -100,13 +109,18 @@ def exported(tiny_trained, tmp_path_factory):
     (outside / "empty.png").write_bytes(b"")
     batch = [images[0], outside / "truncated.jpg", images[1], outside / "notes.txt", outside / "empty.png", *images[2:]]
     saved_model, tflite_file = project / "export" / export.SAVED_MODEL, project / "export" / export.TFLITE_FILE
+    bad, nothing = ("saved_model", saved_model, batch[3:5]), ("saved_model", saved_model, [])
     jobs = {
         "batch": ("saved_model", saved_model, batch),
+        "bad": bad,
+        "nothing": nothing,
         "exif": ("saved_model", saved_model, exif_photos(images[0], outside)),
         "saved_model": ("saved_model", saved_model, images),
         "tflite": ("tflite", tflite_file, images),
     }
-    return project, images, dict(zip(jobs, stand_alone(list(jobs.values()), outside), strict=True))
+    results = dict(zip(jobs, stand_alone(list(jobs.values()), outside, onednn="0"), strict=True))
+    results["bad, rewrite on"], results["nothing, rewrite on"] = stand_alone([bad, nothing], outside, onednn="1")
+    return project, images, results
 
 
 @pytest.mark.e2e
@@ -119,6 +133,11 @@ def test_a_fresh_tensorflow_process_captions_as_the_caption_command_and_reports_
     assert [result["errors"][i] for i in (1, 3, 4)] == [export.UNDECODABLE, export.NOT_AN_IMAGE, "empty input"]
     assert [result["captions"][i] for i in (1, 3, 4)] == ["", "", ""]
     assert all(value < 0 for value in np.array(result["log_probs"])[good])
+    # No image that decodes, or none at all: still an answer per item, whichever kernels TensorFlow picked.
+    for kernels in ("", ", rewrite on"):
+        assert results[f"bad{kernels}"]["errors"] == [export.NOT_AN_IMAGE, "empty input"]
+        assert results[f"bad{kernels}"]["captions"] == ["", ""]
+        assert results[f"nothing{kernels}"] == {"captions": [], "errors": [], "log_probs": []}
 
 
 @pytest.mark.e2e
@@ -131,6 +150,9 @@ def test_the_tflite_file_captions_the_same_pixels_with_the_same_words(exported):
     assert lite["captions"] == lite["batched"] == saved["captions"]
     assert all(saved["captions"])
     np.testing.assert_allclose(lite["log_probs"], saved["log_probs"], rtol=1e-3, atol=1e-3)
+    assert lite["errors"] == [""] * len(lite["captions"])
+    # Pixels of another shape (RGBA, one channel, 0×0): refused, each with the one reason, and no caption.
+    assert lite["refused"] == [[export.BAD_PIXELS, ""]] * 3
     card = json.loads((project / "export" / export.EXPORT_CARD).read_text())
     assert card["tflite_bytes"] == (project / "export" / export.TFLITE_FILE).stat().st_size > 1_000_000  # weights in
     sizes = json.loads((project / "metrics" / "export.json").read_text())
@@ -193,6 +215,38 @@ def test_caption_with_export_prints_what_caption_prints(exported, tmp_path, caps
     assert "not a loadable SavedModel" in damaged and len(damaged.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "shape", "dtype", "outputs"),
+    [
+        ("images", [None], "float32", ("captions", "log_probs", "errors")),  # other inputs
+        ("pixels", [None, None, None, 3], "uint8", ("captions", "log_probs", "errors")),
+        ("images", [None], "string", ("captions",)),  # other outputs
+    ],
+)
+def test_caption_with_export_refuses_a_saved_model_of_another_signature_in_one_line(
+    tmp_path, capsys, name, shape, dtype, outputs
+):
+    import tensorflow as tf
+
+    module = tf.Module()
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, dtype, name=name)])
+    def serve(value):
+        count = tf.shape(value)[0]
+        produced = {"captions": tf.fill([count], "x"), "log_probs": tf.zeros([count]), "errors": tf.fill([count], "")}
+        return {key: produced[key] for key in outputs}
+
+    tf.saved_model.save(module, str(tmp_path / export.SAVED_MODEL), signatures={export.SIGNATURE: serve})
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG")
+    assert cli.main([str(photo), "--export", str(tmp_path)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith(f"caption: error: {tmp_path / export.SAVED_MODEL}")
+    assert error.endswith(
+        "must take images (string [N]) and return captions (string), log_probs (float32), errors (string)"
+    )
+
+
 def test_a_header_claiming_too_many_pixels_is_refused_before_decoding_and_named():
     """Generated hostile headers: a few bytes claiming billions of pixels (PNG, GIF, BMP stored top-down), headers cut
     short, random bytes. Sizes are read without decoding, never fail, and a bomb gets its own reason."""
@@ -210,11 +264,63 @@ def test_a_header_claiming_too_many_pixels_is_refused_before_decoding_and_named(
     claims = [png(100_000, 100_000), gif, bmp, png(640, 480), png(640, 480)[:18], b"BM", b"", png(2**32 - 1, 2**32 - 1)]
     rng = np.random.default_rng(0)
     claims += [rng.bytes(int(n)) for n in rng.integers(0, 40, size=20)]
-    pixels = [int(export.claimed_pixels(tf.constant(claim))) for claim in claims]
+    claimed = tf.function(export.claimed_pixels)  # traced once: its walks run as graph loops, not step by step
+    pixels = [int(claimed(tf.constant(claim))) for claim in claims]
     assert pixels[:4] == [10**10, 65535**2, 1_200_000_000, 640 * 480]
     assert pixels[7] == 2**62 and all(0 <= value for value in pixels)  # clamped: no overflow past the check
     reasons = [reason.decode() for reason in tf.function(export._problem)(tf.constant(claims[:4])).numpy()]  # graph
     assert reasons == [export.TOO_MANY_PIXELS] * 3 + [export.UNDECODABLE]
+
+
+def test_every_format_and_every_frame_is_counted_before_decoding():
+    """JPEG (its frame header behind an EXIF segment and fill bytes), WebP (lossy, lossless, extended) and each frame
+    of a GIF: what the headers claim is what decoding would make, bombs are named, broken structure is refused."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    def saved(image, **options) -> bytes:
+        stream = io.BytesIO()
+        image.save(stream, **options)
+        return stream.getvalue()
+
+    photo, exif = Image.new("RGB", (64, 48), "red"), Image.Exif()
+    exif[0x0112] = 6
+    frames = [Image.new("RGB", (50, 40), colour) for colour in ("red", "blue", "green")]
+    honest = {
+        "jpeg with exif": (saved(photo, format="JPEG", exif=exif), 64 * 48),
+        "progressive jpeg": (saved(photo, format="JPEG", progressive=True), 64 * 48),
+        "webp": (saved(photo, format="WEBP"), 64 * 48),
+        "lossless webp": (saved(photo, format="WEBP", lossless=True), 64 * 48),
+        "three-frame gif": (saved(frames[0], format="GIF", save_all=True, append_images=frames[1:]), 3 * 50 * 40),
+        "still gif": (saved(frames[0], format="GIF"), 50 * 40),
+        "hand-made gif": (animated_gif(30, 20, 5), 5 * 600),
+    }
+    claimed = tf.function(export.claimed_pixels)  # traced once: its walks run as graph loops, not step by step
+    for name, (encoded, pixels) in honest.items():
+        assert int(claimed(tf.constant(encoded))) == pixels, name
+    jpeg = honest["jpeg with exif"][0]
+    sof = jpeg.index(b"\xff\xc0")
+    bombs = [
+        jpeg[:sof] + b"\xff\xff" + jpeg[sof : sof + 5] + (12000).to_bytes(2, "big") * 2 + jpeg[sof + 9 :],  # 144 MP
+        b"RIFF\0\0\0\0WEBPVP8X" + b"\0" * 8 + (16383).to_bytes(3, "little") * 2,  # a 16384² canvas
+        animated_gif(1000, 1000, 100),  # 100 one-pixel frames on a 1 MP screen
+    ]
+    broken = [
+        jpeg[: jpeg.index(b"\xff\xdb")] + b"\xff\xda\x00\x02",
+        b"\xff\xd8\xff" + b"\x00" * 20,
+    ]  # scan first; no marker
+    claims = [int(claimed(tf.constant(encoded))) for encoded in bombs + broken]
+    assert claims[0] == 144_000_000 and claims[1] == 16384**2 and claims[2] > 80_000_000
+    assert claims[3:] == [export.UNKNOWN_SIZE] * 2
+    reasons = [reason.decode() for reason in tf.function(export._problem)(tf.constant(bombs + broken)).numpy()]
+    assert reasons == [export.TOO_MANY_PIXELS] * 3 + [export.UNDECODABLE] * 2
+    # Hostile bytes after each format's signature: the walk always ends, never fails, and claims ≥ -1.
+    rng = np.random.default_rng(1)
+    fuzzed = [magic + rng.bytes(int(n)) for magic in export.MAGIC for n in rng.integers(0, 300, size=15)]
+    fuzzed += [animated_gif(9, 9, 3)[: int(n)] for n in rng.integers(0, 80, size=15)]
+    assert all(int(claimed(tf.constant(encoded))) >= -1 for encoded in fuzzed)
 
 
 def test_a_fine_tuned_encoder_nesting_the_backbone_saves_under_names_a_saved_model_accepts(tmp_path):

@@ -1,12 +1,14 @@
 """Feature extraction into HDF5 (captioner.features)."""
 
+import json
 import shutil
 
 import h5py
 import numpy as np
 import pytest
 
-from captioner import CaptionerError, encoders, features
+from captioner import CaptionerError, encoders, features, process
+from tests.conftest import animated_gif
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,7 @@ def test_pooled_features_with_attributes_and_a_corrupt_image_skipped(lite0, shap
             "pooling": "avg",
             "preprocessing": "(x - 127) / 128",
             "weights_param": "imagenet",
+            "machine": json.dumps(process.machine()),
         }
         assert "sha256:" + "579344248a93" in store.attrs["weights"]
         assert np.isfinite(store["features"][:]).all() and (store["features"][:] != 0).any(axis=1).all()
@@ -214,3 +217,17 @@ def test_a_phone_photo_stored_turned_gets_the_features_of_the_upright_photo(lite
     extractor.write([sideways, straight], target, batch_size=2)
     with h5py.File(target) as store:
         np.testing.assert_allclose(store["features"][0], values[0], atol=0.05)
+
+
+def test_an_image_is_refused_before_decoding_by_the_pixels_of_all_its_frames(tmp_path):
+    from PIL import Image
+
+    bomb, animation = tmp_path / "bomb.gif", tmp_path / "three.gif"
+    bomb.write_bytes(animated_gif(1000, 1000, 100))  # 1.5 KB: 100 frames of 1 MP once decoded
+    frames = [Image.new("RGB", (50, 40), colour) for colour in ("red", "blue", "green")]
+    frames[0].save(animation, save_all=True, append_images=frames[1:])
+    huge = tmp_path / "huge.jpg"
+    Image.new("L", (9000, 9000)).save(huge, quality=1)  # a JPEG's size is read from its header too
+    assert features.image_problem(bomb) == "1000×1000 pixels in 81+ frames, over the 80 million an image may have"
+    assert features.image_problem(animation) is None
+    assert features.image_problem(huge) == "9000×9000 pixels, over the 80 million an image may have"

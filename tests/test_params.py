@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from captioner.params import RULES, ParamError, check
+from captioner.params import RULES, ParamError, check, check_feature_batch, check_memory
 from tests.conftest import PROJECT, run_stage
 from tests.test_project import flatten
 
@@ -78,6 +78,33 @@ def test_a_stage_refuses_a_bad_param_before_any_work_with_one_line(project, stag
     assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.stderr
     assert not (project / "metrics").exists() and not (project / "data").exists() and not (project / "models").exists()
+
+
+def test_size_params_that_fit_alone_but_not_together_are_refused_before_any_work(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["features"] |= {"batch_size": 4096, "image_size": 2048}  # each within its bounds
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(project, "extract_features")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: features.batch_size 4096 × features.image_size 2048² needs ~3040 GB at once, more")
+    assert not (project / "data" / "features").exists()
+
+
+def test_the_memory_rule_refuses_only_what_cannot_fit():
+    gigabytes = 8 * 2**30
+    presets = {"features": {"batch_size": 64, "image_size": None}, "train": {"batch_size": 32, "finetune_from": "x"}}
+    check_memory(presets, gigabytes)  # a fine-tuning preset on an 8 GB laptop
+    check_memory({"train": {"batch_size": 65536, "finetune_from": None}}, gigabytes)  # cached features: no images
+    with pytest.raises(ParamError, match=r"train.batch_size 1024 × features.image_size 300² needs ~16 GB at once"):
+        check_memory({"features": {"image_size": None}, "train": {"batch_size": 1024, "finetune_from": "x"}}, gigabytes)
+
+
+def test_a_train_batch_of_feature_grids_is_checked_against_memory():
+    gigabytes = 8 * 2**30
+    check_feature_batch(128, (49, 1280), gigabytes)  # the Flickr8k attention preset: 64 MB a batch
+    with pytest.raises(ParamError, match=r"train.batch_size 65536 × features of 4096 × 1280 needs ~2560 GB at once"):
+        check_feature_batch(65536, (4096, 1280), gigabytes)  # a 2048-px grid, batch at its bound
 
 
 def test_every_size_like_param_has_an_upper_bound_a_machine_can_hold():

@@ -168,12 +168,15 @@ def test_attention_on_pooled_features_fails_with_one_clear_line(repo):
     assert tracked_changes(repo) == "" and (repo / "models" / "captioner.json").exists()
 
 
-def plotted_revisions(repo, revision: str) -> tuple[dict, list]:
-    """``dvc plots diff <revision> --json`` in ``repo``: (plot name → the revisions it holds data of, errors)."""
+def plotted_revisions(repo, revision: str, titles: dict | None = None) -> tuple[dict, list]:
+    """``dvc plots diff <revision> --json`` in ``repo``: (plot name → the revisions it holds data of, errors); each
+    plot's title goes into ``titles`` if given."""
     result = run_dvc(repo, "plots", "diff", revision, "--json")
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)  # stderr: DVC's warning when a revision's plots did not load
     revisions = {name: {rev for plot in plots for rev in plot["revisions"]} for name, plots in shown["data"].items()}
+    for name, plots in shown["data"].items():
+        (titles if titles is not None else {})[name] = str((plots[0].get("content") or {}).get("title", {}).get("text"))
     return revisions, shown.get("errors") or []
 
 
@@ -193,10 +196,12 @@ def test_the_default_remote_shares_features_model_and_curves_with_a_second_clone
     assert (clone / "models" / "captioner.keras").exists()
     assert "Data and pipelines are up to date" in dvc(clone, "status")
     assert ran(dvc(clone, "repro")) == set()
-    revisions, errors = plotted_revisions(clone, "main")
+    titles = {}
+    revisions, errors = plotted_revisions(clone, "main", titles)
     assert not errors and revisions["Loss (train vs dev)"] == {"main", "workspace"}
     # No empty plot: each plotted file exists, the optional curves only when a run logs them.
     assert all(revisions.values()) and "metrics/train/plots/metrics/by_epoch/learning_rate.tsv" in revisions
+    assert titles["metrics/train/plots/metrics/by_epoch/learning_rate.tsv"] == "By epoch"  # not its file's path
     assert not any("dev_bleu4" in name for name in revisions)  # train.select_by: dev_loss scores no dev BLEU-4
     assert {"metrics/figures/samples.png", "metrics/figures/cosine_similarity.png"} <= set(revisions)
     # What the pull-request workflow attaches: main's and this side's curves drawn to PNG, without a browser.

@@ -1,7 +1,7 @@
 """Readying a process (captioner.process): importing captioner changes nothing; ``prepare`` quiets TensorFlow's
-start-up and pins the CPU kernels, so features come out bit for bit the same whichever kernels the CPU would make
-TensorFlow pick."""
+start-up; what a file's bits came from (CPU, kernels) is recorded with it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -26,8 +26,7 @@ def test_importing_the_library_changes_nothing_in_the_process():
 
 
 # A prepared process (with a training run's threads) extracts features of a few images, then prints the thread count
-# TensorFlow was given and digests of the stored float16 features and of the encoder's float32 output (the finer
-# test of which kernels ran).
+# TensorFlow was given, the machine the features file records, and a digest of the encoder's float32 output.
 EXTRACT = """
 import hashlib, os, sys
 from pathlib import Path
@@ -39,42 +38,68 @@ paths = sorted(Path(sys.argv[1]).iterdir())[:4]
 extractor = features.Extractor(encoders.get("efficientnet_lite0"), "avg")
 extractor.write(paths, Path(sys.argv[2]), batch_size=4)
 with h5py.File(sys.argv[2]) as store:
-    stored = store["features"][:]
+    machine = store.attrs["machine"]
 batch = np.stack([features.load_image(str(path), extractor.size, extractor.encoder.preprocess) for path in paths])
 outputs = np.asarray(extractor.model(batch))
-print(os.environ.get("TF_NUM_INTRAOP_THREADS"), *(hashlib.sha256(a.tobytes()).hexdigest() for a in (stored, outputs)))
+print(os.environ.get("TF_NUM_INTRAOP_THREADS"), hashlib.sha256(outputs.tobytes()).hexdigest(), machine)
 """
-# What another CPU makes TensorFlow choose: oneDNN's graph rewrite (AVX-512 VNNI, BF16, AMX) and another ISA.
-ANOTHER_CPU = {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX"}
 
 
 def extracted(shapes_raw, tmp_path, **env) -> tuple[list[str], str]:
-    """What ``EXTRACT`` printed in the environment ``env`` (the pins' own variables unset but for it), and its
-    stderr."""
-    clean = {name: value for name, value in os.environ.items() if name not in {*process.PORTABLE, process.NATIVE}}
+    """What ``EXTRACT`` printed in the environment ``env`` (TensorFlow's own kernel variables unset but for it):
+    threads, digest, the recorded machine; and its stderr."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith(("TF_", "ONEDNN_"))}
     target = tmp_path / f"features-{len(list(tmp_path.iterdir()))}.h5"
     command = [sys.executable, "-c", EXTRACT, str(shapes_raw / "Flicker8k_Dataset"), str(target)]
     done = subprocess.run(command, env=clean | env, capture_output=True, text=True, check=True)
-    return done.stdout.split(), done.stderr
+    return done.stdout.split(" ", 2), done.stderr
 
 
 @pytest.mark.e2e  # TensorFlow in processes of its own
-def test_a_prepared_process_is_quiet_gets_its_threads_and_extracts_the_same_bits_whatever_the_cpu_would_pick(
-    shapes_raw, tmp_path
-):
-    pinned, console = extracted(shapes_raw, tmp_path)
-    assert pinned[0] == "3" and not tf_noise(console), console  # the training threads, no start-up lines
-    assert extracted(shapes_raw, tmp_path, **ANOTHER_CPU)[0] == pinned
-    # The test can tell: unpinned, those kernels give other float32 bits; and the start-up lines show when asked.
-    native, loud = extracted(shapes_raw, tmp_path, **ANOTHER_CPU, **{process.NATIVE: "1", process.VERBOSE: "1"})
-    assert native[2] != pinned[2] and "WARNING: All log messages before absl::InitializeLog()" in loud
+def test_a_prepared_process_is_quiet_gets_its_threads_and_records_the_kernels_that_made_its_bits(shapes_raw, tmp_path):
+    (threads, digest, machine), console = extracted(shapes_raw, tmp_path)
+    assert threads == "3" and not tf_noise(console), console  # the training threads, no start-up lines
+    recorded = json.loads(machine)
+    assert recorded["cpu"] and recorded["tensorflow"]
+    # The kernels another CPU would run (oneDNN's graph rewrite the other way round): other bits, and the record says
+    # so; the start-up lines show when asked.
+    other = {"TF_ENABLE_ONEDNN_OPTS": "0" if recorded["onednn_rewrite"] == "on" else "1", process.VERBOSE: "1"}
+    (_, other_digest, other_machine), loud = extracted(shapes_raw, tmp_path, **other)
+    assert other_digest != digest and json.loads(other_machine)["onednn_rewrite"] != recorded["onednn_rewrite"]
+    assert "WARNING: All log messages before absl::InitializeLog()" in loud
 
 
-def test_bfloat16_training_runs_native_kernels(monkeypatch):
-    for name, value in process.PORTABLE.items():  # restored after the test, whatever it changes
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(process, "_before", {"TF_ENABLE_ONEDNN_OPTS": None, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
-    process.for_precision("mixed_bfloat16")
-    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
-    process.for_precision("mixed_float16")
+def test_the_machine_record_names_cpu_isa_kernels_and_tensorflow_and_a_change_is_one_line(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse4_1 avx avx2 avx512f avx512_vnni\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    vnni = process.machine(cpuinfo)
+    assert vnni["cpu"] == "Some CPU" and vnni["isa"] == "AVX512_CORE_VNNI" and vnni["tensorflow"]
+    assert vnni["onednn_rewrite"] == "on"  # TensorFlow's default on AVX-512 VNNI
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert process.machine(cpuinfo) | {"isa": "AVX2", "onednn_rewrite": "off"} == process.machine(cpuinfo)
+    cpuinfo.write_text("flags\t\t: fpu sse4_1 avx\n")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    assert process.machine(cpuinfo)["isa"] == "AVX" and process.machine(cpuinfo)["onednn_rewrite"] == "off"
+
+    record = tmp_path / "machine.json"
+    assert process.machine_change(record) is None  # nothing recorded yet
+    record.write_text(json.dumps(process.machine()))
+    assert process.machine_change(record) is None  # this machine made the committed features
+    record.write_text(json.dumps(process.machine() | {"cpu": "Another CPU", "isa": "SSE41"}))
+    notice = process.machine_change(record)
+    assert "\n" not in notice and "(cpu Another CPU → " in notice and ", isa SSE41 → " in notice
+    assert notice.startswith("note: this machine differs from the one that made the committed features")
+    assert notice.endswith("dvc.lock's hashes may change, the scores should not")
+    record.write_text("{not json")
+    assert process.machine_change(record) is None
+
+
+def test_half_precision_training_turns_the_onednn_rewrite_off(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")  # restored after the test
+    process.for_precision("float32")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    process.for_precision("mixed_float16")  # else oneDNN logs an ERROR line on CPUs without AVX-512 float16
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"

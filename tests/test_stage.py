@@ -4,12 +4,14 @@ import sys
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from captioner import CaptionerError
 from captioner.files import atomic_path
 from captioner.layout import SPLITS
 from captioner.params import choice
-from captioner.stage import declared_params
+from captioner.stage import _read_yaml, declared_params
 from tests.conftest import run_stage
 
 
@@ -234,22 +236,67 @@ def test_any_stage_run_removes_dead_writers_scratch_anywhere_under_the_outputs(p
     assert not any(path.exists() for path in stale) and live.exists() and (project / "data" / "keep.tmp").exists()
 
 
-def test_a_write_the_machine_refuses_is_one_line_naming_the_path(tmp_path):
-    import resource
+# Under a 4 KB file-size limit, a file written by Python and one by TensorFlow's own writer (as a SavedModel is).
+WRITES = """
+import sys
+from captioner import CaptionerError
+from captioner.files import atomic_path, write_text
+try:
+    write_text(sys.argv[1], "x" * 100_000)
+except CaptionerError as err:
+    print(err)
+import tensorflow as tf
+try:
+    with atomic_path(sys.argv[2]) as temporary:
+        tf.io.write_file(str(temporary), "x" * 100_000)
+except CaptionerError as err:
+    print(err)
+"""
 
-    writer = "from captioner.files import write_text\nimport sys\nwrite_text(sys.argv[1], 'x' * 100_000)"
-    probe = (
-        "import sys\nfrom captioner import CaptionerError\n"
-        f"try:\n    exec({writer!r})\nexcept CaptionerError as err:\n    print(err)"
-    )
+
+@pytest.mark.e2e  # TensorFlow in a process of its own
+def test_a_write_the_machine_refuses_is_one_line_naming_the_path_whoever_writes(tmp_path):
+    import resource
 
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    target = tmp_path / "out" / "big.txt"
+    targets = [tmp_path / "out" / "big.txt", tmp_path / "out" / "saved_model.pb"]
     result = subprocess.run(
-        [sys.executable, "-c", probe, str(target)], capture_output=True, text=True, preexec_fn=small_files
+        [sys.executable, "-c", WRITES, *map(str, targets)], capture_output=True, text=True, preexec_fn=small_files
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith(f"File too large (while writing {target})")
-    assert not target.exists() and list(target.parent.iterdir()) == []
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2, lines
+    for line, target in zip(lines, targets, strict=True):
+        assert line.endswith(f"File too large (while writing {target})"), line
+    assert list(targets[0].parent.iterdir()) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789eE.+-_:oxbOXyesnYESNtrufalTRUFAL~", max_size=8))
+def test_params_yaml_is_read_as_dvc_reads_it(tmp_path_factory, scalar):
+    """The scalars YAML 1.1 and 1.2 read differently (``yes``, ``1e-3``, ``014``, ``1:20``…): what a stage reads is
+    what DVC records in dvc.lock."""
+    from dvc.utils.serialize import parse_yaml
+
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_text(f"a: {scalar}\n")
+    try:
+        dvc_reads = parse_yaml(path.read_text(), str(path))
+    except Exception:  # noqa: BLE001 (DVC refuses it: so must we)
+        with pytest.raises(CaptionerError, match="params.yaml: not readable YAML"):
+            _read_yaml(path)
+        return
+    ours = _read_yaml(path)
+    assert ours == dvc_reads and type(ours["a"]) is type(dvc_reads["a"])
+
+
+def test_a_params_file_with_aliases_or_of_megabytes_is_one_line_before_it_expands(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text() + "bomb: &a [x, x, x, x, x, x, x, x]\nmore: &b [*a, *a, *a, *a, *a, *a, *a]\n")
+    with pytest.raises(CaptionerError, match=r"params.yaml: uses a YAML alias \(\*name\); write each value out"):
+        declared_params("train", project)
+    params.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(CaptionerError, match="params.yaml: 2 MB, not a params file"):
+        declared_params("train", project)

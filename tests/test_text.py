@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from captioner import CaptionerError, text
 from captioner.text import Vocabulary
@@ -92,8 +94,20 @@ def test_glove_loader_names_the_bad_line(tmp_path, content, message):
         text.load_glove(tmp_path / "glove.txt", Vocabulary(["dog", "cat"], max_length=3), seed=0)
 
 
-def test_clean_folds_accents_and_drops_punctuation_of_any_script():
-    assert text.clean("A “café” — naïve ¿qué? dog’s 日本") == ["a", "cafe", "naive", "que", "dogs", "日本"]
+def test_clean_keeps_letters_as_written_and_drops_punctuation_of_any_script():
+    assert text.clean("A “café” — naïve ¿qué? dog’s 日本") == ["a", "café", "naïve", "qué", "dogs", "日本"]
+    # Letters with their marks in any script; compatibility forms folded (NFKC); a composed and a decomposed é agree.
+    assert text.clean("красный шар, دائرة حمراء; हिन्दी") == ["красный", "шар", "دائرة", "حمراء", "हिन्दी"]
+    assert text.clean("Ｆｕｌｌ ﬁsh cafe\u0301") == ["full", "fish", "café"]
+    # Invisible characters never split or drop a word: zero-width space, joiners, byte-order mark, soft hyphen.
+    assert text.clean("a re\u200bd ca\u200dr\ufeff on gr\u00adass") == ["a", "red", "car", "on", "grass"]
+
+
+@given(st.text(max_size=60))
+def test_clean_gives_lowercase_words_of_letters_and_is_stable(caption):
+    words = text.clean(caption)
+    assert all(word and not any(character.isspace() for character in word) for word in words)
+    assert text.clean(" ".join(words)) == words  # cleaning cleaned text changes nothing
 
 
 def test_a_vocabulary_without_captions_or_words_is_an_error():

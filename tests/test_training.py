@@ -35,6 +35,37 @@ def test_attention_on_pooled_features_fails_with_one_clear_line_saving_nothing(t
     assert (tiny / "models" / "captioner.keras").read_bytes() == before
 
 
+def test_a_model_that_cannot_be_saved_leaves_every_output_of_the_last_run_in_place(tiny, monkeypatch):
+    from captioner import CaptionerError, training
+
+    log = tiny / "metrics" / "train"
+    (log / ".gitignore").write_text("/plots\n")  # DVC's, tracked by git
+    before = {path: path.read_bytes() for path in [*log.rglob("*"), *(tiny / "models").iterdir()] if path.is_file()}
+
+    def full_disk(directory, *args):
+        raise CaptionerError(f"{directory}: No space left on device (while writing {directory})")
+
+    monkeypatch.setattr(training, "save", full_disk)
+    set_params(tiny, train={"epochs": 2})
+    result = run_stage(tiny, "train")
+    assert result.returncode == 1 and "No space left on device" in result.stderr
+    after = {path: path.read_bytes() for path in [*log.rglob("*"), *(tiny / "models").iterdir()] if path.is_file()}
+    assert after == before  # the curves, the summary, DVC's .gitignore and the model, byte for byte
+
+
+def test_an_evaluate_that_fails_drawing_writes_no_scores_captions_or_figures(tiny, monkeypatch):
+    from captioner import CaptionerError, figures
+
+    def full_disk(*args):
+        raise CaptionerError("metrics/figures/cosine_similarity.png: No space left on device")
+
+    monkeypatch.setattr(figures, "histogram", full_disk)  # the second figure: the first is drawn by then
+    result = run_stage(tiny, "evaluate")
+    assert result.returncode == 1 and "No space left on device" in result.stderr
+    assert not (tiny / "metrics" / "scores.json").exists() and not (tiny / "metrics" / "test_captions.tsv").exists()
+    assert not (tiny / "metrics" / "figures").exists()
+
+
 def test_finetuning_trains_through_the_encoder_and_its_scores_and_card_record_it(tiny):
     block = "_blocks.15._expand_conv"
     set_params(tiny, train={"finetune_from": block, **BY_DEV_BLEU4})

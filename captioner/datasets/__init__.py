@@ -80,10 +80,10 @@ def _split_of_images(raw: Path, present: set[str], warnings: list[str]) -> dict[
 def clean_release(raw: Path) -> CleanedRelease:
     """Cleaned, start/end-wrapped captions per split, what was skipped, and warnings about the split lists.
 
-    Dirty lines are skipped, not fatal: a caption whose image file is missing (the real release
-    has one: ``2258277193_586949ec62.jpg.1``), one with no words left after cleaning, and a line
-    that is not ``<image>#<n>\\t<caption>``. Captions of images in no split are left out silently.
-    A split left with no caption at all is a CaptionerError: nothing useful trains or scores on it.
+    Dirty lines are skipped, not fatal: a caption whose image file is missing (the real release has one:
+    ``2258277193_586949ec62.jpg.1``), one with no words left after cleaning, one whose words repeat an earlier caption
+    of its image (the real release has 18), a line that is not ``<image>#<n>\\t<caption>``. Captions of images in no
+    split are left out silently. A split left with no caption is a CaptionerError: nothing trains or scores on it.
     """
     images = raw / Release.images
     captions_file = raw / Release.captions_file
@@ -94,6 +94,7 @@ def clean_release(raw: Path) -> CleanedRelease:
     split_of = _split_of_images(raw, present, warnings)
     cleaned: dict[str, list[tuple[str, list[str]]]] = {split: [] for split in SPLITS}
     skipped: Counter[str] = Counter()
+    seen: set[tuple[str, ...]] = set()  # (image, *words) of each caption kept: a second one says nothing new
     for number, line in enumerate(text_lines(captions_file), start=1):
         if not line.strip():
             continue
@@ -113,6 +114,10 @@ def clean_release(raw: Path) -> CleanedRelease:
         if not words:
             skipped["empty"] += 1
             continue
+        if (image, *words) in seen:
+            skipped["duplicate"] += 1
+            continue
+        seen.add((image, *words))
         cleaned[split_of[image]].append((image, text.wrap(words)))
     for split, pairs in cleaned.items():
         if not pairs:

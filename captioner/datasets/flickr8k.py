@@ -78,16 +78,35 @@ def fetch(url: str, sha256: str | None, downloads: Path) -> Path:
     return path
 
 
+MAX_MEMBER_BYTES = 256 << 20  # an image or a split file; COCO's Karpathy split JSON, the largest, is ~150 MB
+
+
 def _safe_members(archive: zipfile.ZipFile, path: Path, target: Path) -> list[zipfile.ZipInfo]:
     """The files of ``archive`` worth extracting (no folders, no ``__MACOSX`` clutter), each confined to
-    ``target``: checked before anything is written."""
+    ``target``, none over ``MAX_MEMBER_BYTES`` and all of them within the disk's free space: checked before anything
+    is written. (Extraction stops at each member's stated size, so the statement is what it costs.)"""
     members = []
     for info in archive.infolist():
         name = info.filename.replace("\\", "/")  # archives made on Windows
         confine(target, name.rstrip("/"), f"{path}: member", flat=False)
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise CaptionerError(
+                f"{path}: member {info.filename[:80]!r} unpacks to {info.file_size >> 20} MB, over the "
+                f"{MAX_MEMBER_BYTES >> 20} MB a member may have; not the archive the params name?"
+            )
         if PurePosixPath(name).parts[0] != "__MACOSX" and not info.is_dir():
             members.append(info)
+    needed, free = sum(info.file_size for info in members), shutil.disk_usage(_existing(target)).free
+    if needed > free:
+        raise CaptionerError(f"{path} unpacks to {needed >> 20} MB; {target} has {free >> 20} MB free")
     return members
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (the folder a later mkdir would create it in)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def extract(zip_path: Path, target: Path, keep) -> int:
@@ -100,7 +119,7 @@ def extract(zip_path: Path, target: Path, keep) -> int:
                 destination = target / out
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as source, open(destination, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
+                    shutil.copyfileobj(source, sink)  # zipfile stops at the stated size, and checks the CRC
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as err:
         raise CaptionerError(f"{zip_path} is not a readable zip (truncated or corrupt?): {err}") from err
     return len(members)
@@ -162,6 +181,7 @@ def install_kaggle(folder: Path, target: Path) -> None:
     for needed in (images, captions):
         if not needed.exists():
             raise CaptionerError(f"{folder} is not in the Kaggle layout: {needed.name} is missing")
+        confine(folder, needed.name, f"{folder}:")  # a link to a folder elsewhere (/etc) would be copied in
     image_dir = target / Release.images
     image_dir.mkdir(parents=True)
     numbers: dict[str, int] = {}

@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import threading
 import zipfile
+from collections import namedtuple
 
 import pytest
 
@@ -11,6 +12,8 @@ from captioner import CaptionerError
 from captioner.datasets import flickr8k
 from captioner.files import sha256_of
 from captioner.layout import SPLITS
+
+shutil_usage = namedtuple("usage", "total used free")
 
 
 def make_release(folder, images=("a.jpg", "b.jpg", "c.jpg")):
@@ -129,6 +132,32 @@ def test_member_escaping_the_folder_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(CaptionerError, match="member .* (climbs out with '..'|is absolute)"):
         flickr8k.install_release(images, text, tmp_path / "raw")
     assert not (tmp_path / "raw").exists() and not (tmp_path / "escape.txt").exists()
+
+
+def test_a_member_or_archive_bigger_than_allowed_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    images, text = make_release(tmp_path / "zips")
+    with zipfile.ZipFile(images, "a", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("Flicker8k_Dataset/zeros.jpg", bytes(5000))  # compresses to a few bytes
+    monkeypatch.setattr(flickr8k, "MAX_MEMBER_BYTES", 4000)
+    with pytest.raises(CaptionerError, match=r"images.zip: member 'Flicker8k_Dataset/zeros.jpg' unpacks to 0 MB, over"):
+        flickr8k.install_release(images, text, tmp_path / "raw")
+    monkeypatch.setattr(flickr8k, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(flickr8k.shutil, "disk_usage", lambda path: shutil_usage(total=10**6, used=10**6, free=1000))
+    with pytest.raises(CaptionerError, match=r"images.zip unpacks to 0 MB; .*raw has 0 MB free"):
+        flickr8k.install_release(images, text, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_kaggle_images_folder_that_links_elsewhere_is_refused(tmp_path):
+    kaggle, elsewhere = tmp_path / "kaggle", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "passwd").write_text("root:x:0:0")
+    kaggle.mkdir()
+    (kaggle / "Images").symlink_to(elsewhere)
+    (kaggle / "captions.txt").write_text("image,caption\npasswd,A secret .\n")
+    with pytest.raises(CaptionerError, match=r"kaggle: 'Images' is a link to .*elsewhere, outside .*kaggle"):
+        flickr8k.install_kaggle(kaggle, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
 
 
 def test_kaggle_layout_becomes_the_release_layout(tmp_path):

@@ -67,8 +67,9 @@ def test_flickr8k_as_a_karpathy_split_file_gives_the_release_layouts_captions_vo
     )  # fmt: skip
     assert warnings == []
     ours, theirs = clean_release(release), clean_release(converted)
-    assert theirs.captions == ours.captions and sum(len(pairs) for pairs in ours.captions.values()) == 35_000
-    assert theirs.skipped == {}  # the split file lists only images with files (the release skips the rest)
+    assert theirs.captions == ours.captions and sum(len(pairs) for pairs in ours.captions.values()) == 35_000 - 18
+    # The split file lists only images with files (the release skips the rest); both drop the 18 repeated captions.
+    assert theirs.skipped == {"duplicate": 18}
     vocab = [Vocabulary.build((tokens for _, tokens in cleaned.captions["train"]), 2, 34).tokens
              for cleaned in (ours, theirs)]  # fmt: skip
     assert vocab[0] == vocab[1]

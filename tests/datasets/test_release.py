@@ -37,10 +37,14 @@ def test_dirty_lines_are_skipped_and_counted(shapes_raw, tmp_path):
         captions.write("2258277193_586949ec62.jpg.1#0\tpeople waiting for the subway\n")  # the release's own defect
         captions.write(f"{other_image}#5\t?! 42 ...\n")  # nothing alphabetic left
         captions.write("no tab or hash here\n")
+        repeated = next(line for line in (raw / "Flickr8k.token.txt").open() if line.startswith(other_image))
+        caption = repeated.split("\t")[1].strip()
+        for number in range(6, 27):  # one caption 21 times more, in other case and punctuation
+            captions.write(f"{other_image}#{number}\t{caption.upper()} !\n")
     (raw / "Flicker8k_Dataset" / train_image).unlink()  # its five captions now lack an image
     release = clean_release(raw)
     cleaned, skipped = release.captions, release.skipped
-    assert skipped == {"missing image": 6, "empty": 1, "malformed": 1}
+    assert skipped == {"missing image": 6, "empty": 1, "malformed": 1, "duplicate": 21}
     assert train_image not in {image for image, _ in cleaned["train"]}
 
 
@@ -68,7 +72,7 @@ def test_real_release_text_is_cleaned_with_its_defect_skipped(shared_flickr8k, t
     release = clean_release(raw)
     cleaned, skipped = release.captions, release.skipped
     assert [len({image for image, _ in cleaned[split]}) for split in SPLITS] == [5000, 1000, 1000]
-    assert skipped["malformed"] == 0
+    assert skipped["malformed"] == 0 and skipped["duplicate"] == 18  # e.g. "A girl peers into a window ." twice
     assert skipped["missing image"] >= 5  # 2258277193_586949ec62.jpg.1, and captions of withheld images
 
 
