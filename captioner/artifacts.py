@@ -7,7 +7,6 @@ How to get a good one comes from dvc.yaml, the one place that says which stage w
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from captioner import CaptionerError
+from captioner.files import sha256_of
 
 # What a damaged file of any format raises while it is parsed; a bug elsewhere still shows its traceback.
 DAMAGE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError)
@@ -67,13 +67,10 @@ def _cached_copy(project: Path, out: str, file: str) -> str:
             manifest = json.loads((cache / digest[:2] / digest[2:]).read_text())
             relative = PurePosixPath(file).relative_to(out).as_posix()
             digest = next(entry["md5"] for entry in manifest if entry["relpath"] == relative)
-        md5 = hashlib.md5()
-        with open(cache / digest[:2] / digest[2:], "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                md5.update(block)
+        actual = sha256_of(cache / digest[:2] / digest[2:], "md5")
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return "missing"
-    return "good" if md5.hexdigest() == digest else "damaged"
+    return "good" if actual == digest else "damaged"
 
 
 def damaged(path: Path | str, what: str) -> CaptionerError:

@@ -73,7 +73,8 @@ class ExportedCaptioner(tf.Module):
         self.caption_pixels = tf.function(self._caption_pixels, input_signature=[pixels])
 
     def _serve(self, images):
-        index, pixels = self._decodable(images)
+        claims = claimed_pixels_each(images)  # walked once: the decode check and the reasons both read them
+        index, pixels = self._decodable(images, claims)
         # Not the encoder on an empty batch: oneDNN's batch norm (TensorFlow's default kernels on AVX-512 VNNI CPUs)
         # fails on one, and so would the whole request where no image decodes.
         nothing = (tf.zeros([0, self.settings[0]], tf.int32), tf.zeros([0], tf.float32))
@@ -83,7 +84,7 @@ class ExportedCaptioner(tf.Module):
         slot = tf.tensor_scatter_nd_update(
             tf.fill(tf.shape(images), tf.size(index)), index[:, None], tf.range(tf.size(index))
         )
-        errors = tf.where(slot < tf.size(index), "", _problem(images))
+        errors = tf.where(slot < tf.size(index), "", _problem(images, claims))
         return {
             "captions": tf.gather(tf.concat([captions, [""]], 0), slot),
             "log_probs": tf.gather(tf.concat([log_probs, [0.0]], 0), slot),
@@ -115,20 +116,20 @@ class ExportedCaptioner(tf.Module):
         log_probs = tf.where(fits, log_probs, tf.fill(tf.shape(log_probs), float("nan")))
         return {"words": self._words(ids), "log_probs": log_probs, "errors": errors}
 
-    def _decodable(self, images):
-        """The index of each image that decodes (and is not too large), and those images preprocessed. ``tf.data``'s
+    def _decodable(self, images, claims):
+        """The index of each image that decodes (and is not too large, by its ``claims``: ``claimed_pixels_each``),
+        and those images preprocessed. ``tf.data``'s
         ``ignore_errors`` drops an image that fails instead of failing the batch; it only tries each decode, as a
         dataset built per call with the whole preprocessing in it cost ~0.6 s a call."""
         count = tf.shape(images)[0]
 
-        def decodes(index, encoded):
+        def decodes(index, encoded, claimed):
             tf.debugging.assert_less_equal(tf.strings.length(encoded), MAX_IMAGE_BYTES)
-            claimed = claimed_pixels(encoded)  # before decoding a bomb
-            tf.debugging.assert_less_equal(claimed, tf.constant(MAX_IMAGE_PIXELS, tf.int64))
+            tf.debugging.assert_less_equal(claimed, tf.constant(MAX_IMAGE_PIXELS, tf.int64))  # before decoding a bomb
             tf.debugging.assert_non_negative(claimed)  # a JPEG or GIF whose structure does not walk
             return index, tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
-        tried = tf.data.Dataset.from_tensor_slices((tf.range(count), images)).map(decodes).ignore_errors()
+        tried = tf.data.Dataset.from_tensor_slices((tf.range(count), images, claims)).map(decodes).ignore_errors()
         none = (tf.zeros([0], tf.int32), tf.zeros([0, 3], tf.int32))
         index, _ = tried.batch(tf.cast(tf.maximum(count, 1), tf.int64)).reduce(none, lambda _, batch: batch)
         load = partial(decode_image, size=self.size, preprocess=self.preprocess)
@@ -165,6 +166,7 @@ def _saveable(model):
 
 
 UNKNOWN_SIZE = -1  # claimed_pixels of a JPEG or GIF whose structure does not walk: refused, as undecodable
+_NOT_FOUND = -2  # the JPEG walk's pixels until it reaches the frame header or gives up
 _WALK_STEPS = 1 << 18  # markers or blocks walked at most: a 64 MB GIF has at most this many data sub-blocks
 
 
@@ -228,11 +230,11 @@ def _jpeg_pixels(at, number, length):
         return position + advance, pixels, steps + 1
 
     def walking(position, pixels, steps):
-        return tf.logical_and(tf.logical_and(pixels == -2, position < length), steps < _WALK_STEPS)
+        return tf.logical_and(tf.logical_and(pixels == _NOT_FOUND, position < length), steps < _WALK_STEPS)
 
-    start = (tf.constant(2, tf.int64), tf.constant(-2, tf.int64), tf.constant(0, tf.int64))
+    start = (tf.constant(2, tf.int64), tf.constant(_NOT_FOUND, tf.int64), tf.constant(0, tf.int64))
     _, pixels, _ = tf.while_loop(walking, step, start)
-    return tf.where(pixels == -2, tf.constant(UNKNOWN_SIZE, tf.int64), pixels)
+    return tf.where(pixels == _NOT_FOUND, tf.constant(UNKNOWN_SIZE, tf.int64), pixels)
 
 
 def _gif_pixels(at, number, length):
@@ -272,18 +274,24 @@ def _gif_pixels(at, number, length):
     return tf.where(steps >= _WALK_STEPS, tf.constant(UNKNOWN_SIZE, tf.int64), canvas * tf.maximum(frames, 1))
 
 
-def _problem(images):
-    """Why each image would not decode, from its size and first bytes (the decoder says no more than that)."""
-    known = tf.reduce_any(tf.stack([tf.strings.substr(images, 0, len(magic)) == magic for magic in MAGIC]), axis=0)
-    length = tf.strings.length(images)
+def claimed_pixels_each(images):
+    """``claimed_pixels`` of each encoded image (int64 [N]); 0 for one over the size limit, not walked: its size is
+    its reason."""
 
-    def claimed(encoded):  # not walked past the size limit: its reason is the size
+    def claimed(encoded):
         small = tf.strings.length(encoded) <= MAX_IMAGE_BYTES
         return tf.cond(small, lambda: claimed_pixels(encoded), lambda: tf.constant(0, tf.int64))
 
-    pixels = tf.map_fn(claimed, images, fn_output_signature=tf.int64)
+    return tf.map_fn(claimed, images, fn_output_signature=tf.int64)
+
+
+def _problem(images, claims):
+    """Why each image would not decode, from its size, first bytes and ``claims`` (``claimed_pixels_each``): the
+    decoder says no more than that."""
+    known = tf.reduce_any(tf.stack([tf.strings.substr(images, 0, len(magic)) == magic for magic in MAGIC]), axis=0)
+    length = tf.strings.length(images)
     problem = tf.where(
-        known, tf.where(pixels > tf.constant(MAX_IMAGE_PIXELS, tf.int64), TOO_MANY_PIXELS, UNDECODABLE), NOT_AN_IMAGE
+        known, tf.where(claims > tf.constant(MAX_IMAGE_PIXELS, tf.int64), TOO_MANY_PIXELS, UNDECODABLE), NOT_AN_IMAGE
     )
     return tf.where(length == 0, "empty input", tf.where(length > MAX_IMAGE_BYTES, TOO_LARGE, problem))
 

@@ -56,7 +56,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 # TensorFlow's writers (SavedModel, TensorFlow Lite, checkpoints) report a full disk or a file-size limit as errors
 # of their own, the system's words at the end of the message.
 _TENSORFLOW_WRITE_ERRORS = {"OutOfRangeError", "ResourceExhaustedError", "PermissionDeniedError", "UnknownError"}
-_SYSTEM_WORDS = {errno_: os.strerror(errno_) for errno_ in WRITE_FAULTS}
+_SYSTEM_WORDS = [os.strerror(code) for code in WRITE_FAULTS]
 
 
 def _tensorflow_write_fault(err: Exception) -> str | None:
@@ -65,7 +65,7 @@ def _tensorflow_write_fault(err: Exception) -> str | None:
     if not type(err).__module__.startswith("tensorflow") or type(err).__name__ not in _TENSORFLOW_WRITE_ERRORS:
         return None
     message = str(err)
-    return next((words for words in _SYSTEM_WORDS.values() if words.lower() in message.lower()), None)
+    return next((words for words in _SYSTEM_WORDS if words.lower() in message.lower()), None)
 
 
 SCRATCH = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")  # atomic_path's temporaries
@@ -107,8 +107,9 @@ def _running(pid: int) -> bool:
     return True
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_of(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of the file at ``path``, read a megabyte at a time (another ``algorithm``: DVC's md5)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)

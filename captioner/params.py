@@ -262,22 +262,23 @@ def check_memory(values: dict, memory: int | None = None) -> None:
     if train.get("finetune_from") and "batch_size" in train:
         batches.append(("train.batch_size", train["batch_size"]))
     for name, batch in batches:
-        needed = batch * size * size * BYTES_PER_PIXEL
-        if needed > memory:
-            raise ParamError(
-                f"{name} {batch} × features.image_size {size}² needs ~{needed / 2**30:.0f} GB at once, more than this "
-                f"machine's {memory / 2**30:.0f} GB; lower either"
-            )
+        _refuse_beyond(
+            memory, batch * size * size * BYTES_PER_PIXEL, f"{name} {batch} × features.image_size {size}²", "either"
+        )
 
 
 def check_feature_batch(batch_size: int, feature_shape: tuple[int, ...], memory: int | None = None) -> None:
     """ParamError when ``train.batch_size`` batches of features of ``feature_shape`` (a grid: cells × channels) need
     more memory than the machine has, at least 4 bytes a value twice (the batch and its gradient's activations)."""
-    memory = memory or machine_memory()
-    values = batch_size * int(np.prod(feature_shape))
-    if values * 8 > memory:
-        shape = " × ".join(map(str, feature_shape))
+    what = f"train.batch_size {batch_size} × features of {' × '.join(map(str, feature_shape))}"
+    needed = batch_size * int(np.prod(feature_shape)) * 8
+    _refuse_beyond(memory or machine_memory(), needed, what, "train.batch_size or features.image_size")
+
+
+def _refuse_beyond(memory: int, needed: int, what: str, lower: str) -> None:
+    """The one line of the memory rules: ``what`` needs ``needed`` bytes, more than ``memory``."""
+    if needed > memory:
         raise ParamError(
-            f"train.batch_size {batch_size} × features of {shape} needs ~{values * 8 / 2**30:.0f} GB at once, more "
-            f"than this machine's {memory / 2**30:.0f} GB; lower train.batch_size or features.image_size"
+            f"{what} needs ~{needed / 2**30:.0f} GB at once, more than this machine's {memory / 2**30:.0f} GB; "
+            f"lower {lower}"
         )

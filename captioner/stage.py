@@ -72,8 +72,9 @@ def _read_yaml(path: Path, aliases: bool = False) -> dict:
 
     restore = f"`git checkout {path.name}` restores it"
     try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise CaptionerError(f"{path}: {path.stat().st_size >> 20} MB, not a params file; {restore}")
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise CaptionerError(f"{path}: {size >> 20} MB, not a params file; {restore}")
         text, reader = path.read_text(encoding="utf-8"), YAML(typ="safe", pure=True)
         if not aliases and any(isinstance(event, AliasEvent) for event in reader.parse(text)):
             raise CaptionerError(f"{path}: uses a YAML alias (*name); write each value out")

@@ -247,6 +247,13 @@ def test_caption_with_export_refuses_a_saved_model_of_another_signature_in_one_l
     )
 
 
+def problems(images):
+    """Why the SavedModel would refuse each of ``images``, computed in a graph as it does."""
+    import tensorflow as tf
+
+    return tf.function(lambda images: export._problem(images, export.claimed_pixels_each(images)))(images)
+
+
 def test_a_header_claiming_too_many_pixels_is_refused_before_decoding_and_named():
     """Generated hostile headers: a few bytes claiming billions of pixels (PNG, GIF, BMP stored top-down), headers cut
     short, random bytes. Sizes are read without decoding, never fail, and a bomb gets its own reason."""
@@ -268,7 +275,7 @@ def test_a_header_claiming_too_many_pixels_is_refused_before_decoding_and_named(
     pixels = [int(claimed(tf.constant(claim))) for claim in claims]
     assert pixels[:4] == [10**10, 65535**2, 1_200_000_000, 640 * 480]
     assert pixels[7] == 2**62 and all(0 <= value for value in pixels)  # clamped: no overflow past the check
-    reasons = [reason.decode() for reason in tf.function(export._problem)(tf.constant(claims[:4])).numpy()]  # graph
+    reasons = [reason.decode() for reason in problems(tf.constant(claims[:4])).numpy()]
     assert reasons == [export.TOO_MANY_PIXELS] * 3 + [export.UNDECODABLE]
 
 
@@ -314,7 +321,7 @@ def test_every_format_and_every_frame_is_counted_before_decoding():
     claims = [int(claimed(tf.constant(encoded))) for encoded in bombs + broken]
     assert claims[0] == 144_000_000 and claims[1] == 16384**2 and claims[2] > 80_000_000
     assert claims[3:] == [export.UNKNOWN_SIZE] * 2
-    reasons = [reason.decode() for reason in tf.function(export._problem)(tf.constant(bombs + broken)).numpy()]
+    reasons = [reason.decode() for reason in problems(tf.constant(bombs + broken)).numpy()]
     assert reasons == [export.TOO_MANY_PIXELS] * 3 + [export.UNDECODABLE] * 2
     # Hostile bytes after each format's signature: the walk always ends, never fails, and claims ≥ -1.
     rng = np.random.default_rng(1)
