@@ -4,7 +4,7 @@
     python bench/bleu_spread.py [--draws 1000]
 
 Reads metrics/test_captions.tsv, redraws as many images with replacement ``--draws`` times
-(``captioner.metrics.bleu4_bootstrap``, which `caption-diff` uses too) and prints BLEU-4, the draws'
+(``captioner.evaluation.metrics.bleu4_bootstrap``, which `caption-diff` uses too) and prints BLEU-4, the draws'
 standard deviation and their 2.5–97.5 % interval.
 """
 
@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from captioner import metrics
+from captioner.evaluation import metrics
 from captioner.report import TEST_CAPTIONS, read_test_captions
 
 

@@ -1,4 +1,4 @@
-"""Decoding speed: the compiled loops (captioner.decoding) against the Python-loop decoding they replaced (kept as
+"""Decoding speed: the compiled loops (captioner.model.decoding) against the Python-loop decoding they replaced (kept as
 the tests' reference, tests/reference_decoding.py), and the caption command's cold and warm times, repository model
 against exported model. Methods take turns, round after round, in one run.
 
@@ -28,11 +28,13 @@ sys.path.insert(0, str(PROJECT))  # tests/reference_decoding.py, the Python-loop
 from captioner import process  # noqa: E402
 
 process.prepare()  # as the stages and the caption command run: before TensorFlow starts
-from captioner import decoding, export  # noqa: E402
+from captioner import export  # noqa: E402
 from captioner.captioning import Captioner  # noqa: E402
 from captioner.datasets import read_captions  # noqa: E402
-from captioner.features import FeatureFile  # noqa: E402
+from captioner.features.extraction import FeatureFile  # noqa: E402
 from captioner.layout import Layout  # noqa: E402
+from captioner.model import decoding  # noqa: E402
+from captioner.model.decoding import DecodeSettings  # noqa: E402
 from captioner.text import Vocabulary  # noqa: E402
 from tests import reference_decoding as reference  # noqa: E402
 
@@ -47,13 +49,14 @@ def best_rate(function, count: int, rounds: list) -> None:
 
 def decoding_rates(captioner: Captioner, features: np.ndarray, max_len: int, rounds: int) -> dict[str, float]:
     """Captions/s of each method, ``BATCH`` images a call (as evaluate decodes), the best of ``rounds``."""
-    decoder, rows, read = captioner.decoder, np.arange(len(features)), features.__getitem__
+    stepper, rows, read = captioner.stepper, np.arange(len(features)), features.__getitem__
     ends, beam = (Vocabulary.start_id, Vocabulary.end_id), {"beam_size": 3, "batch_size": BATCH}
+    settings = DecodeSettings(beam_size=3, max_len=max_len)
     methods = {
-        "Python-loop greedy": lambda: reference.greedy(decoder, read, rows, *ends, max_len, BATCH),
-        "compiled greedy": lambda: decoding.greedy(decoder, read, rows, *ends, max_len, BATCH),
-        "Python-loop beam 3": lambda: reference.beam_search(decoder, read, rows, *ends, max_len, **beam)[0],
-        "compiled beam 3": lambda: decoding.beam_search(decoder, read, rows, *ends, max_len, **beam)[0],
+        "Python-loop greedy": lambda: reference.greedy(stepper, read, rows, *ends, max_len, BATCH),
+        "compiled greedy": lambda: decoding.greedy(stepper, read, rows, max_len, BATCH).ids,
+        "Python-loop beam 3": lambda: reference.beam_search(stepper, read, rows, *ends, max_len, **beam)[0],
+        "compiled beam 3": lambda: decoding.beam_search(stepper, read, rows, settings, BATCH).ids,
     }
     outputs = {name: method() for name, method in methods.items()}  # traced once, and the captions compared
     for kind in ("greedy", "beam 3"):
@@ -115,7 +118,7 @@ def main() -> None:
     with FeatureFile(Layout().features_file(card["encoder"]), card["encoder"]) as store:
         images = sorted({image for image, _ in read_captions(Layout().split_captions("test"))} & set(store.row_of))
         images = images[: arguments.images]
-        features = store.read(np.array([store.row_of[image] for image in images]), not captioner.decoder.reads_grid)
+        features = store.read(np.array([store.row_of[image] for image in images]), not captioner.stepper.reads_grid)
     spec = captioner.trained.spec
     print(f"{card.get('dataset')}: {spec.rnn} {spec.arch} {spec.units}, {len(images)} test images, max_len {max_len}")
     rates = decoding_rates(captioner, features, max_len, arguments.rounds)
@@ -128,7 +131,7 @@ def main() -> None:
     paths = [Layout().images / image for image in images[: arguments.caption_images]]
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "export"
-        export.export(captioner, exported, beam_size=3, max_len=max_len, length_penalty=0.0)
+        export.export(captioner, exported, DecodeSettings(beam_size=3, max_len=max_len))
         caption_times(captioner, exported, paths, max_len)
 
 

@@ -11,6 +11,7 @@ search, and prints BLEU-1…4, CIDEr-D, METEOR (when Java is there) and captions
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -18,13 +19,15 @@ import numpy as np
 from captioner import process
 
 process.prepare()  # as the evaluate stage runs: before TensorFlow starts
-from captioner import decoding, metrics  # noqa: E402
-from captioner.checkpoint import Trained  # noqa: E402
 from captioner.datasets import read_captions, split_references  # noqa: E402
-from captioner.ensemble import decoder_of  # noqa: E402
-from captioner.ensemble import members as ensemble_of  # noqa: E402
-from captioner.features import FeatureFile  # noqa: E402
+from captioner.evaluation import metrics  # noqa: E402
+from captioner.features.extraction import FeatureFile  # noqa: E402
 from captioner.layout import Layout  # noqa: E402
+from captioner.model import decoding  # noqa: E402
+from captioner.model.checkpoint import Trained  # noqa: E402
+from captioner.model.decoding import DecodeSettings  # noqa: E402
+from captioner.model.ensemble import members as ensemble_of  # noqa: E402
+from captioner.model.ensemble import stepper_of  # noqa: E402
 from captioner.stage import declared_params  # noqa: E402
 from captioner.text import Vocabulary  # noqa: E402
 
@@ -45,14 +48,11 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for count in range(1, len(members) + 1):
             chosen = members[:count]
-            stepper = decoder_of(chosen)
+            stepper = stepper_of(chosen)
             read = store.reader(not stepper.reads_grid)
-            decode = (vocab.start_id, vocab.end_id, params["evaluate"]["max_len"])
+            settings = dataclasses.replace(DecodeSettings(**params["evaluate"]), beam_size=arguments.beam)
             started = time.perf_counter()
-            if arguments.beam > 1:
-                generated, _ = decoding.beam_search(stepper, read, rows, *decode, arguments.beam)
-            else:
-                generated = decoding.greedy(stepper, read, rows, *decode)
+            generated = decoding.decode(stepper, read, rows, settings).ids
             rate = len(rows) / (time.perf_counter() - started)
             hypotheses = [vocab.decode(ids) for ids in generated]
             scores = metrics.corpus_bleu(references, hypotheses) | metrics.coco_scores(references, hypotheses)[0]

@@ -19,7 +19,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 # The stage as it ran before: METEOR starts only when coco_scores first needs it.
 LATE = """
 import runpy, sys, types
-import captioner.evaluation as evaluation, captioner.metrics as metrics
+import captioner.evaluation.evaluate as evaluation, captioner.evaluation.metrics as metrics
 shim = types.SimpleNamespace(**{name: getattr(metrics, name) for name in dir(metrics) if not name.startswith("__")})
 shim.start_meteor = lambda: None
 evaluation.metrics = shim

@@ -43,7 +43,7 @@ def stage_rate(extractor, paths: list[Path], target: Path, batch_size: int = 32)
 
 def in_memory_rates(extractor, paths: list[Path], batch_size: int = 32) -> tuple[float, float]:
     """Images/s of bare ``model.predict`` and of the stage's compiled forward pass, on decoded images."""
-    from captioner.features import _image_dataset
+    from captioner.features.extraction import _image_dataset
 
     decoded = np.concatenate(
         [batch.numpy() for _, batch in _image_dataset(paths, extractor.size, extractor.encoder.preprocess, 64)]
@@ -82,8 +82,8 @@ def peak_rss_mib(count: int) -> float:
 
 
 def rss_child(count: int) -> None:
-    from captioner import encoders
-    from captioner.features import Extractor
+    from captioner.features import encoders
+    from captioner.features.extraction import Extractor
 
     with tempfile.TemporaryDirectory() as scratch:
         paths = unpack_images(count, Path(scratch))
@@ -94,9 +94,9 @@ def rss_child(count: int) -> None:
 def lite_family(rounds: int = 3) -> None:
     """Stage img/s of Lite0, Lite1 and Lite2 (ImageNet weights, grid, each at its own input size) on the same
     256 images, the three taking turns ``rounds`` times."""
-    from captioner import encoders
-    from captioner.efficientnet_lite import VARIANTS
-    from captioner.features import Extractor
+    from captioner.features import encoders
+    from captioner.features.efficientnet_lite import VARIANTS
+    from captioner.features.extraction import Extractor
 
     with tempfile.TemporaryDirectory() as scratch:
         paths = unpack_images(256, Path(scratch))
@@ -116,8 +116,8 @@ def lite_family(rounds: int = 3) -> None:
 
 
 def main() -> None:
-    from captioner import encoders
-    from captioner.features import Extractor
+    from captioner.features import encoders
+    from captioner.features.extraction import Extractor
 
     with tempfile.TemporaryDirectory() as scratch:
         paths = unpack_images(256, Path(scratch))

@@ -27,14 +27,16 @@ import keras
 import numpy as np
 from train_speed import timed_side_by_side
 
-from captioner import batching, decoder, encoders, finetuning
-from captioner.config import TrainConfig
 from captioner.datasets import read_captions
-from captioner.features import FeatureFile, load_image
+from captioner.features import encoders
+from captioner.features.extraction import FeatureFile, load_image
 from captioner.layout import Layout
+from captioner.model import decoder
 from captioner.stage import declared_params
 from captioner.text import Vocabulary
-from captioner.trainer import Trainer
+from captioner.training import batching, finetuning
+from captioner.training.config import TrainConfig
+from captioner.training.trainer import Trainer
 
 
 def endless(batches: batching.CaptionBatches):

@@ -16,7 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 from extract_features import unpack_images  # bench/ is on sys.path when run as a script
 
-from captioner import features
+from captioner.features import extraction as features
 
 
 def plain_load(path, size: int, preprocess):

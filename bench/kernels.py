@@ -38,8 +38,9 @@ def worker(images: int, steps: int) -> None:
     from captioner import process
 
     process.prepare()
-    from captioner import encoders, features
     from captioner.datasets import read_split_list
+    from captioner.features import encoders
+    from captioner.features import extraction as features
     from captioner.layout import Layout
     from captioner.stage import declared_params
 

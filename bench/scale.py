@@ -57,15 +57,17 @@ def write_dataset(folder: Path, images: int) -> None:
 def measure(folder: Path) -> dict:
     """In this (fresh) process: the train stage's reading and a training slice of both decoder kinds, then
     decoding; the peak RSS and the seconds each part took."""
-    from captioner import decoding
-    from captioner.batching import encode_split
-    from captioner.config import TrainConfig
     from captioner.datasets import read_captions
-    from captioner.decoder import DecoderSpec, Stepper, architecture
-    from captioner.features import FeatureFile
+    from captioner.features.extraction import FeatureFile
+    from captioner.model import decoding
+    from captioner.model.decoder import Stepper, architecture
+    from captioner.model.decoding import DecodeSettings
+    from captioner.model.spec import DecoderSpec
     from captioner.stage import declared_params
     from captioner.text import Vocabulary
-    from captioner.trainer import Trainer, frozen_run
+    from captioner.training.batching import encode_split
+    from captioner.training.config import TrainConfig
+    from captioner.training.trainer import Trainer, frozen_run
 
     defaults = TrainConfig.from_params(declared_params("train"))  # the params' train settings
     seconds = {}
@@ -78,7 +80,7 @@ def measure(folder: Path) -> dict:
             started = time.perf_counter()
             spec = DecoderSpec("gru", arch, units=256, embedding_dim=128, dropout=0.0, attention_units=128)
             decoder = architecture(spec, len(vocab))
-            model = decoder.build(store.shape(spec.pooled(store.pooling)))
+            model = decoder.build(store.shape(not spec.reads_grid(store.pooling)))
             config = dataclasses.replace(defaults, decoder=spec, batch_size=64, learning_rate=1e-3, seed=0)
             run = frozen_run(model, config, store, encoded)
             batches = run.batches["train"]
@@ -89,8 +91,8 @@ def measure(folder: Path) -> dict:
                     break
             rows = np.linspace(0, len(store.row_of) - 1, DECODED).astype(np.int64)  # spread over the file
             stepper = Stepper(decoder)
-            decoding.greedy(stepper, run.read, rows, vocab.start_id, vocab.end_id, 16)
-            decoding.beam_search(stepper, run.read, rows, vocab.start_id, vocab.end_id, 16, beam_size=3)
+            decoding.greedy(stepper, run.read, rows, 16)
+            decoding.beam_search(stepper, run.read, rows, DecodeSettings(beam_size=3, max_len=16))
             seconds[arch] = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"peak_rss_mb": peak, "captions": len(encoded["train"][0]), "seconds": seconds}

@@ -28,21 +28,23 @@ def train_steps(steps: int) -> tuple[str, Callable[[], None], Callable[[], str]]
 
     import numpy as np
 
-    from captioner import batching, decoder, training
-    from captioner.config import TrainConfig
     from captioner.datasets import read_captions
-    from captioner.features import FeatureFile
+    from captioner.features.extraction import FeatureFile
     from captioner.layout import Layout
+    from captioner.model import decoder
     from captioner.stage import declared_params
     from captioner.text import Vocabulary
-    from captioner.trainer import Trainer
+    from captioner.training import batching
+    from captioner.training import train as training
+    from captioner.training.config import TrainConfig
+    from captioner.training.trainer import Trainer
 
     params = declared_params("train")
     config = TrainConfig.from_params(params)
     spec, settings = config.decoder, params["train"]
     vocab = Vocabulary.load(Layout().vocab)
     with FeatureFile(Layout().features_file(params["encoder"]), params["encoder"]) as store:
-        pooled = spec.pooled(store.pooling)
+        pooled = not spec.reads_grid(store.pooling)
         captions, shape = read_captions(Layout().split_captions("train")), store.shape(pooled)
         rows, sequences, _ = batching.encode_captions(captions, store.row_of, vocab)
         data = batching.CaptionBatches(store.reader(pooled), shape, rows, sequences, settings["batch_size"], seed=0)

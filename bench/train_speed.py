@@ -32,14 +32,17 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from captioner import batching, decoder, training
-from captioner.config import PRECISIONS, TrainConfig
 from captioner.datasets import read_captions
-from captioner.features import FeatureFile
+from captioner.features.extraction import FeatureFile
 from captioner.layout import Layout
+from captioner.model import decoder
+from captioner.model.spec import DecoderSpec
 from captioner.stage import declared_params
 from captioner.text import Vocabulary
-from captioner.trainer import Trainer
+from captioner.training import batching
+from captioner.training import train as training
+from captioner.training.config import PRECISIONS, TrainConfig
+from captioner.training.trainer import Trainer
 
 BATCH = 64
 SIZE = 256
@@ -131,7 +134,7 @@ def machine_limit(table, rows, sequences, vocab, mixed: str, rounds: int, archs:
     batches = [batch for batch, _ in zip(itertools.cycle(data), range(50), strict=False)]
     tokens_per_step = int(np.mean([(tokens[:, 1:] != 0).sum() for _, tokens in batches]))
     specs = {arch: dataclasses.replace(config.decoder, arch=arch) for arch in archs}
-    if any(spec.needs_grid for spec in specs.values()):
+    if any(spec.arch == "attention" for spec in specs.values()):
         raise SystemExit("the FLOP/s part reads pooled features: leave attention out")
     runs = {}  # (arch, policy) → (one step over the batches, its FLOPs, the dense matmul, its FLOPs)
     for arch, spec in specs.items():
@@ -237,7 +240,7 @@ def prefix_expansion_vs_ours(arguments, table: np.ndarray, splits: dict, vocab: 
     seed_batches = prefix_batches(table, rows, sequences, len(vocab), max_len, np.random.default_rng(0))
     seed_step = seeds.train_on_batch
 
-    ours = decoder.architecture(decoder.DecoderSpec("lstm", "merge", SIZE, SIZE, dropout=0.5), len(vocab))
+    ours = decoder.architecture(DecoderSpec("lstm", "merge", SIZE, SIZE, dropout=0.5), len(vocab))
     config = dataclasses.replace(TrainConfig.from_params(declared_params("train")), learning_rate=1e-3, clipnorm=5.0)
     trainer = Trainer(ours.build(table.shape[1:]), ours.head, config)
 
@@ -270,7 +273,7 @@ def prefix_expansion_vs_ours(arguments, table: np.ndarray, splits: dict, vocab: 
     print(f"after {arguments.budget:.0f} s of training each (+ the timed batches):")
     prefix_dev_loss = seed_dev_loss(seeds, table, dev_rows, dev_sequences, max_len)
     print(f"  prefix expansion: {seed_done} batches, dev loss {prefix_dev_loss:.3f}")
-    print(f"  ours:  {our_done} batches, dev loss {trainer.run_epoch(dev, False, 'dev').loss:.3f}")
+    print(f"  ours:  {our_done} batches, dev loss {trainer.dev_loss(dev, 'dev').loss:.3f}")
 
 
 if __name__ == "__main__":

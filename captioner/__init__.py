@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from captioner.captioning import Captioner
-    from captioner.config import TrainConfig
     from captioner.layout import Layout
+    from captioner.training.config import TrainConfig
 
 __all__ = ["Captioner", "CaptionerError", "Layout", "TrainConfig", "train", "train_config"]
 
@@ -26,9 +26,9 @@ class CaptionerError(Exception):
 def train_config(project: Layout | str = ".", member: str | None = None) -> TrainConfig:
     """The train stage's config as the params.yaml of the project folder ``project`` sets it (with ``member``: that
     ensemble member's). Change it with ``dataclasses.replace``. A bad param is a one-line ``CaptionerError``."""
-    from captioner.config import TrainConfig
     from captioner.layout import Layout
     from captioner.stage import declared_params
+    from captioner.training.config import TrainConfig
 
     root = (project if isinstance(project, Layout) else Layout(project)).root
     return TrainConfig.from_params(declared_params("train", root, member=member))
@@ -44,11 +44,11 @@ def train(config: TrainConfig, project: Layout | str = ".", into: Layout | str |
     from captioner.layout import Layout
 
     process.prepare()
-    from captioner import training
+    from captioner.training.train import train as train_model
 
     inputs = project if isinstance(project, Layout) else Layout(project)
     outputs = into if isinstance(into, Layout) else Layout(into) if into is not None else inputs
-    return training.run(config, inputs, outputs.training_outputs(config.member))
+    return train_model(config, inputs, outputs.training_outputs(config.member))
 
 
 def __getattr__(name: str):
@@ -61,7 +61,7 @@ def __getattr__(name: str):
 
         return Captioner
     if name == "TrainConfig":
-        from captioner.config import TrainConfig
+        from captioner.training.config import TrainConfig
 
         return TrainConfig
     if name == "Layout":

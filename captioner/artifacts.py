@@ -13,8 +13,6 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-import yaml
-
 from captioner import CaptionerError
 from captioner.files import sha256_of
 
@@ -25,6 +23,8 @@ DAMAGE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile
 def remedy(path: Path | str) -> str:
     """How to get a good copy of ``path``: ``dvc checkout`` and the stage that writes it, as the dvc.yaml of the
     project it is in (the nearest folder above it holding one) says."""
+    import yaml  # here, not at the top: model code reports damaged artifacts and reads no YAML itself
+
     project = next((folder for folder in Path(path).parents if (folder / "dvc.yaml").is_file()), None)
     target = PurePosixPath(Path(path).relative_to(project).as_posix()) if project else PurePosixPath()
     try:
@@ -55,6 +55,8 @@ def _cached_copy(project: Path, out: str, file: str) -> str:
     """What DVC's cache holds of ``file`` (inside the output ``out``) as ``dvc.lock`` records it: "good" bytes,
     "damaged" ones (the object's bytes do not match its hash: a corrupt cache or remote), "missing" (``dvc pull``
     fetches it), or "unknown" (no record)."""
+    import yaml
+
     try:
         lock = yaml.safe_load((project / "dvc.lock").read_text())
         recorded = [entry for stage in lock["stages"].values() for entry in stage.get("outs", [])]

@@ -17,10 +17,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from captioner import decoding, encoders, ensemble
-from captioner.checkpoint import Trained
-from captioner.decoder import StepwiseDecoder
-from captioner.features import Extractor
+from captioner.features import encoders
+from captioner.features.extraction import Extractor
+from captioner.model import decoding, ensemble
+from captioner.model.checkpoint import Trained
+from captioner.model.decoder import Steppable
+from captioner.model.decoding import DecodeSettings
 
 CHUNK = 32  # images decoded and captioned at a time: 32 × 224² × 3 floats, 19 MB of pixels
 
@@ -39,7 +41,7 @@ class Captioner:
     trained: Trained
     extractor: Extractor
     members: list[Trained]  # the ensemble it decodes with: ``trained`` first; just it without others
-    decoder: StepwiseDecoder  # the members decoding as one (``ensemble.decoder_of``)
+    stepper: Steppable  # the members decoding as one (``ensemble.stepper_of``)
 
     @classmethod
     def load(cls, directory: Path | str = "models", others: list[Path | str] = ()) -> Captioner:
@@ -52,7 +54,7 @@ class Captioner:
         extractor = Extractor(
             encoders.get(card["encoder"]), pooling, card["weights_param"], card["input_size"], model=trained.encoder
         )
-        return cls(trained, extractor, every, ensemble.decoder_of(every))
+        return cls(trained, extractor, every, ensemble.stepper_of(every))
 
     def caption(
         self,
@@ -87,16 +89,8 @@ class Captioner:
         captions: dict[Path, Caption] = {path: Caption(path, "", math.nan, reason) for path, reason in failures.items()}
         if readable:
             vocab = self.trained.vocab
-            ids, log_probs = decoding.beam_search(
-                self.decoder,
-                features.__getitem__,
-                np.arange(len(readable)),
-                vocab.start_id,
-                vocab.end_id,
-                max_len or vocab.max_length,
-                beam_size,
-                length_penalty,
-            )
-            for path, row, log_prob in zip(readable, ids, log_probs, strict=True):
+            settings = DecodeSettings(beam_size, length_penalty, max_len or vocab.max_length)
+            decoded = decoding.beam_search(self.stepper, features.__getitem__, np.arange(len(readable)), settings)
+            for path, row, log_prob in zip(readable, decoded.ids, decoded.log_probs, strict=True):
                 captions[path] = Caption(path, " ".join(vocab.decode(row)), float(log_prob), None)
         return [captions[path] for path in paths]

@@ -2,8 +2,8 @@
 repository), and a TensorFlow Lite file of the same graph.
 
 Everything is inside: decoding the bytes, turning the image upright by its EXIF orientation, resizing and
-preprocessing (``captioner.features.decode_image``, the pipeline's own), the encoder (frozen or fine-tuned), the
-decoder or the ensemble, beam search (``captioner.decoding.Loops``) and the vocabulary. The serving signature:
+preprocessing (``captioner.features.extraction.decode_image``, the pipeline's own), the encoder (frozen or fine-tuned),
+the decoder or the ensemble, beam search (``captioner.model.decoding.Loops``) and the vocabulary. The serving signature:
 
 - input ``images``: string [N], the encoded files' bytes (JPEG, PNG, GIF or BMP);
 - outputs ``captions`` (string [N]), ``log_probs`` (float32 [N], the caption's summed log-probability) and
@@ -25,11 +25,13 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from captioner import CaptionerError, artifacts, decoding
+from captioner import CaptionerError, artifacts
 from captioner.captioning import CHUNK, Captioner
-from captioner.features import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, decode_image, encoder_input, image_problem
+from captioner.features.extraction import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, decode_image, encoder_input, image_problem
 from captioner.files import atomic_path, write_text
 from captioner.layout import Layout
+from captioner.model import decoding
+from captioner.model.decoding import DecodeSettings
 from captioner.text import SPECIAL_TOKENS, Vocabulary
 
 SAVED_MODEL, TFLITE_FILE, EXPORT_CARD = "saved_model", "captioner.tflite", "export.json"
@@ -50,17 +52,17 @@ class ExportedCaptioner(tf.Module):
     """A ``Captioner`` as one TensorFlow module: ``serve`` (the SavedModel's signature) and ``caption_pixels``
     (the TensorFlow Lite file's)."""
 
-    def __init__(self, captioner: Captioner, beam_size: int, max_len: int, length_penalty: float):
+    def __init__(self, captioner: Captioner, settings: DecodeSettings):
         super().__init__(name="captioner")
         extractor = captioner.extractor
         self.encoder = _saveable(extractor.model)  # tracked: its variables are saved
-        self.decoders = [member.decoder for member in captioner.members]
-        decoding.check_length(captioner.decoder, max_len)
-        self.loops = decoding.loops(captioner.decoder)
+        self.decoders = [member.model for member in captioner.members]  # tracked: their variables are saved
+        decoding.check_length(captioner.stepper, settings.max_len)
+        self.loops = decoding.loops(captioner.stepper)
         self.size, self.preprocess, self.grid = extractor.size, extractor.encoder.preprocess, extractor.pooling
         tokens = captioner.trained.vocab.tokens
         self.words = tf.constant(["" if token in SPECIAL_TOKENS else token for token in tokens])  # specials: no word
-        self.settings = (max_len, beam_size, float(length_penalty))
+        self.settings = (settings.max_len, settings.beam_size, float(settings.length_penalty))
         # Both signatures call one traced function (preprocessed images → ids, log-probabilities): the encoder and the
         # beam search loop are traced once.
         preprocessed = tf.TensorSpec([None, self.size, self.size, 3], tf.float32)
@@ -296,24 +298,23 @@ def _problem(images, claims):
     return tf.where(length == 0, "empty input", tf.where(length > MAX_IMAGE_BYTES, TOO_LARGE, problem))
 
 
-def export_project(layout: Layout, settings: dict, members: list[str] = ()) -> dict:
+def export_project(layout: Layout, settings: DecodeSettings, members: list[str] = ()) -> dict:
     """The export stage on the project in ``layout``: its model (as an ensemble with the ``members`` named, if
-    any) exported to ``layout.export``, decoding as the ``evaluate`` params ``settings`` say. The files' sizes in
-    MB, also written to ``metrics/export.json``."""
+    any) exported to ``layout.export``, decoding as ``settings`` say. The files' sizes in MB, also written to
+    ``metrics/export.json``."""
     captioner = Captioner.load(layout.models, layout.members(members))
-    decode_as = {key: settings[key] for key in ("beam_size", "max_len", "length_penalty")}
-    card = export(captioner, layout.export, **decode_as)
+    card = export(captioner, layout.export, settings)
     # To 0.1 MB: the TensorFlow Lite file's exact size moves by bytes from run to run (export/export.json has it).
     sizes = {f"{name}_mb": round(card[f"{name}_bytes"] / 2**20, 1) for name in ("saved_model", "tflite")}
     write_text(layout.export_sizes, json.dumps(sizes, indent=2) + "\n")
     return sizes
 
 
-def export(captioner: Captioner, target: Path, beam_size: int, max_len: int, length_penalty: float) -> dict:
+def export(captioner: Captioner, target: Path, settings: DecodeSettings) -> dict:
     """Write ``target``/ (all or nothing): the SavedModel, the TensorFlow Lite file and ``export.json`` (what was
     exported, and the files' sizes). Returns that card."""
 
-    module = ExportedCaptioner(captioner, beam_size, max_len, length_penalty)
+    module = ExportedCaptioner(captioner, settings)
     with atomic_path(target) as temporary:
         temporary.mkdir()
         signatures = {SIGNATURE: module.serve, PIXELS_SIGNATURE: module.caption_pixels}
@@ -325,9 +326,9 @@ def export(captioner: Captioner, target: Path, beam_size: int, max_len: int, len
             "signature": SIGNATURE,
             "input": INPUT,
             "outputs": ["captions", "log_probs", "errors"],
-            "beam_size": beam_size,
-            "max_len": max_len,
-            "length_penalty": length_penalty,
+            "beam_size": settings.beam_size,
+            "max_len": settings.max_len,
+            "length_penalty": settings.length_penalty,
             "dataset": captioner.trained.card.get("dataset"),  # caption --export says when it was a toy one
             "encoder": captioner.trained.card["encoder"],
             "decoder": captioner.trained.spec.arch,

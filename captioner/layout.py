@@ -24,7 +24,7 @@ class Release:
 
 
 class TrainingOutputs(NamedTuple):
-    model: Path  # the model directory (captioner.checkpoint)
+    model: Path  # the model directory (captioner.model.checkpoint)
     log: Path  # DVCLive's folder: the per-epoch curves and the training summary
     timings: Path  # seconds per epoch: outside git, they change every run
 
@@ -43,7 +43,7 @@ class Layout:
         self.vocab = root / "data" / "vocab.json"
         self.features = root / "data" / "features"
         self.machine_record = root / "metrics" / "machine.json"  # the CPU and kernels that made the features (in git)
-        self.models = root / "models"  # the trained decoder and its card (see captioner.checkpoint)
+        self.models = root / "models"  # the trained decoder and its card (see captioner.model.checkpoint)
         self.model = self.models / "captioner.keras"
         self.train_log = root / "metrics" / "train"  # DVCLive's: plots/ per epoch, metrics.json the summary
         self.timings = root / "logs" / "train_epochs.tsv"  # seconds per epoch: outside git, they change every run

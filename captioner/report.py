@@ -25,7 +25,7 @@ import numpy as np
 from captioner import CaptionerError, artifacts
 
 SCORES, TRAINING = "metrics/scores.json", "metrics/train/metrics.json"
-TEST_CAPTIONS = Path("metrics/test_captions.tsv")  # written by captioner.evaluation.captions_table
+TEST_CAPTIONS = Path("metrics/test_captions.tsv")  # written by captioner.evaluation.evaluate.captions_table
 HEADLINE = ("bleu4", "cider", "meteor", "rouge_l")  # the scores an experiments table shows
 WIDEST_VALUE = 22  # characters of a param value shown in the experiments table
 
@@ -69,7 +69,7 @@ def bleu4_noise(base: str, captions: Path = TEST_CAPTIONS) -> str:
     """How far the choice of test images alone moves BLEU-4: for the change against ``base`` when both captioned
     the same images with the same references (a paired bootstrap), else for this change's own score; empty
     without the workspace's captions table."""
-    from captioner import metrics
+    from captioner.evaluation import metrics
 
     if not captions.exists():
         return ""

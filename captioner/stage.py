@@ -102,13 +102,13 @@ def stage_param_names(pipeline: dict, stage: str, member: str | None = None) -> 
 
 
 def declared_params(stage: str, root: Path = Path("."), member: str | None = None) -> Params:
-    """The values from params.yaml of the params dvc.yaml lists for ``stage``, plus the speed-only params
-    (``captioner.params.SPEED_ONLY``) of the sections it reads. Every param of those sections is checked against
-    its rule in ``captioner.params`` (a CaptionerError naming the first that breaks it, or a typo)."""
+    """The values from params.yaml of the params dvc.yaml lists for ``stage`` (whole sections, or single params),
+    plus the ``speed`` section, which no stage lists (it changes no output byte). Every param of those sections is
+    checked against its rule in ``captioner.params`` (a CaptionerError naming the first that breaks it, or a
+    typo)."""
     pipeline, values = _read_yaml(root / "dvc.yaml", aliases=True), _read_yaml(root / "params.yaml")
-    names = stage_param_names(pipeline, stage, member)
+    names = [*stage_param_names(pipeline, stage, member), param_rules.SPEED]
     sections = {name.split(".")[0] for name in names}
-    names += [name for name in param_rules.SPEED_ONLY if name.split(".")[0] in sections]
     for section in sections - {"ensemble"}:  # the whole section, so a misspelt key is caught too
         param_rules.check(section, _lookup(values, section))
     param_rules.check_memory({section: values[section] for section in sections & {"features", "train"}})
@@ -120,7 +120,8 @@ def declared_params(stage: str, root: Path = Path("."), member: str | None = Non
         leaf = _lookup(values, name)
         if name.startswith("ensemble"):
             param_rules.check(name, leaf)  # a ParamError, which run() reports like any CaptionerError
-        node[target[-1]] = Params(leaf, f"{name}.", params.read, whole=name) if isinstance(leaf, dict) else leaf
+        whole = name if name.split(".")[0] == "ensemble" else None  # a param whose value is a mapping, not a section
+        node[target[-1]] = Params(leaf, f"{name}.", params.read, whole=whole) if isinstance(leaf, dict) else leaf
     return params
 
 

@@ -9,6 +9,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Container, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,6 +72,14 @@ def strip_special(tokens: Iterable[str]) -> list[str]:
     return words
 
 
+class SpecialIds(NamedTuple):
+    """The ids of the special tokens decoding uses: their positions in ``SPECIAL_TOKENS``."""
+
+    pad: int
+    start: int
+    end: int
+
+
 class Vocabulary:
     """Word ↔ id, with the special tokens first; built from the train split only."""
 
@@ -80,6 +89,7 @@ class Vocabulary:
         self.max_length = max_length  # tokens per caption, start and end included
 
     pad_id, start_id, end_id, unk_id = range(4)
+    special = SpecialIds(pad_id, start_id, end_id)
 
     @classmethod
     def build(cls, captions: Iterable[list[str]], min_count: int, max_length: int) -> Vocabulary:

@@ -7,9 +7,11 @@ from captioner.stage import Params, run
 
 
 def main(params: Params, layout: Layout) -> None:
-    from captioner import evaluation
+    from captioner.evaluation.evaluate import evaluate
+    from captioner.model.decoding import DecodeSettings
 
-    scores, notes = evaluation.evaluate(layout, params["encoder"], params["evaluate"], list(params["ensemble"]))
+    settings, batch_size = DecodeSettings(**params["evaluate"]), params["speed"]["decode_batch_size"]
+    scores, notes = evaluate(layout, params["encoder"], settings, list(params["ensemble"]), batch_size)
     for note in notes:
         print(f"evaluate: {note}")
     print(f"evaluate: {', '.join(f'{key} {value}' for key, value in scores.items() if value is not None)}")

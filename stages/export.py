@@ -9,8 +9,9 @@ from captioner.stage import Params, run
 
 def main(params: Params, layout: Layout) -> None:
     from captioner import export
+    from captioner.model.decoding import DecodeSettings
 
-    sizes = export.export_project(layout, params["evaluate"], list(params["ensemble"]))
+    sizes = export.export_project(layout, DecodeSettings(**params["evaluate"]), list(params["ensemble"]))
     print(f"export: {layout.export}/: SavedModel {sizes['saved_model_mb']} MB, TensorFlow Lite {sizes['tflite_mb']} MB")
 
 

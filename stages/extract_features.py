@@ -7,7 +7,8 @@ from captioner.stage import Params, run
 
 
 def main(params: Params, layout: Layout) -> None:
-    from captioner import features, process
+    from captioner import process
+    from captioner.features import extraction as features
 
     notice = process.machine_change(layout.machine_record)
     if notice:

@@ -3,22 +3,22 @@ ensemble member, ``--member NAME``: under ensemble/NAME/)."""
 
 import sys
 
-from captioner.config import TrainConfig, member_settings
 from captioner.layout import Layout
 from captioner.stage import Params, run
+from captioner.training.config import TrainConfig
 
 
 def process_for(params: Params) -> dict:
     """The process this run needs (``captioner.process.prepare``), set before TensorFlow starts; its config is
     checked first, so a bad param fails at once."""
     precision = TrainConfig.from_params(params).precision
-    return {"threads_per_op": member_settings(params)[2]["threads_per_op"], "precision": precision}
+    return {"threads_per_op": params["speed"]["threads_per_op"], "precision": precision}
 
 
 def main(params: Params, layout: Layout) -> None:
-    from captioner import training
+    from captioner.training.train import train
 
-    training.run(TrainConfig.from_params(params), layout)
+    train(TrainConfig.from_params(params), layout)
 
 
 if __name__ == "__main__":

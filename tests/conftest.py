@@ -1,5 +1,4 @@
 import contextlib
-import dataclasses
 import io
 import os
 import runpy
@@ -13,10 +12,10 @@ import pytest
 import yaml
 
 from captioner import process
-from captioner.config import TrainConfig
 from captioner.datasets import shapes
 from captioner.stage import PARAMS_READ
 from captioner.text import Vocabulary, wrap
+from captioner.training.config import TrainConfig
 from tests.tiny_pipeline import ENVIRONMENT, TINY, commit_all, dvc
 
 # As every stage, before a test module starts TensorFlow: what runs in the test processes computes the stages' bits.
@@ -185,7 +184,7 @@ def toy_problem(num_images=16, grid=4, channels=8, seed=0):
 
 
 def toy_batches(features, captions, vocab, arch, shuffle_seed=0, reverse_rows=False):
-    from captioner import batching
+    from captioner.training import batching
 
     rows, sequences, _ = batching.encode_captions(captions, {f"{i}.jpg": i for i in range(len(features))}, vocab)
     if reverse_rows:
@@ -196,47 +195,38 @@ def toy_batches(features, captions, vocab, arch, shuffle_seed=0, reverse_rows=Fa
 
 def toy_spec(arch, rnn="gru", dropout=0.0):
     """A small decoder of ``arch`` (a transformer: 2 blocks of 4 heads)."""
-    from captioner.config import DecoderSpec
+    from captioner.model.spec import DecoderSpec
 
     return DecoderSpec(rnn, arch, units=32, embedding_dim=16, dropout=dropout, attention_units=16, heads=4, ff_units=64)
 
 
 def toy_decoder(vocab, features, arch, rnn="gru", dropout=0.0):
     """A newly initialised decoder of ``arch`` for the toy ``features``, its model built."""
-    from captioner import decoder
+    from captioner.model import decoder
 
     architecture = decoder.architecture(toy_spec(arch, rnn, dropout), len(vocab))
     architecture.build(features.shape[1:] if arch == "attention" else features.shape[2:])
     return architecture
 
 
+# What a toy run sets its own way; every other setting is the declared default (captioner.params).
+TOY_TRAINING = {
+    "encoder": "toy",
+    "attention_reg": 0.0,
+    "batch_size": 8,
+    "epochs": 5,
+    "learning_rate": 0.01,
+    "patience": 5,
+    "lr_patience": 0,
+    "seed": 0,
+    "strategy": "default",
+    "self_critical_samples": 4,
+}
+
+
 def toy_config(arch="inject", **train) -> TrainConfig:
     """A training config for toy decoders of ``arch``; ``train`` overrides its train settings."""
-    defaults = TrainConfig(
-        decoder=toy_spec(arch),
-        dataset="shapes",
-        encoder="toy",
-        member=None,
-        embeddings="learned",
-        attention_reg=0.0,
-        batch_size=8,
-        epochs=5,
-        learning_rate=0.01,
-        clipnorm=5.0,
-        select_by="dev_loss",
-        patience=5,
-        lr_patience=0,
-        lr_factor=0.5,
-        seed=0,
-        strategy="default",
-        precision="float32",
-        finetune_from=None,
-        encoder_lr=1e-4,
-        self_critical_epochs=0,
-        self_critical_lr=5e-5,
-        self_critical_samples=4,
-    )
-    return dataclasses.replace(defaults, **train)
+    return TrainConfig(decoder=toy_spec(arch), **(TOY_TRAINING | train))
 
 
 class NullLive:
@@ -258,8 +248,8 @@ class NullLive:
 def teacher_forced_fit(trainer, train, dev, live=None, dev_scores=None, **settings) -> dict:
     """Teacher-forced training of ``trainer``'s model through the one epoch loop, as ``toy_config(**settings)``
     says; its summary."""
-    from captioner import epochs
-    from captioner.training import TeacherForcing
+    from captioner.training import epochs
+    from captioner.training.train import TeacherForcing
 
     phase = TeacherForcing(trainer, {"train": train, "dev": dev}, toy_config(**settings), dev_scores)
     return epochs.fit([phase], trainer, live if live is not None else NullLive())

@@ -1,4 +1,4 @@
-"""Today's Python-loop decoding, kept as the plain reference the compiled loops (captioner.decoding) must match:
+"""Today's Python-loop decoding, kept as the plain reference the compiled loops (captioner.model.decoding) must match:
 one TensorFlow step call and a NumPy round trip per token, a full stable sort of every beam's candidates."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from captioner.decoder import StepwiseDecoder
+from captioner.model.decoder import Steppable
 
 
 def decode(
-    stepper: StepwiseDecoder,
+    stepper: Steppable,
     features,
     start_id: int,
     end_id: int,
@@ -51,7 +51,7 @@ def most_likely(logits) -> np.ndarray:
 
 
 def greedy(
-    stepper: StepwiseDecoder,
+    stepper: Steppable,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
     start_id: int,
@@ -68,7 +68,7 @@ def greedy(
 
 
 def beam_search(
-    stepper: StepwiseDecoder,
+    stepper: Steppable,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
     start_id: int,
@@ -99,7 +99,7 @@ def beam_search(
 
 
 def beams(
-    stepper: StepwiseDecoder, features: np.ndarray, start_id: int, end_id: int, max_len: int, width: int
+    stepper: Steppable, features: np.ndarray, start_id: int, end_id: int, max_len: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``width`` beams of each image of ``features`` when the search ends: their token ids (images × width ×
     max_len), summed log-probabilities and lengths (images × width)."""
@@ -138,7 +138,7 @@ def beams(
 
 
 def sequence_log_prob(
-    stepper: StepwiseDecoder,
+    stepper: Steppable,
     read: Callable[[np.ndarray], np.ndarray],
     rows: np.ndarray,
     sequences: np.ndarray,

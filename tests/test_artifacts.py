@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner import artifacts, checkpoint, cli, report
+from captioner import artifacts, cli, report
 from captioner.datasets import clean_release, shapes, write_captions
-from captioner.decoder import DecoderSpec, architecture
 from captioner.layout import SPLITS, Layout
+from captioner.model import checkpoint
+from captioner.model.decoder import architecture
+from captioner.model.spec import DecoderSpec
 from captioner.text import Vocabulary
 from tests.conftest import copy_project
 from tests.conftest import run_stage as run_stage_in

@@ -336,7 +336,7 @@ def test_a_fine_tuned_encoder_nesting_the_backbone_saves_under_names_a_saved_mod
     import keras
     import tensorflow as tf
 
-    from captioner import efficientnet_lite
+    from captioner.features import efficientnet_lite
 
     backbone = efficientnet_lite.build(efficientnet_lite.VARIANTS["efficientnet_lite0"], input_size=32)
     images = keras.Input((32, 32, 3))

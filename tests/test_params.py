@@ -3,16 +3,45 @@
 import pytest
 import yaml
 
-from captioner.params import RULES, ParamError, check, check_feature_batch, check_memory
+from captioner import params as declarations
+from captioner.params import PARAMS, RULES, ParamError, check, check_feature_batch, check_memory, settings
+from captioner.stage import _read_yaml
 from tests.conftest import PROJECT, run_stage
 from tests.test_project import flatten
 
 
-def test_every_param_has_a_rule_and_every_rule_a_param_and_the_defaults_pass():
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    assert set(flatten(params)) == set(RULES)
-    for section, value in params.items():
+def test_params_yaml_and_its_reference_are_written_from_the_declarations_and_hold_their_defaults(tmp_path):
+    """``python -m captioner.params`` writes both; a declaration changed without it fails here."""
+    assert (PROJECT / "params.yaml").read_text() == declarations.params_yaml()
+    reference = (PROJECT / "docs" / "params.md").read_text()
+    assert reference == declarations.reference_with_table(reference)
+    (tmp_path / "params.yaml").write_text(declarations.params_yaml())
+    values = _read_yaml(tmp_path / "params.yaml")  # as DVC reads it
+    assert set(flatten(values)) == set(PARAMS)
+    for name, param in PARAMS.items():
+        value = values
+        for part in name.split("."):
+            value = value[part]
+        assert value == param.default and type(value) is type(param.default), name
+    for section, value in values.items():
         check(section, value)
+
+
+def test_a_settings_class_takes_its_fields_types_and_defaults_from_the_declarations():
+    @settings("evaluate", "encoder", leave_out=("evaluate.max_len",))
+    class Decoding:
+        note: str = "own fields first"
+
+    chosen = Decoding()
+    assert [item for item in vars(chosen)] == ["note", "beam_size", "length_penalty", "encoder"]
+    assert chosen.beam_size == PARAMS["evaluate.beam_size"].default and chosen.encoder == "efficientnet_lite0"
+    assert declarations.param_fields(Decoding) == {
+        "beam_size": "evaluate.beam_size",
+        "length_penalty": "evaluate.length_penalty",
+        "encoder": "encoder",
+    }
+    with pytest.raises(AttributeError):
+        chosen.beam_size = 5  # frozen, like every config
 
 
 @pytest.mark.parametrize(

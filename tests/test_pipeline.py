@@ -1,7 +1,7 @@
 """What only DVC proves, on tiny params in a temporary git repo (each test on its own copy of one reproduced repo):
 `dvc repro` runs every stage; which stages a params change reruns; experiments, the run-cache and the way back; the
 queue; a remote, a second clone and the artifact registry; the pull-request diff. And two training processes on
-loopback. What each mode of training computes is proven in this process: tests/test_training.py."""
+loopback. What each mode of training computes is proven in this process: tests/training/test_train.py."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from captioner.params import RULES, SPEED_ONLY
+from captioner.params import PARAMS, SPEED, declared
 from captioner.report import _flat
 from captioner.stage import stage_param_names
 from tests.conftest import PROJECT, PROJECT_FILES, run_stage, set_params
@@ -59,12 +59,14 @@ def test_each_stage_lists_exactly_the_params_it_reads(repo):
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
     # What the shapes default leaves unread: the other datasets' params. (The train stage reads every key it lists
     # into its TrainConfig, and the model card records them all.)
-    unread_here = {"download": {name for name in RULES if name.startswith(("flickr8k.", "karpathy."))}}
+    unread_here = {"download": set(declared("flickr8k", "karpathy"))}
+    speed = set(declared(SPEED))
     for stage in set(pipeline["stages"]) - {"train_member"}:
-        listed = set(stage_param_names(pipeline, stage))
-        assert read[stage] - set(SPEED_ONLY) == listed - unread_here.get(stage, set()), stage
-        assert not listed & set(SPEED_ONLY), stage
-    assert set(SPEED_ONLY) <= set().union(*read.values())  # each one is read, by a stage that does not list it
+        listed = set(declared(*stage_param_names(pipeline, stage)))  # each listed section's params
+        params_read = {name for name in read[stage] if name in PARAMS}  # leaves, not the sections read whole
+        assert params_read - speed == listed - unread_here.get(stage, set()), stage
+        assert not listed & speed, stage
+    assert speed <= set().union(*read.values())  # each one is read, by a stage that does not list it
 
 
 def dry_run(repo, **sections) -> set[str]:
@@ -79,7 +81,7 @@ def test_a_params_change_reaches_exactly_the_stages_that_declare_it(repo):
     """What ``dvc repro --dry`` lists: the stages whose declared params changed (those downstream of them rerun
     only when their inputs' hashes change: the experiment below)."""
     repo, _ = repo
-    assert dry_run(repo, evaluate={"batch_size": 3}, train={"threads_per_op": 2}) == set()  # speed only
+    assert dry_run(repo, speed={"decode_batch_size": 3, "threads_per_op": 2}) == set()
     assert dry_run(repo, decoder={"units": 24}) == dry_run(repo, train={"finetune_from": "top_conv"}) == {"train"}
     assert dry_run(repo, features={"image_size": 96}) == {"extract_features"}
     assert dry_run(repo, decoder={"arch": "attention"}, features={"pooling": "grid"}) == {"extract_features", "train"}
@@ -90,11 +92,11 @@ def test_a_params_change_reaches_exactly_the_stages_that_declare_it(repo):
 
 
 def test_speed_only_params_rerun_nothing_and_stages_run_again_with_them_change_no_byte(repo):
-    """``train.threads_per_op`` sizes TensorFlow's thread pools when a process starts, ``evaluate.batch_size`` how
-    many images decode at once: train and evaluate run again in fresh processes with other values write what the
+    """``speed.threads_per_op`` sizes TensorFlow's thread pools when a process starts, ``speed.decode_batch_size``
+    how many images decode at once: train and evaluate run again in fresh processes with other values write what the
     repro wrote, byte for byte (outputs in git and in DVC's cache), and keep the timings outside git."""
     repo, _ = repo
-    set_params(repo, train={"threads_per_op": 2}, evaluate={"batch_size": 3})
+    set_params(repo, speed={"threads_per_op": 2, "decode_batch_size": 3})
     assert "Data and pipelines are up to date" in dvc(repo, "status")
     outputs = [
         repo / "models" / "captioner.keras",
@@ -236,7 +238,7 @@ def test_a_queued_sweep_starts_each_experiment_from_the_baseline(repo):
     """Two queued experiments, each of a speed-only param (nothing reruns, so the queue itself is what is timed)."""
     repo, _ = repo
     baseline = _flat(yaml.safe_load((repo / "params.yaml").read_text()))
-    sweep = {"threads": "train.threads_per_op=2", "batch": "evaluate.batch_size=3"}
+    sweep = {"threads": "speed.threads_per_op=2", "batch": "speed.decode_batch_size=3"}
     for name, setting in sweep.items():
         dvc(repo, "exp", "run", "--queue", "-n", name, "-S", setting)
     assert tracked_changes(repo) == ""  # queued, not applied: the next idea starts from the baseline too

@@ -14,7 +14,7 @@ from tests.tiny_pipeline import tf_noise
 UNCHANGED = """
 import os, sys
 environment, finders, streams = dict(os.environ), list(sys.meta_path), (sys.stdout, sys.stderr)
-import captioner, captioner.stage, captioner.process, captioner.config
+import captioner, captioner.stage, captioner.process, captioner.training.config
 assert dict(os.environ) == environment, set(os.environ.items()) ^ set(environment.items())
 assert sys.meta_path == finders and (sys.stdout, sys.stderr) == streams
 assert "tensorflow" not in sys.modules
@@ -33,7 +33,8 @@ from pathlib import Path
 from captioner import process
 process.prepare(threads_per_op=3)
 import h5py, numpy as np
-from captioner import encoders, features
+from captioner.features import encoders
+from captioner.features import extraction as features
 paths = sorted(Path(sys.argv[1]).iterdir())[:4]
 extractor = features.Extractor(encoders.get("efficientnet_lite0"), "avg")
 extractor.write(paths, Path(sys.argv[2]), batch_size=4)

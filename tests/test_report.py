@@ -5,8 +5,9 @@ import subprocess
 
 import numpy as np
 
-from captioner import metrics, report
-from captioner.evaluation import Evaluation, captions_table
+from captioner import report
+from captioner.evaluation import metrics
+from captioner.evaluation.evaluate import Evaluation, captions_table
 
 HEADER_ONLY = "| Path   | Metric   | main   | workspace   | Change   |\n|--------|----------|--------|---|---|\n"
 SCORES = HEADER_ONLY + "| metrics/scores.json | bleu4 | 0.6 | 0.61 | 0.01 |\n"

@@ -15,24 +15,25 @@ from captioner.stage import _read_yaml, declared_params
 from tests.conftest import run_stage
 
 
-def test_declared_params_holds_only_what_dvc_yaml_lists(project):
+def test_declared_params_holds_only_what_dvc_yaml_lists_and_the_speed_section(project):
     params = declared_params("train", project)
-    assert set(params) == {"dataset", "encoder", "decoder", "train"}
+    assert set(params) == {"dataset", "encoder", "decoder", "train", "speed"}
     assert params["decoder"]["rnn"] == "gru"
     with pytest.raises(KeyError, match="not declared"):
         params["evaluate"]
 
 
-def test_declared_params_are_per_key_plus_the_speed_only_ones_and_remember_what_was_read(project):
+def test_declared_params_may_be_single_params_and_remember_what_was_read(project):
     dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace(" train.clipnorm,", ""))
+    listed = dvc_yaml.read_text().replace("[dataset, encoder, decoder, train]", "[encoder, decoder, train.seed]")
+    dvc_yaml.write_text(listed)
     params = declared_params("train", project)
-    assert params["train"]["threads_per_op"] == 1  # speed-only: not listed, readable by a stage of its section
+    assert params["speed"]["threads_per_op"] == 1  # not listed, readable by every stage
     with pytest.raises(KeyError, match="param 'train.clipnorm' is not declared"):
         params["train"]["clipnorm"]
     merged = params["train"].merged({"seed": 5})
     assert merged["seed"] == 5 and params["train"]["seed"] == 1
-    assert params.read == {"train.threads_per_op", "train.seed"}
+    assert params.read == {"speed.threads_per_op", "train.seed"}
     dict(params["decoder"])  # copying reads every value
     assert {"decoder.units", "decoder.rnn"} <= params.read
     params_yaml = project / "params.yaml"
@@ -202,18 +203,18 @@ def test_train_and_evaluate_refuse_a_split_whose_images_have_no_features(project
     assert not (project / "models").exists() and not (project / "metrics").exists()
 
 
-@pytest.mark.parametrize(("threads_per_op", "member", "expected"), [(1, None, 1), (0, None, 0), (1, "b", 2)])
+@pytest.mark.parametrize(("threads_per_op", "member", "precision"), [(1, None, "float32"), (0, "b", "mixed_bfloat16")])
 def test_the_train_stage_readies_its_process_with_the_threads_per_op_and_precision_of_its_model(
-    project, threads_per_op, member, expected
+    project, threads_per_op, member, precision
 ):
     from stages import train
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["threads_per_op"] = threads_per_op
-    params["ensemble"] = {"b": {"train": {"threads_per_op": 2}}}  # a member's own setting wins for it
+    params["speed"]["threads_per_op"] = threads_per_op
+    params["ensemble"] = {"b": {"train": {"precision": "mixed_bfloat16"}}}  # a member's own precision
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     settings = train.process_for(declared_params("train", project, member=member))
-    assert settings == {"threads_per_op": expected, "precision": "float32"}
+    assert settings == {"threads_per_op": threads_per_op, "precision": precision}
     params["train"]["self_critical_epochs"], params["train"]["finetune_from"] = 2, "top_conv"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(CaptionerError, match="self_critical_epochs needs a frozen encoder"):

@@ -74,8 +74,11 @@ def install_karpathy(split_file: dict, source: Path, images_root: Path, target: 
         if ours is None:
             raise CaptionerError(f"{where} ({filename}) has split {split!r}; expected train, val, test or restval")
         if filename in seen:
-            raise CaptionerError(f"{source}: {filename} is listed twice ({seen[filename]} and {filepath or '.'})")
-        seen[filename] = filepath or "."
+            raise CaptionerError(
+                f"{where}: {filepath or '.'}/{filename} has the file name of images[{seen[filename]}] (images are "
+                "stored by name): list each image once"
+            )
+        seen[filename] = index
         folder = confine(images_root, filepath, f"{where}: filepath", flat=False) if filepath else images_root
         image = confine(folder, filename, f"{where}: filename")
         if image.is_file():

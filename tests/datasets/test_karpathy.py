@@ -12,8 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from captioner import CaptionerError, encoders, features
+from captioner import CaptionerError
 from captioner.datasets import clean_release, karpathy, parse_caption_line, read_split_list
+from captioner.features import encoders
+from captioner.features import extraction as features
 from captioner.files import text_lines
 from captioner.layout import SPLITS, Release
 from captioner.text import Vocabulary

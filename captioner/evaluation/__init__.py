@@ -1,0 +1,1 @@
+"""Scoring captions: the evaluate stage's work, the metrics and the figures."""

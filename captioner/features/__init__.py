@@ -1,0 +1,1 @@
+"""Image features: the encoders, the images they read and the features file the pipeline caches."""

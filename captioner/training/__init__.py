@@ -1,0 +1,1 @@
+"""Training a decoder: the run, its phases (teacher forcing, self-critical), batches and steps."""
