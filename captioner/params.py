@@ -6,6 +6,7 @@ the param, the value and what is allowed (``captioner.stage.run`` prints it as `
 library module defines (decoder architectures, encoders, …) are named as ``"module:ATTRIBUTE"`` and looked up only
 when a stage that reads the param checks it, so each list of choices has one home.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -290,6 +291,11 @@ PARAMS: dict[str, Param] = {
         integer(low=0, high=10_000), 0, "after teacher forcing: epochs of self-critical training on CIDEr-D (0: none)"
     ),
     "train.self_critical_lr": Param(number(above=0), 0.00005, "its Adam learning rate"),
+    "train.self_critical_patience": Param(
+        integer(high=10_000),
+        3,
+        "self-critical epochs without a higher greedy dev score before it stops (the best kept)",
+    ),
     "train.self_critical_samples": Param(
         integer(low=2, high=100, why="each sample's baseline is the others' mean reward"),
         5,

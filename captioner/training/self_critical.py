@@ -86,7 +86,7 @@ class SelfCritical:
         self.metric = config.self_critical_score
         self.read, self.rows, self.vocab = images.read, np.asarray(images.rows), images.vocab
         self.samples, self.images_per_step = samples, max(1, config.batch_size // samples)
-        self.epochs, self.patience = config.self_critical_epochs, config.patience
+        self.epochs, self.patience = config.self_critical_epochs, config.self_critical_patience
         self.learning_rate = config.self_critical_lr
         self.score_name = self.pace_name = f"greedy dev {METRIC_NAMES[self.metric]}"
         self.cider = metrics.CiderD(images.references)
