@@ -79,18 +79,18 @@ def measure(folder: Path) -> dict:
         for arch in ("inject", "attention"):
             started = time.perf_counter()
             spec = DecoderSpec("gru", arch, units=256, embedding_dim=128, dropout=0.0, attention_units=128)
-            decoder = architecture(spec, len(vocab))
-            model = decoder.build(store.shape(not spec.reads_grid(store.pooling)))
+            built = architecture(spec, len(vocab))
+            model = built.build(store.shape(not spec.reads_grid(store.pooling)))
             config = dataclasses.replace(defaults, decoder=spec, batch_size=64, learning_rate=1e-3, seed=0)
-            run = frozen_run(model, config, store, encoded)
+            run = frozen_run(built, config, store, encoded)
             batches = run.batches["train"]
-            step = Trainer(model, decoder.head, config).train_step(batches.element_spec)
+            step = Trainer(model, built.head, config).train_step(batches.element_spec)
             for done, (features, tokens) in enumerate(batches):
                 step(features, tokens)
                 if done + 1 == STEPS:
                     break
             rows = np.linspace(0, len(store.row_of) - 1, DECODED).astype(np.int64)  # spread over the file
-            stepper = Stepper(decoder)
+            stepper = Stepper(built)
             decoding.greedy(stepper, run.read, rows, 16)
             decoding.beam_search(stepper, run.read, rows, DecodeSettings(beam_size=3, max_len=16))
             seconds[arch] = time.perf_counter() - started

@@ -24,7 +24,7 @@ def decode(
     import tensorflow as tf
 
     generated = np.full((len(features), max_len), end_id, dtype=np.int32)
-    states = stepper.start(tf.constant(features))
+    states = stepper.start(tf.constant(features), max_len)
     tokens = np.full(len(features), start_id, dtype=np.int32)
     finished = np.zeros(len(features), dtype=bool)
     steps = []
@@ -106,7 +106,7 @@ def beams(
     import tensorflow as tf
 
     count = len(features)
-    states = stepper.start(tf.constant(np.repeat(features, width, axis=0)))  # (count·width, …)
+    states = stepper.start(tf.constant(np.repeat(features, width, axis=0)), max_len)  # (count·width, …)
     scores = np.full((count, width), -np.inf, dtype=np.float32)
     scores[:, 0] = 0.0  # every beam starts identical: expand only the first
     sequences = np.full((count, width, max_len), end_id, dtype=np.int32)
@@ -148,7 +148,7 @@ def sequence_log_prob(
     """Summed log-probability of each generated sequence, up to and including its first ``end_id``."""
     import tensorflow as tf
 
-    states = stepper.start(tf.constant(read(np.asarray(rows))))
+    states = stepper.start(tf.constant(read(np.asarray(rows))), sequences.shape[1])
     tokens = np.full(len(rows), start_id, dtype=np.int32)
     total = np.zeros(len(rows), dtype=np.float64)
     alive = np.ones(len(rows), dtype=bool)

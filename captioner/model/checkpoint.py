@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-from keras import layers, ops
 
 from captioner import CaptionerError, artifacts, process
 from captioner.boundary import field
@@ -93,32 +92,6 @@ def _numbered_shared_objects(config: str) -> str:
         return f'"shared_object_id": {numbers.setdefault(match.group(1), len(numbers) + 1)}'
 
     return re.sub(r'"shared_object_id": (\d+)', number, config)
-
-
-@keras.saving.register_keras_serializable(package="captioner")
-class PerCaption(layers.Layer):
-    """Each image's features once per caption row: (B, …) → (B·captions_per_image, …), image by image; what joins
-    a fine-tuned encoder to the decoder (``captioner.training.finetuning.joint_model``). Defined here, where saved
-    models are read back: loading one needs it, training does not.
-
-    A broadcast and a reshape rather than ``ops.repeat``: with a free batch dimension the gradient of
-    TensorFlow's repeat (or tile) logs a spurious oneDNN "DT_INT32" error line on every fine-tuning run.
-    """
-
-    def __init__(self, captions_per_image: int, **kwargs):
-        super().__init__(**kwargs)
-        self.captions_per_image = captions_per_image
-
-    def call(self, features):
-        shape = ops.shape(features)
-        copies = ops.broadcast_to(ops.expand_dims(features, 1), (shape[0], self.captions_per_image, *shape[1:]))
-        return ops.reshape(copies, (-1, *features.shape[1:]))
-
-    def compute_output_shape(self, shape):
-        return (None if shape[0] is None else shape[0] * self.captions_per_image, *shape[1:])
-
-    def get_config(self):
-        return super().get_config() | {"captions_per_image": self.captions_per_image}
 
 
 # What a model card holds (``write_card``), each of its type.

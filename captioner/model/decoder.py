@@ -22,9 +22,30 @@ import numpy as np
 from keras import layers, ops
 
 from captioner.model.spec import ARCHS, RNN_STATES, DecoderSpec
-from captioner.model.transformer import DecoderBlock, Positions
+from captioner.model.transformer import DecoderBlock, Positions, repeated
 
 RNNS = {"gru": (layers.GRU, layers.GRUCell), "lstm": (layers.LSTM, layers.LSTMCell)}  # layer, cell (config.RNN_STATES)
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class PerCaption(layers.Layer):
+    """Each image's features once per caption row: (B, …) → (B·captions_per_image, …), image by image: what joins
+    a fine-tuned encoder to the decoder (``captioner.training.finetuning.joint_model``), and what repeats the work a
+    grid decoder does on an image alone for each of its captions (``Architecture.build_grouped``).
+    """
+
+    def __init__(self, captions_per_image: int, **kwargs):
+        super().__init__(**kwargs)
+        self.captions_per_image = captions_per_image
+
+    def call(self, features):
+        return repeated(features, self.captions_per_image)
+
+    def compute_output_shape(self, shape):
+        return (None if shape[0] is None else shape[0] * self.captions_per_image, *shape[1:])
+
+    def get_config(self):
+        return super().get_config() | {"captions_per_image": self.captions_per_image}
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -66,12 +87,13 @@ class AttentionRNN(layers.Layer):
         output, new_states = self.cell(ops.concatenate([word, context], axis=-1), list(states))
         return output, context, alpha, list(new_states)
 
-    def call(self, words, memory, states, mask=None):
-        """Outputs, contexts and attention weights at every step. ``mask`` is accepted and not needed:
-        padding sits after <end>, so its steps change nothing the masked loss reads."""
+    def call(self, words, memory, states, keys=None, mask=None):
+        """Outputs, contexts and attention weights at every step, over ``memory``'s cells and their ``keys``
+        (computed here when not given). ``mask`` is accepted and not needed: padding sits after <end>, so its steps
+        change nothing the masked loss reads."""
         import tensorflow as tf
 
-        keys = self.keys(memory)
+        keys = self.keys(memory) if keys is None else keys
 
         def body(carry, word):
             output, context, alpha, new_states = self.step(word, list(carry[0]), memory, keys)
@@ -87,7 +109,7 @@ class AttentionRNN(layers.Layer):
     def compute_mask(self, inputs, previous_mask=None):
         return [None, None, None]  # the loss masks padding itself
 
-    def compute_output_shape(self, words_shape, memory_shape, states_shape):
+    def compute_output_shape(self, words_shape, memory_shape, states_shape, keys_shape=None):
         batch, length = words_shape[:2]
         return (batch, length, self.units), (batch, length, self.channels), (batch, length, memory_shape[1])
 
@@ -142,8 +164,9 @@ class Architecture:
         """The whole caption at once: ``hidden`` at every position (and ``attention``, if it attends)."""
         raise NotImplementedError
 
-    def start(self, features) -> list:
-        """The states before the first token."""
+    def start(self, features, length=None) -> list:
+        """The states before the first token, for captions of at most ``length`` tokens (a transformer sizes its
+        cache by it; None: its whole context)."""
         raise NotImplementedError
 
     def step(self, tokens, states: list) -> tuple:
@@ -185,6 +208,29 @@ class Architecture:
             self.embedding.set_weights([embeddings])
         return self.model
 
+    def build_grouped(self, feature_shape: tuple[int, ...], captions_per_image: int) -> keras.Model:
+        """The teacher-forced model on image-grouped batches (``captioner.training.batching.ImageCaptionBatches``):
+        features once per image (B, …), tokens ``captions_per_image`` rows per image (B·captions_per_image, T).
+        What the decoder computes of an image alone runs once per image and is repeated for its captions
+        (``grouped_forward``); the layers are ``build``'s (call it first), so training it trains ``model``."""
+        features = keras.Input(feature_shape, name="features")
+        tokens = keras.Input((None,), dtype="int32", name="tokens")
+        words = self.embedding_dropout(self.embedding(tokens))
+        outputs = self.grouped_forward(features, words, PerCaption(captions_per_image, name="per_caption"))
+        outputs["logits"] = self.head(outputs["hidden"])
+        return keras.Model([features, tokens], outputs, name=f"{DECODER}_grouped")
+
+    def grouped_forward(self, features, words, per_caption: PerCaption) -> dict:
+        """``forward`` with features once per image, repeated for each caption by ``per_caption``: by default the
+        features themselves; a grid decoder repeats its image projections instead (the same outputs, computed once
+        per image)."""
+        return self.forward(per_caption(features), words)
+
+    @property
+    def shares_image_work(self) -> bool:
+        """Whether ``grouped_forward`` saves work: the decoder projects a grid of several cells per image."""
+        return False
+
 
 class Inject(Architecture):
     """Init-inject: the projected image is the RNN's initial state."""
@@ -200,7 +246,7 @@ class Inject(Architecture):
         sequence = self.rnn(words, initial_state=[layer(image) for layer in self.init_states])[0]
         return {"hidden": self.output_dropout(sequence)}
 
-    def start(self, features) -> list:
+    def start(self, features, length=None) -> list:
         return [layer(features) for layer in self.init_states]
 
     def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -235,7 +281,7 @@ class Merge(Architecture):
         per_token = self.kernel_flops(cell.kernel, cell.recurrent_kernel, self.merge_hidden.kernel, self.head.kernel)
         return per_token, self.kernel_flops(self.image_projection.kernel)
 
-    def start(self, features) -> list:
+    def start(self, features, length=None) -> list:
         zeros = ops.zeros((ops.shape(features)[0], self.spec.units))
         return [zeros] * self.spec.num_states + [self.image_projection(features)]
 
@@ -273,6 +319,18 @@ class Attention(Architecture):
         sequence, contexts, attention = self.attend(words, self.memory_projection(grid), states)
         return {"attention": attention, "hidden": self.output_dropout(self.deep_output(sequence, contexts, words))}
 
+    def grouped_forward(self, features, words, per_caption: PerCaption) -> dict:
+        grid = self.feature_dropout(features)  # one mask per image: its captions see the same cells
+        states = [per_caption(layer(ops.mean(grid, axis=1))) for layer in self.init_states]
+        memory = self.memory_projection(grid)
+        memory, keys = per_caption(memory), per_caption(self.attend.keys(memory))
+        sequence, contexts, attention = self.attend(words, memory, states, keys=keys)
+        return {"attention": attention, "hidden": self.output_dropout(self.deep_output(sequence, contexts, words))}
+
+    @property
+    def shares_image_work(self) -> bool:
+        return True
+
     def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
         cells, attend = feature_shape[0], self.attend
         per_token = self.kernel_flops(
@@ -287,7 +345,7 @@ class Attention(Architecture):
         per_caption = cells * self.kernel_flops(self.memory_projection.kernel, attend.memory_keys.kernel)
         return per_token, per_caption + self.kernel_flops(*(layer.kernel for layer in self.init_states))
 
-    def start(self, features) -> list:
+    def start(self, features, length=None) -> list:
         memory = self.memory_projection(features)
         return [layer(ops.mean(features, axis=1)) for layer in self.init_states] + [memory, self.attend.keys(memory)]
 
@@ -357,9 +415,22 @@ class Transformer(Architecture):
             words = block(words, image)
         return {"hidden": self.hidden(words)}
 
-    def start(self, features) -> list:
+    def grouped_forward(self, features, words, per_caption: PerCaption) -> dict:
+        image = self.image_cells(features)  # one dropout mask per image: its captions see the same cells
+        words = self.positions(self.word_input(words))
+        for block in self.blocks:
+            words = block(words, image, captions_per_image=per_caption.captions_per_image)
+        return {"hidden": self.hidden(words)}
+
+    @property
+    def shares_image_work(self) -> bool:
+        return len(self.model.inputs[0].shape) == 3  # a grid; a pooled vector is one cell, cheap to repeat
+
+    def start(self, features, length=None) -> list:
         image = self.image_cells(features)
-        empty = ops.zeros((ops.shape(image)[0], self.spec.context, self.spec.units), dtype=image.dtype)
+        # The cache holds the positions decoded, not the whole context: a step's cost grows with its size.
+        positions = self.spec.context if length is None else ops.minimum(length, self.spec.context)
+        empty = ops.zeros((ops.shape(image)[0], positions, self.spec.units), dtype=image.dtype)
         states = [ops.zeros((ops.shape(image)[0],), dtype="int32")]
         for block in self.blocks:
             states += [empty, empty, *block.image_memory(image)]
@@ -442,17 +513,17 @@ class Steppable(Protocol):
     features: object  # the ``tf.TensorSpec`` of what ``start`` takes, any batch size
     context: int | None  # the most tokens it can decode (a transformer's positions); None: no limit
 
-    def start(self, features) -> list:
-        """The states before the first token."""
+    def start(self, features, length) -> list:
+        """The states before the first token, for captions of at most ``length`` tokens."""
 
     def step(self, tokens, states: list) -> tuple:
         """(next-token logits, new states, attention weights or None)."""
 
 
 class Stepper:
-    """An architecture's ``start`` and ``step``, compiled: ``start(features) → states``, ``step(tokens, states) →
-    (logits, new states, attention weights or None)``; ``start`` takes the grid when ``reads_grid``, else the
-    pooled vector."""
+    """An architecture's ``start`` and ``step``, compiled: ``start(features, length) → states``, ``step(tokens,
+    states) → (logits, new states, attention weights or None)``; ``start`` takes the grid when ``reads_grid``, else
+    the pooled vector."""
 
     def __init__(self, architecture: Architecture):
         import tensorflow as tf
@@ -463,7 +534,7 @@ class Stepper:
         # the Steppers of a 3-member ensemble trip TensorFlow's retracing warning).
         features = architecture.model.inputs[0]
         self.features = tf.TensorSpec(features.shape, features.dtype)
-        self.start = tf.function(architecture.start, input_signature=[self.features])
+        self.start = tf.function(architecture.start, input_signature=[self.features, tf.TensorSpec((), tf.int32)])
         states = self.start.get_concrete_function().structured_outputs
         state_specs = [tf.TensorSpec(state.shape, state.dtype) for state in states]
         self.step = tf.function(architecture.step, input_signature=[tf.TensorSpec((None,), tf.int32), state_specs])

@@ -129,7 +129,7 @@ class Loops:
             return (now.position < max_len) & (tf.size(now.active) > 0)
 
         start = GreedyState(
-            0, tf.fill([count], self.ids.start), tf.range(count), self.stepper.start(features), ids, weights
+            0, tf.fill([count], self.ids.start), tf.range(count), self.stepper.start(features, max_len), ids, weights
         )
         (end,) = tf.while_loop(going, step, (start,))
         padding = [[0, 0], [0, max_len - end.position]]
@@ -154,7 +154,7 @@ class Loops:
         start = BeamState(
             0,
             tf.fill([count * width], self.ids.start),
-            self.stepper.start(tf.repeat(features, width, axis=0)),
+            self.stepper.start(tf.repeat(features, width, axis=0), max_len),
             tf.range(count),
             tf.tile(tf.expand_dims(first_only, 0), [count, 1]),
             tf.fill([count, width, max_len], self.ids.end),

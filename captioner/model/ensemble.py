@@ -58,12 +58,12 @@ class EnsembleStepper:
         contexts = [stepper.context for stepper in self.steppers if stepper.context is not None]
         self.context = min(contexts, default=None)
 
-    def start(self, features) -> list:
+    def start(self, features, length) -> list:
         from keras import ops
 
         states, self.sizes = [], []
         for stepper, pool in zip(self.steppers, self.pools, strict=True):
-            member = stepper.start(ops.mean(features, axis=1) if pool else features)
+            member = stepper.start(ops.mean(features, axis=1) if pool else features, length)
             self.sizes.append(len(member))
             states.extend(member)
         return states

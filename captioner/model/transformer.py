@@ -17,6 +17,16 @@ from keras import layers, ops
 MASKED = -1e4  # a masked score: its exp() is 0 in float32 and float16, and a row is never all masked
 
 
+def repeated(rows, times: int):
+    """Each row ``times`` times in a row: (B, …) → (B·times, …). A broadcast and a reshape rather than
+    ``ops.repeat``: with a free batch dimension the gradient of TensorFlow's repeat (or tile) logs a spurious oneDNN
+    "DT_INT32" error line."""
+    if times == 1:
+        return rows
+    shape = ops.shape(rows)
+    return ops.reshape(ops.broadcast_to(ops.expand_dims(rows, 1), (shape[0], times, *shape[1:])), (-1, *rows.shape[1:]))
+
+
 def sinusoids(context: int, units: int) -> np.ndarray:
     """The fixed position encodings of Vaswani et al.: sines and cosines of geometrically spaced wavelengths."""
     angles = np.arange(context)[:, None] / 10000.0 ** (np.arange(0, units, 2) / units)
@@ -103,13 +113,16 @@ class DecoderBlock(layers.Layer):
         """The cross-attention's keys and values of the image's cells ([B, cells, units] each): once per image."""
         return ops.split(self.cross_kv(image), 2, axis=-1)
 
-    def call(self, words, image, training=None):
-        """Every position of ``words`` ([B, T, units]) at once, each seeing itself and the positions before."""
+    def call(self, words, image, captions_per_image=1, training=None):
+        """Every position of ``words`` ([B, T, units]) at once, each seeing itself and the positions before, and the
+        ``image``'s cells: one image a row, or one per ``captions_per_image`` rows (its keys and values computed once
+        and repeated)."""
         query, keys, values = ops.split(self.self_qkv(self.self_norm(words)), 3, axis=-1)
         positions = ops.arange(ops.shape(words)[1])
         causal = positions[:, None] >= positions[None, :]
         words = self.residual(words, self.self_out(attend(query, keys, values, self.heads, causal)[0]), training)
-        words, _ = self.cross(words, *self.image_memory(image), training=training)
+        memory = [repeated(part, captions_per_image) for part in self.image_memory(image)]
+        words, _ = self.cross(words, *memory, training=training)
         return self.feed_forward(words, training)
 
     def step(self, words, position, cache: list, image_memory: list) -> tuple:

@@ -25,8 +25,7 @@ from keras import layers
 from captioner import CaptionerError
 from captioner.features.encoders import Encoder
 from captioner.features.extraction import FeatureFile, written_by
-from captioner.model.checkpoint import PerCaption
-from captioner.model.decoder import ENCODER
+from captioner.model.decoder import ENCODER, PerCaption
 from captioner.training.batching import ImageCaptionBatches, captions_by_image
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import TrainingRun

@@ -56,6 +56,7 @@ class SampledImages:
     rows: np.ndarray
     references: list[list[Words]]
     vocab: Vocabulary
+    grouped: bool = False  # the policy step takes each image's features once (its model repeats them per sample)
 
 
 class SelfCritical:
@@ -65,7 +66,8 @@ class SelfCritical:
     ``trainer.model`` must be a decoder from ``captioner.model.decoder.Architecture.build`` (a frozen encoder). Each
     step takes ``batch_size // self_critical_samples`` images and ``self_critical_samples`` captions of each, drawn with
     the seed. The weights kept are those of the best greedy dev ``config.self_critical_score`` (of ``dev_scores``, all
-    logged), the weights it starts from if none beats them; it stops after ``patience`` epochs without a better one.
+    logged), the weights it starts from if none beats them; it stops after ``self_critical_patience`` epochs without
+    a better one.
     """
 
     name, epoch_label, lr_patience, lr_factor = "self-critical training", "self-critical epoch", 0, 1.0
@@ -84,7 +86,12 @@ class SelfCritical:
             raise ValueError(f"self-critical training needs 2 or more samples per image (got {samples})")
         self.trainer, self.stepper, self.dev_scores = trainer, stepper, dev_scores
         self.metric = config.self_critical_score
-        self.read, self.rows, self.vocab = images.read, np.asarray(images.rows), images.vocab
+        self.read, self.rows, self.vocab, self.grouped = (
+            images.read,
+            np.asarray(images.rows),
+            images.vocab,
+            images.grouped,
+        )
         self.samples, self.images_per_step = samples, max(1, config.batch_size // samples)
         self.epochs, self.patience = config.self_critical_epochs, config.self_critical_patience
         self.learning_rate = config.self_critical_lr
@@ -113,11 +120,12 @@ class SelfCritical:
         total, loss, tokens = 0.0, 0.0, 0.0
         for begin in progress(range(0, len(order), self.images_per_step), desc=description, unit="step", leave=False):
             images = order[begin : begin + self.images_per_step]
-            features = np.repeat(self.read(self.rows[images]), self.samples, axis=0)
+            once = self.read(self.rows[images])
+            features = np.repeat(once, self.samples, axis=0)
             sampled = decoding.sample(self.stepper, features, vocab.max_length, self.rng)
             rewards = self.rewards(np.repeat(images, self.samples), sampled).reshape(len(images), self.samples)
             weights = advantages(rewards).reshape(-1).astype(np.float32)
-            loss_sum, _, count = self.step(features, caption_tokens(sampled), weights)
+            loss_sum, _, count = self.step(once if self.grouped else features, caption_tokens(sampled), weights)
             loss, tokens, total = loss + float(loss_sum), tokens + float(count), total + rewards.sum()
         return total / (len(order) * self.samples), loss / max(tokens, 1.0)
 

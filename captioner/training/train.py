@@ -65,11 +65,11 @@ def train(config: TrainConfig, layout: Layout, outputs: TrainingOutputs | None =
         print(f"train: {strategy.num_replicas_in_sync} replica(s), {config.batch_size} captions per step in all")
         with strategy.scope():
             architecture = decoder.architecture(config.decoder, len(vocab))
-            model = architecture.build(shape, embeddings)
-        run = stack.enter_context(open_run(config, model, store, encoded, strategy, layout.images))
+            architecture.build(shape, embeddings)
+        run = stack.enter_context(open_run(config, architecture, store, encoded, strategy, layout.images))
         deterministic_ops()
         with strategy.scope():
-            trainer = Trainer(run.trained, architecture.head, config, strategy)
+            trainer = Trainer(run.trained, architecture.head, config, strategy, policy_model(config, architecture, run))
         with EpochLog(outputs.log, outputs.timings) as live:
             live.summary = fit(phases(config, trainer, architecture, run, store, captions, vocab), trainer, live)
             if chief:  # inside: a model that cannot be saved leaves the last run's log in place too
@@ -79,15 +79,23 @@ def train(config: TrainConfig, layout: Layout, outputs: TrainingOutputs | None =
 
 
 def open_run(
-    config: TrainConfig, model, store: FeatureFile, encoded: dict, strategy: tf.distribute.Strategy, images: Path
+    config: TrainConfig,
+    architecture: Architecture,
+    store: FeatureFile,
+    encoded: dict,
+    strategy: tf.distribute.Strategy,
+    images: Path,
 ) -> contextlib.AbstractContextManager[TrainingRun]:
-    """What ``model`` trains on: the ``store``'s cached features (``frozen_run``), or a fine-tuned encoder's
-    activations of the images in the folder ``images`` (``captioner.training.finetuning.finetuned_run``)."""
+    """What ``architecture.model`` trains on: the ``store``'s cached features (``frozen_run``; a grid decoder's
+    captions grouped by image on one device), or a fine-tuned encoder's activations of the images in the folder
+    ``images`` (``captioner.training.finetuning.finetuned_run``)."""
     if config.finetune_from is None:
-        return contextlib.nullcontext(frozen_run(model, config, store, encoded))
+        grouped = architecture.shares_image_work and strategy.num_replicas_in_sync == 1
+        return contextlib.nullcontext(frozen_run(architecture, config, store, encoded, grouped))
     from captioner.training import finetuning
 
-    return finetuning.finetuned_run(model, config, store, encoded, encoders.get(config.encoder), strategy, images)
+    model, encoder = architecture.model, encoders.get(config.encoder)
+    return finetuning.finetuned_run(model, config, store, encoded, encoder, strategy, images)
 
 
 def phases(
@@ -110,8 +118,17 @@ def phases(
         return [teacher_forcing]
     _, rows, references = split_references(captions["train"], store.row_of)
     shape = store.shape(not config.decoder.reads_grid(store.pooling))
-    train_images = SampledImages(run.read, shape, rows, references, vocab)
+    grouped = trainer.policy_model is not run.saved  # the image-grouped decoder of policy_model
+    train_images = SampledImages(run.read, shape, rows, references, vocab, grouped)
     return [teacher_forcing, SelfCritical(trainer, stepper, train_images, config, dev_scores)]
+
+
+def policy_model(config: TrainConfig, architecture: Architecture, run: TrainingRun):
+    """What self-critical training's policy step trains: a grid decoder grouped by image (its
+    ``self_critical_samples`` captions repeat the image's projections), else the decoder itself."""
+    if config.self_critical_epochs and architecture.shares_image_work:
+        return architecture.build_grouped(tuple(run.saved.inputs[0].shape[1:]), config.self_critical_samples)
+    return run.saved
 
 
 def dev_scorer(stepper: Stepper, run: TrainingRun, dev: list, vocab: Vocabulary) -> Callable[[], dict[str, float]]:

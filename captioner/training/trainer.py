@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from captioner.features.extraction import FeatureFile
-from captioner.model.decoder import parts
-from captioner.training.batching import CaptionBatches
+from captioner.model.decoder import Architecture, parts
+from captioner.training.batching import CaptionBatches, ImageCaptionBatches, captions_by_image
 from captioner.training.config import TrainConfig
 from captioner.training.loss import EpochStats, accumulate, attention_penalty, forced_outputs, forced_sums
 
@@ -29,19 +29,41 @@ class TrainingRun:
 
 
 def frozen_run(
-    model, config: TrainConfig, cached: FeatureFile, encoded: dict[str, tuple[np.ndarray, list[list[int]]]]
+    architecture: Architecture,
+    config: TrainConfig,
+    cached: FeatureFile,
+    encoded: dict[str, tuple[np.ndarray, list[list[int]]]],
+    grouped: bool = False,
 ) -> TrainingRun:
-    """The decoder ``model`` trained on the ``cached`` features of each split's encoded captions, ``batch_size``
-    captions a step; the train batches remixed every epoch from the seed, the dev batches in one fixed order."""
-    pooled = not config.decoder.reads_grid(cached.pooling)
+    """The decoder ``architecture.model`` trained on the ``cached`` features of each split's encoded captions, about
+    ``batch_size`` captions a step; the train batches remixed every epoch from the seed, the dev batches in one fixed
+    order. ``grouped``: each image's captions in one batch, the image read once (``Architecture.build_grouped``),
+    for decoders whose work on an image alone is worth sharing."""
+    pooled, model = not config.decoder.reads_grid(cached.pooling), architecture.model
     read, shape = cached.reader(pooled), cached.shape(pooled)
+    if not grouped:
+        batches = {
+            split: CaptionBatches(
+                read, shape, rows, sequences, config.batch_size, config.seed if split == "train" else None
+            )
+            for split, (rows, sequences) in encoded.items()
+        }
+        return TrainingRun(model, model, batches, cached, read)
+    images = {split: captions_by_image(rows, sequences) for split, (rows, sequences) in encoded.items()}
+    per_image = max(len(group) for _, groups in images.values() for group in groups)
     batches = {
-        split: CaptionBatches(
-            read, shape, rows, sequences, config.batch_size, config.seed if split == "train" else None
+        split: ImageCaptionBatches(
+            read,
+            shape,
+            np.array(rows),
+            groups,
+            per_image,
+            max(1, config.batch_size // per_image),
+            config.seed if split == "train" else None,
         )
-        for split, (rows, sequences) in encoded.items()
+        for split, (rows, groups) in images.items()
     }
-    return TrainingRun(model, model, batches, cached, read)
+    return TrainingRun(architecture.build_grouped(shape, per_image), model, batches, cached, read)
 
 
 class Trainer:
@@ -52,13 +74,17 @@ class Trainer:
     every replica normalises its summed loss by the real tokens of the *whole* batch, so the
     gradients the optimizer all-reduces (sums) equal those of one device on the same batch.
     ``config.clipnorm`` clips each replica's share before that sum. A fine-tuned encoder gets its own, smaller
-    learning rate ``config.encoder_lr``: one Adam per group of variables.
+    learning rate ``config.encoder_lr``: one Adam per group of variables. The policy step trains ``policy_model``
+    (by default ``model``): the decoder itself, with ``model`` its image-grouped form (the same variables).
     """
 
-    def __init__(self, model, head, config: TrainConfig, strategy: tf.distribute.Strategy | None = None):
+    def __init__(
+        self, model, head, config: TrainConfig, strategy: tf.distribute.Strategy | None = None, policy_model=None
+    ):
         import keras
 
         self.model, self.head, self.attention_reg = model, head, config.attention_reg
+        self.policy_model = model if policy_model is None else policy_model
         self.strategy = strategy or tf.distribute.get_strategy()
         self.groups, rates = self._variable_groups(config.learning_rate, config.encoder_lr)
         # float16 gradients underflow: its losses are scaled up (dynamically) before the backward pass.
@@ -116,7 +142,8 @@ class Trainer:
     def _policy_replica(self, features, tokens, advantages):
         # No dropout: the gradient must be that of the policy the captions were sampled from.
         with self._tape() as tape:
-            _, (loss_sum, correct, count) = forced_outputs(self.model, self.head, features, tokens, weights=advantages)
+            model, head = self.policy_model, self.head
+            _, (loss_sum, correct, count) = forced_outputs(model, head, features, tokens, weights=advantages)
             loss = self._scale(loss_sum / self._whole_batch(count))
         self._descend(tape, loss)
         return loss_sum, correct, count

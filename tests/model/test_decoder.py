@@ -9,7 +9,15 @@ from captioner.model import decoder
 from captioner.model.decoder import Stepper
 from captioner.model.spec import DecoderSpec
 from captioner.training.trainer import Trainer
-from tests.conftest import NullLive, teacher_forced_fit, toy_batches, toy_config, toy_decoder, toy_problem
+from tests.conftest import (
+    NullLive,
+    teacher_forced_fit,
+    toy_batches,
+    toy_config,
+    toy_decoder,
+    toy_problem,
+    toy_spec,
+)
 
 
 @pytest.mark.parametrize("rnn", sorted(decoder.RNNS))
@@ -22,7 +30,7 @@ def test_stepping_one_token_at_a_time_gives_the_full_sequence_logits(arch, rnn):
     tokens = np.array([vocab.encode(tokens) for _, tokens in captions[:6]], dtype=np.int32)
     full = np.asarray(architecture.model([table[:6], tokens])["logits"])
     stepper = Stepper(architecture)
-    states = stepper.start(table[:6])
+    states = stepper.start(table[:6], tokens.shape[1])
     for position in range(tokens.shape[1]):
         logits, states, attention = stepper.step(tokens[:, position], states)
         np.testing.assert_allclose(np.asarray(logits), full[:, position], rtol=1e-4, atol=1e-5)
@@ -75,3 +83,35 @@ def test_a_decoder_of_another_shape_is_named_by_its_first_differing_layer():
     wider = decoder.architecture(DecoderSpec("gru", "inject", 48, 16, 0.0), len(vocab))
     wider.build(features.shape[2:])
     assert "holds weights of shapes" in decoder.disagreement(small.model, wider.model)
+
+
+@pytest.mark.parametrize("arch", ["attention", "transformer"])
+def test_a_grid_decoder_grouped_by_image_has_each_captions_loss_and_gradients(arch):
+    """The image-grouped model computes the image's projections once and repeats them: the loss and gradients of the
+    same captions, to float32 round-off (no dropout), with an all-padding row where an image has fewer captions."""
+    import tensorflow as tf
+
+    from captioner.training.loss import forced_sums
+
+    keras.utils.set_random_seed(0)
+    features, _, vocab = toy_problem()
+    architecture = decoder.architecture(toy_spec(arch), len(vocab))
+    architecture.build(features.shape[1:])
+    grouped = architecture.build_grouped(features.shape[1:], captions_per_image=3)
+    assert architecture.shares_image_work
+    tokens = np.random.default_rng(0).integers(3, len(vocab), size=(4 * 3, 7)).astype(np.int32)
+    tokens[:, 0], tokens[5, 4:], tokens[7] = vocab.start_id, vocab.pad_id, vocab.pad_id
+    apart = (architecture.model, np.repeat(features[:4], 3, axis=0))
+    results = []
+    for model, inputs in (apart, (grouped, features[:4])):
+        with tf.GradientTape() as tape:
+            loss, correct, count = forced_sums(model, architecture.head, tf.constant(inputs), tf.constant(tokens))
+        gradients = tape.gradient(loss, architecture.model.trainable_variables)
+        results.append(
+            (float(loss), float(correct), float(count), [np.asarray(tf.convert_to_tensor(g)) for g in gradients])
+        )
+    (loss, correct, count, gradients), (shared_loss, shared_correct, shared_count, shared) = results
+    assert (shared_correct, shared_count) == (correct, count) and count == 4 * 3 * 6 - 3 - 6
+    assert shared_loss == pytest.approx(loss, rel=1e-5)
+    for expected, found in zip(gradients, shared, strict=True):
+        np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-6)

@@ -44,7 +44,7 @@ def averaged_greedy(members, features, vocab, max_len):
     argmax; finished rows hold <end>."""
     steppers = [Stepper(member.architecture) for member in members]
     inputs = [features if member.reads_grid else features.mean(axis=1) for member in members]
-    states = [stepper.start(tf.constant(x)) for stepper, x in zip(steppers, inputs, strict=True)]
+    states = [stepper.start(tf.constant(x), max_len) for stepper, x in zip(steppers, inputs, strict=True)]
     tokens = np.full(len(features), vocab.start_id, dtype=np.int32)
     out = np.full((len(features), max_len), vocab.end_id, dtype=np.int32)
     done = np.zeros(len(features), dtype=bool)

@@ -43,7 +43,7 @@ def test_decoding_step_by_step_over_the_cache_gives_the_whole_captions_logits(va
     tokens = rng.integers(1, 20, size=(3, 11)).astype(np.int32)
     whole = architecture.model([features, tokens])["logits"].numpy()
     stepper, steps = Stepper(architecture), []
-    states = stepper.start(features)
+    states = stepper.start(features, tokens.shape[1])  # a cache of the positions decoded, not the context
     for position in range(tokens.shape[1]):
         logits, states, attention = stepper.step(tokens[:, position], states)
         steps.append(logits.numpy())
@@ -51,6 +51,14 @@ def test_decoding_step_by_step_over_the_cache_gives_the_whole_captions_logits(va
     assert stepper.reads_grid == stepper.attends == (len(shape) == 2)  # weights over the cells of a grid
     if stepper.attends:
         np.testing.assert_allclose(np.sum(attention, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_the_cache_holds_the_positions_decoded_up_to_the_context():
+    architecture = built({}, (24,))
+    features = np.zeros((2, 24), np.float32)
+    for length, positions in ((5, 5), (12, 12), (1000, 12)):  # SMALL's context: 12
+        _, keys, values, *_ = Stepper(architecture).start(features, length)
+        assert keys.shape == values.shape == (2, positions, SMALL["units"])
 
 
 def test_a_position_sees_only_the_words_before_it():

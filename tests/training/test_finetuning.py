@@ -11,7 +11,7 @@ from captioner.datasets import clean_release
 from captioner.features import encoders
 from captioner.features import extraction as features
 from captioner.features.extraction import load_image
-from captioner.model import checkpoint, decoder
+from captioner.model import decoder
 from captioner.model.checkpoint import write_card
 from captioner.model.spec import DecoderSpec
 from captioner.text import Vocabulary
@@ -64,10 +64,10 @@ def test_the_frozen_then_the_trainable_part_compute_the_whole_encoder(block):
 @pytest.mark.parametrize("shape", [(3, 5), (3, 4, 5)])
 def test_per_caption_repeats_each_image_for_its_captions_in_order(shape):
     features = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    layer = checkpoint.PerCaption(2)
+    layer = decoder.PerCaption(2)
     np.testing.assert_array_equal(layer(features), np.repeat(features, 2, axis=0))
     assert layer.compute_output_shape((None, *shape[1:])) == (None, *shape[1:])
-    assert checkpoint.PerCaption.from_config(layer.get_config()).captions_per_image == 2
+    assert decoder.PerCaption.from_config(layer.get_config()).captions_per_image == 2
 
 
 def test_finetuning_trains_the_unfrozen_layers_on_activations_computed_once_and_the_saved_model_captions(

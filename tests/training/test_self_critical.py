@@ -25,7 +25,7 @@ def test_each_samples_baseline_is_the_mean_reward_of_the_images_other_samples():
     np.testing.assert_allclose(advantages(rewards), [[1 - 2.5, 2 - 2.0, 3 - 1.5], [0, 0, 0]])
 
 
-def toy_self_critical(arch="attention", samples=4, seed=0, dropout=0.0, dev_scores=None, **train):
+def toy_self_critical(arch="attention", samples=4, seed=0, dropout=0.0, dev_scores=None, grouped=False, **train):
     features, captions, vocab = toy_problem(num_images=24)
     keras.utils.set_random_seed(seed)
     architecture = toy_decoder(vocab, features, arch, dropout=dropout)
@@ -33,9 +33,10 @@ def toy_self_critical(arch="attention", samples=4, seed=0, dropout=0.0, dev_scor
     references = [[strip_special(tokens)] for _, tokens in captions]
     settings = {"self_critical_samples": samples, "batch_size": 8 * samples, "seed": seed} | train
     config = toy_config(arch, **settings)
-    trainer = Trainer(architecture.model, architecture.head, config)
+    policy = architecture.build_grouped(table.shape[1:], samples) if grouped else None
+    trainer = Trainer(architecture.model, architecture.head, config, policy_model=policy)
     rows = np.arange(len(features))
-    images = SampledImages(table.__getitem__, table.shape[1:], rows, references, vocab)
+    images = SampledImages(table.__getitem__, table.shape[1:], rows, references, vocab, grouped)
     scst = SelfCritical(trainer, Stepper(architecture), images, config, dev_scores)
     return scst, table, rows, vocab
 
@@ -66,7 +67,7 @@ def test_samples_follow_the_models_distribution_never_draw_padding_and_repeat_wi
     first = decoding.sample(scst.stepper, features, 3, np.random.default_rng(5))
     again = decoding.sample(scst.stepper, features, 3, np.random.default_rng(5))
     np.testing.assert_array_equal(first, again)
-    logits, _, _ = scst.stepper.step(np.full(1, vocab.start_id, np.int32), scst.stepper.start(features[:1]))
+    logits, _, _ = scst.stepper.step(np.full(1, vocab.start_id, np.int32), scst.stepper.start(features[:1], 3))
     probabilities = np.exp(logits.numpy()[0])
     probabilities[vocab.pad_id] = 0.0  # never drawn: the rest share its mass
     probabilities /= probabilities.sum()
@@ -149,3 +150,17 @@ def test_self_critical_training_starts_adam_afresh_as_if_the_teacher_forced_step
 def test_fewer_than_two_samples_per_image_is_refused():
     with pytest.raises(ValueError, match="2 or more samples"):
         toy_self_critical(samples=1)
+
+
+def test_a_policy_step_grouped_by_image_trains_as_the_samples_apart_do():
+    """The attention decoder's policy step on each image's features once (its model repeats the projections for
+    the samples): the epoch's rewards and losses and the weights after it are those of the samples apart."""
+    outcomes = []
+    for grouped in (False, True):
+        scst, *_ = toy_self_critical("attention", grouped=grouped)
+        reward, loss = scst.train_epoch("self-critical")
+        outcomes.append((reward, loss, scst.trainer.model.get_weights()))
+    (reward, loss, weights), (grouped_reward, grouped_loss, grouped_weights) = outcomes
+    assert grouped_reward == pytest.approx(reward, rel=1e-6) and grouped_loss == pytest.approx(loss, rel=1e-4)
+    for expected, found in zip(weights, grouped_weights, strict=True):
+        np.testing.assert_allclose(found, expected, rtol=1e-3, atol=1e-5)
