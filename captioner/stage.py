@@ -117,10 +117,10 @@ def declared_params(stage: str, root: Path = Path("."), member: str | None = Non
         node, target = params, name.split(".")
         for depth, part in enumerate(target[:-1], start=1):
             node = node.setdefault(part, Params(prefix=".".join(target[:depth]) + ".", read=params.read))
-        leaf = _lookup(values, name)
-        if name.startswith("ensemble"):
+        leaf, members = _lookup(values, name), target[0] == "ensemble"  # a param whose value is a mapping
+        if members:
             param_rules.check(name, leaf)  # a ParamError, which run() reports like any CaptionerError
-        whole = name if name.split(".")[0] == "ensemble" else None  # a param whose value is a mapping, not a section
+        whole = name if members else None  # read whole, unlike a section
         node[target[-1]] = Params(leaf, f"{name}.", params.read, whole=whole) if isinstance(leaf, dict) else leaf
     return params
 

@@ -89,15 +89,20 @@ NOT_RESULTS = {
 }
 
 
-def code_run_by(script) -> set[str]:
-    """The captioner files a stage script runs: its imports, their imports, and so on."""
-    seen, todo = set(), [script]
+def import_closure(scripts, leaves: set[str]) -> set[str]:
+    """The captioner files ``scripts`` import, their imports, and so on; the imports of ``leaves`` not followed."""
+    seen, todo = set(), list(scripts)
     while todo:
         for path in captioner_imports(todo.pop()) - seen:
             seen.add(path)
-            if path not in NOT_RESULTS:  # the stage runner's and the Python API's imports are not a stage's code
+            if path not in leaves:
                 todo.append(PROJECT / path)
-    return seen - NOT_RESULTS
+    return seen
+
+
+def code_run_by(script) -> set[str]:
+    """The captioner files a stage script runs (the stage runner's and the Python API's imports are not its code)."""
+    return import_closure([script], NOT_RESULTS) - NOT_RESULTS
 
 
 def test_every_stage_lists_the_library_modules_it_imports_as_deps_and_none_it_never_runs():
@@ -313,12 +318,10 @@ def test_no_library_function_takes_more_than_seven_parameters_or_runs_past_fifty
 def test_the_model_code_imports_no_pipeline_plumbing():
     """The modules that define specs, layers and decoding, and all they import, read no YAML, no command line and
     no stage runner: a notebook can build and decode a model without a project."""
-    seen, todo = set(), [PROJECT / "captioner" / "model" / f"{name}.py" for name in MODEL_CODE]
-    while todo:
-        for path in captioner_imports(todo.pop()) - seen:
-            seen.add(path)
-            if path != "captioner/__init__.py":  # its imports are the Python API's, made when it is used
-                todo.append(PROJECT / path)
+    # captioner/__init__.py's imports are the Python API's, made when it is used
+    seen = import_closure(
+        [PROJECT / "captioner" / "model" / f"{name}.py" for name in MODEL_CODE], {"captioner/__init__.py"}
+    )
     assert "captioner/stage.py" not in seen and "captioner/model/spec.py" in seen
     for path in seen:
         tree = ast.parse((PROJECT / path).read_text())

@@ -222,14 +222,9 @@ class Architecture:
 
     def grouped_forward(self, features, words, per_caption: PerCaption) -> dict:
         """``forward`` with features once per image, repeated for each caption by ``per_caption``: by default the
-        features themselves; a grid decoder repeats its image projections instead (the same outputs, computed once
-        per image)."""
+        features themselves; a decoder that reads the grid (``reads_grid``) repeats its image projections instead (the
+        same outputs, computed once per image): only there does grouping save work."""
         return self.forward(per_caption(features), words)
-
-    @property
-    def shares_image_work(self) -> bool:
-        """Whether ``grouped_forward`` saves work: the decoder projects a grid of several cells per image."""
-        return False
 
 
 class Inject(Architecture):
@@ -327,10 +322,6 @@ class Attention(Architecture):
         sequence, contexts, attention = self.attend(words, memory, states, keys=keys)
         return {"attention": attention, "hidden": self.output_dropout(self.deep_output(sequence, contexts, words))}
 
-    @property
-    def shares_image_work(self) -> bool:
-        return True
-
     def matmul_flops(self, feature_shape: tuple[int, ...]) -> tuple[int, int]:
         cells, attend = feature_shape[0], self.attend
         per_token = self.kernel_flops(
@@ -421,10 +412,6 @@ class Transformer(Architecture):
         for block in self.blocks:
             words = block(words, image, captions_per_image=per_caption.captions_per_image)
         return {"hidden": self.hidden(words)}
-
-    @property
-    def shares_image_work(self) -> bool:
-        return len(self.model.inputs[0].shape) == 3  # a grid; a pooled vector is one cell, cheap to repeat
 
     def start(self, features, length=None) -> list:
         image = self.image_cells(features)

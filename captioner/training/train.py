@@ -90,7 +90,7 @@ def open_run(
     captions grouped by image on one device), or a fine-tuned encoder's activations of the images in the folder
     ``images`` (``captioner.training.finetuning.finetuned_run``)."""
     if config.finetune_from is None:
-        grouped = architecture.shares_image_work and strategy.num_replicas_in_sync == 1
+        grouped = architecture.reads_grid and strategy.num_replicas_in_sync == 1
         return contextlib.nullcontext(frozen_run(architecture, config, store, encoded, grouped))
     from captioner.training import finetuning
 
@@ -126,7 +126,7 @@ def phases(
 def policy_model(config: TrainConfig, architecture: Architecture, run: TrainingRun):
     """What self-critical training's policy step trains: a grid decoder grouped by image (its
     ``self_critical_samples`` captions repeat the image's projections), else the decoder itself."""
-    if config.self_critical_epochs and architecture.shares_image_work:
+    if config.self_critical_epochs and architecture.reads_grid:
         return architecture.build_grouped(tuple(run.saved.inputs[0].shape[1:]), config.self_critical_samples)
     return run.saved
 

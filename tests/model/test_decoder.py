@@ -98,7 +98,7 @@ def test_a_grid_decoder_grouped_by_image_has_each_captions_loss_and_gradients(ar
     architecture = decoder.architecture(toy_spec(arch), len(vocab))
     architecture.build(features.shape[1:])
     grouped = architecture.build_grouped(features.shape[1:], captions_per_image=3)
-    assert architecture.shares_image_work
+    assert architecture.reads_grid  # where grouping saves work
     tokens = np.random.default_rng(0).integers(3, len(vocab), size=(4 * 3, 7)).astype(np.int32)
     tokens[:, 0], tokens[5, 4:], tokens[7] = vocab.start_id, vocab.pad_id, vocab.pad_id
     apart = (architecture.model, np.repeat(features[:4], 3, axis=0))
