@@ -1,11 +1,12 @@
 """Ensembles of 1, 2, … N members side by side: test scores and decoding speed.
 
     dvc repro            # with members in the ensemble param, e.g. -S '+ensemble.seed2={train: {seed: 2}}'
-    python bench/ensemble.py [--beam 3]
+    python bench/ensemble.py [--beam 3] [--reverse]
 
 Reads data/, models/ and ensemble/ as the pipeline left them. For k = 1 … N it decodes every test image
-with the first k members (models/ first, then the ensemble param's members in order) by batched beam
-search, and prints BLEU-1…4, CIDEr-D, METEOR (when Java is there) and captions/s of the decoding alone.
+with the first k members (models/ first, then the ensemble param's members in order; ``--reverse``: the last
+member first, models/ last) by batched beam search, and prints BLEU-1…4, CIDEr-D, METEOR (when Java is there)
+and captions/s of the decoding alone.
 """
 
 from __future__ import annotations
@@ -35,14 +36,18 @@ from captioner.text import Vocabulary  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beam", type=int, default=3, help="beam size (1: greedy)")
+    parser.add_argument("--reverse", action="store_true", help="the last member first, models/ last")
     arguments = parser.parse_args()
     params = declared_params("evaluate")
     vocab = Vocabulary.load(Layout().vocab)
     others = [Layout().ensemble / name for name in params["ensemble"]]
     members = ensemble_of(Trained.load(Layout().models), others)
+    directories = [Layout().models, *others]
+    if arguments.reverse:
+        members, directories = members[::-1], directories[::-1]
     with FeatureFile(Layout().features_file(params["encoder"]), params["encoder"]) as store:
         images, rows, references = split_references(read_captions(Layout().split_captions("test")), store.row_of)
-        names = ", ".join(str(directory) for directory in [Layout().models, *others])
+        names = ", ".join(str(directory) for directory in directories)
         print(f"{len(images)} test images, beam {arguments.beam}, members: {names}")
         print("| members | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | CIDEr-D | METEOR | captions/s |")
         print("|---|---|---|---|---|---|---|---|")

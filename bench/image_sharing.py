@@ -5,8 +5,11 @@ one of the positions decoded. Flickr8k's shapes on synthetic data, so it runs an
 (7×7×1280), 5 captions an image of 8–16 tokens, 2,274 words, the presets' decoders (attention GRU-512; Transformer
 2 blocks of width 512, 8 heads, feed-forward 2048), batch 128. The ways take turns, round after round, so a change
 in the machine's load hits them alike; each prints seconds per epoch of ``--images`` images and the ratio.
+``--only alternatives`` times two more ways of the Transformer's grouped teacher-forced epoch against it: the step
+compiled by XLA (``jit_compile``; each new batch width is a new compilation) and ``train.precision:
+mixed_bfloat16``.
 
-    python bench/image_sharing.py [--images 200] [--rounds 3]
+    python bench/image_sharing.py [--images 200] [--rounds 3] [--only teacher|self-critical|alternatives]
 """
 
 from __future__ import annotations
@@ -15,18 +18,22 @@ import argparse
 import dataclasses
 import time
 
-import keras
-import numpy as np
+from captioner import process
 
-from captioner.model import decoder
-from captioner.model.decoder import Stepper
-from captioner.model.spec import DecoderSpec
-from captioner.text import Vocabulary
-from captioner.training.batching import CaptionBatches, ImageCaptionBatches, captions_by_image
-from captioner.training.config import TrainConfig
-from captioner.training.loss import accumulate
-from captioner.training.self_critical import SampledImages, SelfCritical
-from captioner.training.trainer import Trainer
+process.prepare()  # a quiet console: before TensorFlow starts
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from captioner.model import decoder  # noqa: E402
+from captioner.model.decoder import Stepper  # noqa: E402
+from captioner.model.spec import DecoderSpec  # noqa: E402
+from captioner.text import Vocabulary  # noqa: E402
+from captioner.training.batching import CaptionBatches, ImageCaptionBatches, captions_by_image  # noqa: E402
+from captioner.training.config import TrainConfig  # noqa: E402
+from captioner.training.loss import accumulate  # noqa: E402
+from captioner.training.self_critical import SampledImages, SelfCritical  # noqa: E402
+from captioner.training.trainer import Trainer  # noqa: E402
 
 CELLS, CHANNELS, WORDS, CAPTIONS, BATCH = 49, 1280, 2274, 5, 128
 SPECS = {
@@ -131,18 +138,63 @@ def self_critical_epochs(features, rows, sequences, vocab, rounds: int) -> None:
         )
 
 
+class XlaTrainer(Trainer):
+    """A ``Trainer`` whose steps XLA compiles (``jit_compile``): one compilation per batch shape."""
+
+    def _compile(self, replica_step, element_spec):
+        name = f"xla {replica_step.__name__}"
+        if name not in self._compiled:
+            plain = super()._compile(replica_step, element_spec)
+            self._compiled[name] = tf.function(plain.python_function, input_signature=element_spec, jit_compile=True)
+        return self._compiled[name]
+
+
+def alternatives(features, rows, sequences, vocab, rounds: int) -> None:
+    """Seconds per grouped teacher-forced epoch of the Transformer: as trained, XLA-compiled, in mixed bfloat16."""
+    config = dataclasses.replace(TrainConfig(), batch_size=BATCH, seed=0)
+    image_rows, groups = captions_by_image(rows, sequences)
+    batches = ImageCaptionBatches(
+        features.__getitem__, features.shape[1:], np.array(image_rows), groups, CAPTIONS, BATCH // 5, 0
+    )
+    ways = {}
+    for way, policy, trainer in (
+        ("float32", "float32", Trainer),
+        ("float32, XLA-compiled step", "float32", XlaTrainer),
+        ("mixed_bfloat16", "mixed_bfloat16", Trainer),
+    ):
+        keras.mixed_precision.set_global_policy(policy)
+        keras.utils.set_random_seed(0)
+        architecture = decoder.architecture(SPECS["transformer"], len(vocab))
+        architecture.build(features.shape[1:])
+        model = architecture.build_grouped(features.shape[1:], CAPTIONS)
+        ways[way] = trainer(model, architecture.head, config).train_step(batches.element_spec)
+        ways[way](*next(iter(batches)))  # compile and warm up
+    keras.mixed_precision.set_global_policy("float32")
+    spent = dict.fromkeys(ways, 0.0)
+    for _ in range(rounds):
+        for way, step in ways.items():
+            started = time.perf_counter()
+            accumulate(step, batches, way)
+            spent[way] += time.perf_counter() - started
+    for way, seconds in spent.items():
+        ratio = seconds / spent["float32"]
+        print(f"transformer teacher-forced epoch, grouped, {way}: {seconds / rounds:.1f} s, {ratio:.2f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=("teacher", "self-critical"))
+    parser.add_argument("--only", choices=("teacher", "self-critical", "alternatives"))
     arguments = parser.parse_args()
     data = synthetic(arguments.images)
     print(f"{arguments.images} images × {CAPTIONS} captions, batch {BATCH}, {arguments.rounds} rounds taking turns")
-    if arguments.only != "self-critical":
+    if arguments.only in (None, "teacher"):
         teacher_forced_epochs(*data, arguments.rounds)
-    if arguments.only != "teacher":
+    if arguments.only in (None, "self-critical"):
         self_critical_epochs(*data, arguments.rounds)
+    if arguments.only == "alternatives":
+        alternatives(*data, arguments.rounds)
 
 
 if __name__ == "__main__":

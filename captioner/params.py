@@ -293,8 +293,9 @@ PARAMS: dict[str, Param] = {
     "train.self_critical_lr": Param(number(above=0), 0.00005, "its Adam learning rate"),
     "train.self_critical_patience": Param(
         integer(high=10_000),
-        3,
-        "self-critical epochs without a higher greedy dev score before it stops (the best kept)",
+        8,
+        "self-critical epochs without a higher greedy dev score before it stops (the best kept); its first "
+        "epochs may wander before the score climbs",
     ),
     "train.self_critical_samples": Param(
         integer(low=2, high=100, why="each sample's baseline is the others' mean reward"),

@@ -46,7 +46,7 @@ class GreedyState(NamedTuple):
     tokens: object
     active: object
     states: list
-    ids: object  # a TensorArray: each step's tokens of every row
+    ids: object  # every row's tokens so far (count × max_len), the end id where none was written
     weights: object  # a TensorArray: each step's attention weights of every row
 
 
@@ -109,13 +109,16 @@ class Loops:
         import tensorflow as tf
 
         count, end_id, attends = tf.shape(features)[0], self.ids.end, self.stepper.attends
-        ids = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
+        # Written in place rather than stacked per step and transposed: an integer transpose makes oneDNN log an
+        # ERROR line on some AVX-512 CPUs.
+        ids = tf.fill(tf.stack([count, max_len]), end_id)
         weights = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[None, None])
 
         def step(now: GreedyState) -> tuple[GreedyState]:
             logits, states, alpha = self.stepper.step(now.tokens, now.states)
             tokens, rows, weights = choose(logits, now.position), tf.expand_dims(now.active, 1), now.weights
-            ids = now.ids.write(now.position, tf.tensor_scatter_nd_update(tf.fill([count], end_id), rows, tokens))
+            at = tf.concat([rows, tf.fill(tf.shape(rows), now.position)], axis=1)
+            ids = tf.tensor_scatter_nd_update(now.ids, at, tokens)
             if attends:
                 grid = tf.zeros(tf.stack([count, tf.shape(alpha)[1]]))
                 alpha = tf.tensor_scatter_nd_update(grid, rows, tf.cast(alpha, tf.float32))
@@ -133,7 +136,7 @@ class Loops:
         )
         (end,) = tf.while_loop(going, step, (start,))
         padding = [[0, 0], [0, max_len - end.position]]
-        decoded = {"ids": tf.pad(tf.transpose(end.ids.stack()), padding, constant_values=end_id)}
+        decoded = {"ids": end.ids}
         if attends:
             decoded["attention"] = tf.pad(tf.transpose(end.weights.stack(), (1, 0, 2)), [*padding, [0, 0]])
         return decoded

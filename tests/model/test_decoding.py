@@ -186,6 +186,25 @@ def test_the_loops_trace_once_whatever_the_batch_size_length_and_width(trained_d
     assert decoding.loops(stepper) is loops
 
 
+def test_the_loops_transpose_no_integers(trained_decoders):
+    """On some AVX-512 CPUs oneDNN logs an ERROR line for an integer Transpose: the console stays quiet without one."""
+    import tensorflow as tf
+
+    decoders, features, _ = trained_decoders
+    loops = decoding.loops(decoders["attention"])
+    traced = [
+        loops.greedy.get_concrete_function(),
+        loops.sample.get_concrete_function(),
+        loops.beam_search.get_concrete_function(),
+    ]
+    library = [function for concrete in traced for function in concrete.graph.as_graph_def().library.function]
+    nodes = [node for concrete in traced for node in concrete.graph.as_graph_def().node]
+    nodes += [node for function in library for node in function.node_def]
+    transposes = [node for node in nodes if node.op == "Transpose"]
+    assert transposes  # the attention weights are transposed: the walk reaches the loops' bodies
+    assert all(tf.as_dtype(node.attr["T"].type).is_floating for node in transposes)
+
+
 def test_the_loops_are_cached_by_everything_that_shapes_them(trained_decoders):
     """The special ids are constants of the traced loop: other ids are other loops, never the cached ones."""
     decoders, features, vocab = trained_decoders

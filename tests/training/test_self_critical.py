@@ -99,7 +99,12 @@ def test_the_phase_keeps_the_best_dev_score_weights_stops_on_patience_and_keeps_
         other = "cider" if metric == "bleu4" else "bleu4"
         return {metric: score, other: 1 - score}  # logged, but best at epoch 1: it must not decide
 
-    settings = {"self_critical_epochs": 6, "patience": 3, "self_critical_lr": 0.005, "select_by": f"dev_{metric}"}
+    settings = {
+        "self_critical_epochs": 6,
+        "self_critical_patience": 3,
+        "self_critical_lr": 0.005,
+        "select_by": f"dev_{metric}",
+    }
     scst, *_ = toy_self_critical(arch="inject", dev_scores=dev_scores, **settings)
     model, live = scst.trainer.model, NullLive()
     start = model.get_weights()
