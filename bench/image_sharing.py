@@ -29,7 +29,12 @@ from captioner.model import decoder  # noqa: E402
 from captioner.model.decoder import Stepper  # noqa: E402
 from captioner.model.spec import DecoderSpec  # noqa: E402
 from captioner.text import Vocabulary  # noqa: E402
-from captioner.training.batching import CaptionBatches, ImageCaptionBatches, captions_by_image  # noqa: E402
+from captioner.training.batching import (  # noqa: E402
+    CaptionBatches,
+    ImageCaptionBatches,
+    batches_by_image,
+    captions_by_image,
+)
 from captioner.training.config import TrainConfig  # noqa: E402
 from captioner.training.loss import accumulate  # noqa: E402
 from captioner.training.self_critical import SampledImages, SelfCritical  # noqa: E402
@@ -54,23 +59,23 @@ def synthetic(images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[
     return features, rows, sequences, vocab
 
 
+def grouped(features, rows, sequences) -> ImageCaptionBatches:
+    """The train stage's batches of a grid decoder: each image's captions together, seed 0."""
+    train = {"train": (rows, sequences)}
+    batches, _ = batches_by_image(train, features.__getitem__, features.shape[1:], BATCH, {"train": 0})
+    return batches["train"]
+
+
 def teacher_forced_epochs(features, rows, sequences, vocab, rounds: int) -> None:
     """Seconds per teacher-forced epoch of each grid decoder, its captions apart vs grouped by image."""
     config = dataclasses.replace(TrainConfig(), batch_size=BATCH, seed=0)
-    image_rows, groups = captions_by_image(rows, sequences)
     for name, spec in SPECS.items():
         keras.utils.set_random_seed(0)
         architecture = decoder.architecture(spec, len(vocab))
         model = architecture.build(features.shape[1:])
-        grouped = architecture.build_grouped(features.shape[1:], CAPTIONS)
         ways = {
             "apart": (model, CaptionBatches(features.__getitem__, features.shape[1:], rows, sequences, BATCH, 0)),
-            "grouped": (
-                grouped,
-                ImageCaptionBatches(
-                    features.__getitem__, features.shape[1:], np.array(image_rows), groups, CAPTIONS, BATCH // 5, 0
-                ),
-            ),
+            "grouped": (architecture.build_grouped(features.shape[1:], CAPTIONS), grouped(features, rows, sequences)),
         }
         steps = {way: Trainer(trained, architecture.head, config) for way, (trained, _) in ways.items()}
         for way, (_, batches) in ways.items():  # compile and warm up
@@ -152,10 +157,7 @@ class XlaTrainer(Trainer):
 def alternatives(features, rows, sequences, vocab, rounds: int) -> None:
     """Seconds per grouped teacher-forced epoch of the Transformer: as trained, XLA-compiled, in mixed bfloat16."""
     config = dataclasses.replace(TrainConfig(), batch_size=BATCH, seed=0)
-    image_rows, groups = captions_by_image(rows, sequences)
-    batches = ImageCaptionBatches(
-        features.__getitem__, features.shape[1:], np.array(image_rows), groups, CAPTIONS, BATCH // 5, 0
-    )
+    batches = grouped(features, rows, sequences)
     ways = {}
     for way, policy, trainer in (
         ("float32", "float32", Trainer),

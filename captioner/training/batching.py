@@ -156,3 +156,31 @@ class ImageCaptionBatches(CaptionBatches):
     def tokens(self, picked: np.ndarray) -> np.ndarray:
         missing = [[]] * self.per_image  # fully masked rows where an image has fewer captions
         return pad([caption for i in picked for caption in (self.sequences[i] + missing)[: self.per_image]])
+
+
+def batches_by_image(
+    encoded: dict[str, tuple[np.ndarray, list[list[int]]]],
+    read: Callable[[np.ndarray], np.ndarray],
+    feature_shape: tuple[int, ...],
+    batch_size: int,
+    seeds: dict[str, int | None],
+    feature_rows: Callable[[list[int]], np.ndarray] = np.array,
+) -> tuple[dict[str, ImageCaptionBatches], int]:
+    """``ImageCaptionBatches`` per split of ``encode_captions`` output, about ``batch_size`` captions a step, each
+    split's images read at ``feature_rows(their rows)``; and the caption rows per image."""
+    grouped = {split: captions_by_image(rows, sequences) for split, (rows, sequences) in encoded.items()}
+    # Every image contributes this many caption rows per step (empty, fully masked rows where it has fewer).
+    per_image = max(len(captions) for _, groups in grouped.values() for captions in groups)
+    batches = {
+        split: ImageCaptionBatches(
+            read,
+            feature_shape,
+            feature_rows(image_rows),
+            groups,
+            per_image,
+            max(1, batch_size // per_image),
+            seeds[split],
+        )
+        for split, (image_rows, groups) in grouped.items()
+    }
+    return batches, per_image

@@ -26,7 +26,7 @@ from captioner import CaptionerError
 from captioner.features.encoders import Encoder
 from captioner.features.extraction import FeatureFile, written_by
 from captioner.model.decoder import ENCODER, PerCaption
-from captioner.training.batching import ImageCaptionBatches, captions_by_image
+from captioner.training.batching import ImageCaptionBatches, batches_by_image
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import TrainingRun
 
@@ -137,23 +137,12 @@ def image_caption_batches(
 ) -> tuple[dict[str, ImageCaptionBatches], int]:
     """``ImageCaptionBatches`` of frozen-layer activations per split, from ``training.encode_captions`` output
     (rows of the ``cached`` features), about ``batch_size`` captions a step; and the caption rows per image."""
-    grouped = {split: captions_by_image(rows, sequences) for split, (rows, sequences) in encoded.items()}
-    # Every image contributes this many caption rows per step (empty, fully masked rows where it has fewer).
-    per_image = max(len(captions) for _, groups in grouped.values() for captions in groups)
+
+    def activation_rows(rows: list[int]) -> np.ndarray:
+        return np.array([activations.row_of[cached.names[row]] for row in rows])
+
     read = activations_reader(activations)
-    batches = {
-        split: ImageCaptionBatches(
-            read,
-            activations.item_shape,
-            np.array([activations.row_of[cached.names[row]] for row in image_rows]),
-            groups,
-            per_image,
-            max(1, batch_size // per_image),
-            seeds[split],
-        )
-        for split, (image_rows, groups) in grouped.items()
-    }
-    return batches, per_image
+    return batches_by_image(encoded, read, activations.item_shape, batch_size, seeds, activation_rows)
 
 
 @contextlib.contextmanager

@@ -86,12 +86,8 @@ class SelfCritical:
             raise ValueError(f"self-critical training needs 2 or more samples per image (got {samples})")
         self.trainer, self.stepper, self.dev_scores = trainer, stepper, dev_scores
         self.metric = config.self_critical_score
-        self.read, self.rows, self.vocab, self.grouped = (
-            images.read,
-            np.asarray(images.rows),
-            images.vocab,
-            images.grouped,
-        )
+        self.read, self.vocab, self.grouped = images.read, images.vocab, images.grouped
+        self.rows = np.asarray(images.rows)
         self.samples, self.images_per_step = samples, max(1, config.batch_size // samples)
         self.epochs, self.patience = config.self_critical_epochs, config.self_critical_patience
         self.learning_rate = config.self_critical_lr

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from captioner.features.extraction import FeatureFile
 from captioner.model.decoder import Architecture, parts
-from captioner.training.batching import CaptionBatches, ImageCaptionBatches, captions_by_image
+from captioner.training.batching import CaptionBatches, batches_by_image
 from captioner.training.config import TrainConfig
 from captioner.training.loss import EpochStats, accumulate, attention_penalty, forced_outputs, forced_sums
 
@@ -41,28 +41,14 @@ def frozen_run(
     for decoders whose work on an image alone is worth sharing."""
     pooled, model = not config.decoder.reads_grid(cached.pooling), architecture.model
     read, shape = cached.reader(pooled), cached.shape(pooled)
+    seeds = {split: config.seed if split == "train" else None for split in encoded}
     if not grouped:
         batches = {
-            split: CaptionBatches(
-                read, shape, rows, sequences, config.batch_size, config.seed if split == "train" else None
-            )
+            split: CaptionBatches(read, shape, rows, sequences, config.batch_size, seeds[split])
             for split, (rows, sequences) in encoded.items()
         }
         return TrainingRun(model, model, batches, cached, read)
-    images = {split: captions_by_image(rows, sequences) for split, (rows, sequences) in encoded.items()}
-    per_image = max(len(group) for _, groups in images.values() for group in groups)
-    batches = {
-        split: ImageCaptionBatches(
-            read,
-            shape,
-            np.array(rows),
-            groups,
-            per_image,
-            max(1, config.batch_size // per_image),
-            config.seed if split == "train" else None,
-        )
-        for split, (rows, groups) in images.items()
-    }
+    batches, per_image = batches_by_image(encoded, read, shape, config.batch_size, seeds)
     return TrainingRun(architecture.build_grouped(shape, per_image), model, batches, cached, read)
 
 
